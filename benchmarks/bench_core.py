@@ -13,7 +13,6 @@ import argparse
 import time
 
 import numpy as np
-
 from sglang import _core
 
 
@@ -132,7 +131,7 @@ def main() -> None:
     print(f"{'page_size':>9} {'penalties':>9} {'median us':>10} {'p90 us':>8} {'mean us':>8}")
     for page_size, penalties in [(1, False), (16, False), (1, True)]:
         r = bench_decode(args, page_size, penalties)
-        print(f"{page_size:>9} {str(penalties):>9} {r['median_us']:>10.1f} {r['p90_us']:>8.1f} "
+        print(f"{page_size:>9} {penalties!s:>9} {r['median_us']:>10.1f} {r['p90_us']:>8.1f} "
               f"{r['mean_us']:>8.1f}")
     print(f"schedule()+commit() alone, page_size 1: {bench_schedule_only(args):.1f} us/step")
     print()

@@ -27,7 +27,7 @@ py::array_t<T> plan_array(const PlanPtr& plan, std::vector<T> BatchPlan::*member
 
 RequestParams make_params(int32_t max_new_tokens, int32_t min_new_tokens, bool ignore_eos,
                           std::vector<int32_t> stop_token_ids, int32_t penalty_scope,
-                          std::string cache_namespace) {
+                          std::string cache_namespace, int32_t max_cached_prefix) {
   if (penalty_scope < 0 || penalty_scope > 2) throw py::value_error("penalty_scope must be 0, 1 or 2");
   RequestParams p;
   p.max_new_tokens = max_new_tokens;
@@ -36,6 +36,7 @@ RequestParams make_params(int32_t max_new_tokens, int32_t min_new_tokens, bool i
   p.stop_token_ids = std::move(stop_token_ids);
   p.penalty_scope = static_cast<PenaltyScope>(penalty_scope);
   p.cache_namespace = std::move(cache_namespace);
+  p.max_cached_prefix = max_cached_prefix;
   return p;
 }
 
@@ -120,17 +121,19 @@ void bind_scheduler_class(py::module_& m) {
           "add_request",
           [](Scheduler& s, const Int32Array& input_ids, int32_t max_new_tokens,
              int32_t min_new_tokens, bool ignore_eos, std::vector<int32_t> stop_token_ids,
-             int32_t penalty_scope, std::string cache_namespace) {
+             int32_t penalty_scope, std::string cache_namespace, int32_t max_cached_prefix) {
             return s.add_request(as_span(input_ids),
                                  make_params(max_new_tokens, min_new_tokens, ignore_eos,
                                              std::move(stop_token_ids), penalty_scope,
-                                             std::move(cache_namespace)));
+                                             std::move(cache_namespace), max_cached_prefix));
           },
           py::arg("input_ids"), py::arg("max_new_tokens") = 128, py::arg("min_new_tokens") = 0,
           py::arg("ignore_eos") = false, py::arg("stop_token_ids") = std::vector<int32_t>{},
           py::arg("penalty_scope") = 0, py::arg("cache_namespace") = std::string(),
+          py::arg("max_cached_prefix") = -1,
           "Queues a request; returns its integer handle. penalty_scope: 0 none, 1 output tokens, "
-          "2 prompt and output tokens.")
+          "2 prompt and output tokens. max_cached_prefix: at most this many leading tokens come "
+          "from the prefix cache (-1: no limit).")
       .def(
           "schedule",
           [](Scheduler& s) {

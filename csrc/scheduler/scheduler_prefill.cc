@@ -78,7 +78,11 @@ void Scheduler::add_extend(Request* req, int32_t extend, BatchPlan& plan) {
 bool Scheduler::admit(Request* req, BatchPlan& plan, int32_t& budget_tokens,
                       int32_t& budget_chunk, int64_t& budget_memory) {
   const bool first_in_batch = plan.req_ids.empty() && running_.empty();
-  auto key = std::span<const int32_t>(req->tokens).first(req->tokens.size() - 1);
+  size_t key_len = req->tokens.size() - 1;
+  if (req->params.max_cached_prefix >= 0) {
+    key_len = std::min(key_len, static_cast<size_t>(req->params.max_cached_prefix));
+  }
+  auto key = std::span<const int32_t>(req->tokens).first(key_len);
   MatchResult match = cache_.match_prefix(req->params.cache_namespace, key, false);
   const int32_t total_extend = req->seq_len() - match.length;
   const int32_t left = std::max(0, req->params.max_new_tokens - req->output_len());

@@ -314,6 +314,21 @@ TEST(Scheduler, PenaltyAndBanArraysInPlan) {
   s.check_integrity();
 }
 
+TEST(Scheduler, MaxCachedPrefixLimitsReuse) {
+  Driver d(small_config());
+  RequestParams p;
+  p.max_new_tokens = 2;
+  Tokens prompt = iota_tokens(30);
+  d.add(prompt, p);
+  d.run();
+  RequestParams limited = p;
+  limited.max_cached_prefix = 10;
+  RequestId id = d.add(prompt, limited);
+  d.run();
+  EXPECT_EQ(d.prefix_hits[id], 10);
+  EXPECT_EQ(d.outputs[id], d.expected(id));
+}
+
 TEST(Scheduler, FlushCacheOnlyWhenIdle) {
   Driver d(small_config());
   RequestParams p;

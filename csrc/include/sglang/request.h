@@ -30,6 +30,9 @@ struct RequestParams {
   std::vector<int32_t> stop_token_ids;
   PenaltyScope penalty_scope = PenaltyScope::kNone;
   std::string cache_namespace;  // prefixes are shared only within one namespace
+  // At most this many leading tokens are taken from the prefix cache (< 0: no limit). A request
+  // that wants logits of prompt positions (prompt logprobs) must compute them.
+  int32_t max_cached_prefix = -1;
 };
 
 enum class RequestState : int32_t { kWaiting = 0, kRunning = 1, kFinished = 2 };

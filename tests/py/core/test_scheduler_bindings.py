@@ -12,7 +12,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from sglang import _core
 
 VOCAB = 64
@@ -90,7 +89,7 @@ def test_import_sglang_is_light() -> None:
         "bad = [m for m in ('torch', 'sglang._core', 'sglang._cuda') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

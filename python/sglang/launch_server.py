@@ -1,0 +1,23 @@
+"""``python -m sglang.launch_server --model-path ...``: start the HTTP server and its engine."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sglang.srt.entrypoints.http_server import launch_server
+    from sglang.srt.server_args import prepare_server_args
+
+    try:
+        server_args = prepare_server_args(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        sys.exit(f"error: {exc}")
+    try:
+        launch_server(server_args)
+    except (RuntimeError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Entry points: the HTTP server and the offline Engine."""

@@ -1,0 +1,186 @@
+"""The offline engine, ``sgl.Engine(model_path=...)``: the server's engine without HTTP.
+
+It owns a ``TokenizerManager`` (which starts the engine process) running on a private event loop in
+a background thread; the synchronous methods submit coroutines to that loop and wait, the async
+ones await them from the caller's loop. Replies have the ``/generate`` shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+from sglang.srt.managers.io_struct import GenerateReqInput
+from sglang.srt.managers.tokenizer_manager import ReqState, RequestFailed, TokenizerManager
+from sglang.srt.server_args import ServerArgs
+
+_END = object()
+
+
+class Engine:
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("log_level", "error")
+        self.server_args = ServerArgs(**kwargs)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                        name="sglang-engine-loop")
+        self._thread.start()
+        self.tokenizer_manager = TokenizerManager(self.server_args)
+        self._call(self._start_loops())
+        self._closed = False
+
+    async def _start_loops(self) -> None:
+        self.tokenizer_manager.start_loops()
+
+    def _submit(self, coro: Any) -> Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def _call(self, coro: Any) -> Any:
+        return self._submit(coro).result()
+
+    # ---- generation ------------------------------------------------------------------------------
+    @staticmethod
+    def _request(prompt: Any = None, sampling_params: Any = None, input_ids: Any = None,
+                 image_data: Any = None, return_logprob: Any = False,
+                 logprob_start_len: Any = None, top_logprobs_num: Any = None,
+                 token_ids_logprob: Any = None, lora_path: Any = None,
+                 custom_logit_processor: Any = None, return_hidden_states: Any = False,
+                 stream: bool = False, rid: Any = None, input_embeds: Any = None,
+                 return_text_in_logprobs: bool = False) -> GenerateReqInput:
+        return GenerateReqInput(
+            text=prompt, input_ids=input_ids, input_embeds=input_embeds,
+            sampling_params=sampling_params, image_data=image_data,
+            return_logprob=return_logprob, logprob_start_len=logprob_start_len,
+            top_logprobs_num=top_logprobs_num, token_ids_logprob=token_ids_logprob,
+            lora_path=lora_path, custom_logit_processor=custom_logit_processor,
+            return_hidden_states=return_hidden_states, stream=stream, rid=rid,
+            return_text_in_logprobs=return_text_in_logprobs,
+        )
+
+    async def _generate(self, obj: GenerateReqInput) -> Any:
+        tm = self.tokenizer_manager
+        states, is_list = await tm.generate(obj)
+        try:
+            for s in states:
+                await tm.wait(s)
+                if s.error is not None:
+                    raise RequestFailed(*s.error)
+            results = [tm.response(s) for s in states]
+        finally:
+            await self._cleanup(states)
+        return results if is_list else results[0]
+
+    async def _cleanup(self, states: list[ReqState]) -> None:
+        tm = self.tokenizer_manager
+        for s in states:
+            if not s.finished:
+                await tm.abort_request(s.single.rid)
+            tm.release(s)
+
+    async def _stream_into(self, obj: GenerateReqInput, sink: Any) -> None:
+        """Pushes the chunks of every item (with "index" for several) into ``sink``."""
+        tm = self.tokenizer_manager
+        try:
+            states, is_list = await tm.generate(obj)
+        except Exception as exc:
+            sink(exc)
+            sink(_END)
+            return
+        try:
+            for s in states:  # items are streamed one after another
+                async for chunk in tm.stream(s):
+                    if is_list:
+                        chunk["index"] = s.single.index
+                    sink(chunk)
+        except Exception as exc:
+            sink(exc)
+        finally:
+            await self._cleanup(states)
+            sink(_END)
+
+    def generate(self, prompt: Any = None, sampling_params: Any = None, **kwargs: Any) -> Any:
+        obj = self._request(prompt, sampling_params, **kwargs)
+        if obj.stream:
+            return self._stream_sync(obj)
+        try:
+            return self._call(self._generate(obj))
+        except RequestFailed as exc:
+            raise ValueError(exc.message) from exc
+
+    def _stream_sync(self, obj: GenerateReqInput) -> Iterator[dict[str, Any]]:
+        q: queue.Queue = queue.Queue()
+        self._submit(self._stream_into(obj, q.put))
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise ValueError(str(item)) from item
+            yield item
+
+    async def async_generate(self, prompt: Any = None, sampling_params: Any = None,
+                             **kwargs: Any) -> Any:
+        obj = self._request(prompt, sampling_params, **kwargs)
+        if obj.stream:
+            return self._stream_async(obj)
+        return await asyncio.wrap_future(self._submit(self._generate(obj)))
+
+    async def _stream_async(self, obj: GenerateReqInput) -> AsyncIterator[dict[str, Any]]:
+        caller = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        self._submit(self._stream_into(obj, lambda item: caller.call_soon_threadsafe(q.put_nowait,
+                                                                                     item)))
+        while True:
+            item = await q.get()
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise ValueError(str(item)) from item
+            yield item
+
+    # ---- management ------------------------------------------------------------------------------
+    def flush_cache(self) -> bool:
+        return self._call(self.tokenizer_manager.flush_cache())
+
+    def get_server_info(self) -> dict[str, Any]:
+        tm = self.tokenizer_manager
+        state = self._call(tm.get_internal_state())
+        info = self.server_args.to_json()
+        import sglang
+
+        return {**info, "status": "ready", "max_total_num_tokens": tm.info.max_total_num_tokens,
+                "max_req_input_len": tm.info.max_req_input_len,
+                "internal_states": [{**info, **state, "memory_usage": tm.info.memory_usage}],
+                "version": sglang.__version__}
+
+    def get_model_info(self) -> dict[str, Any]:
+        a = self.server_args
+        return {"model_path": a.model_path, "tokenizer_path": a.tokenizer_path,
+                "is_generation": not a.is_embedding,
+                "preferred_sampling_params": a.preferred_sampling_params_dict,
+                "weight_version": a.weight_version, "has_image_understanding": False,
+                "has_audio_understanding": False}
+
+    def shutdown(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        self.tokenizer_manager.shutdown()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def __del__(self) -> None:
+        try:
+            self.shutdown()
+        except Exception:
+            pass

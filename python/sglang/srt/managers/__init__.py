@@ -1,0 +1,1 @@
+"""Request managers: tokenizer manager (HTTP side), engine core and process, messages."""

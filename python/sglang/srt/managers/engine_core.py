@@ -1,0 +1,393 @@
+"""The engine: drives the C++ scheduler core, the model runner and the sampler, one step at a time.
+
+Data flow of a step: ``core.schedule()`` gives a BatchPlan; ``ForwardBatch.from_plan`` turns it into
+tensors; the model runner returns logits for the rows to sample (and prompt rows when prompt
+logprobs are wanted); the sampler applies penalties / bans / biases and draws tokens; ``core.commit``
+applies token-level stops and gives finished KV to the radix cache; text-level stops (stop strings,
+regexes) are checked here. Each step returns the ``ReqOutput`` updates for the HTTP process.
+Used by the engine process (``engine_process.py``); has no I/O of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from sglang import _core
+from sglang.srt.managers.io_struct import EngineReady, ReqOutput, TokenizedGenerateReq
+from sglang.srt.managers.stop_checker import StopChecker
+from sglang.srt.sampling.sampler import BatchSampler, RowSampling
+from sglang.srt.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+CPU_DEFAULT_MAX_TOTAL_TOKENS = 65536
+CPU_KV_MEMORY_FRACTION = 0.25
+
+
+@dataclasses.dataclass
+class EngineReq:
+    req: TokenizedGenerateReq
+    handle: int
+    sampling: RowSampling
+    stop: StopChecker
+    output_ids: list[int] = dataclasses.field(default_factory=list)
+    cached_tokens: int = 0
+    num_retractions: int = 0
+    input_logprobs_done: bool = False
+    # Prompt logprob pieces gathered across prefill chunks.
+    input_token_logprobs: list[tuple[float | None, int]] = dataclasses.field(default_factory=list)
+    input_top_logprobs: list[Any] = dataclasses.field(default_factory=list)
+    input_ids_logprobs: list[Any] = dataclasses.field(default_factory=list)
+    hidden_states: list[Any] = dataclasses.field(default_factory=list)
+
+    @property
+    def wants_input_logprobs(self) -> bool:
+        return self.req.return_logprob and self.req.logprob_start_len >= 0
+
+
+class EngineCore:
+    def __init__(self, server_args: ServerArgs) -> None:
+        from sglang.srt.model_executor.model_runner import ModelRunner
+
+        self.args = server_args
+        torch.manual_seed(server_args.random_seed)
+        self.runner = ModelRunner(
+            model_path=server_args.model_path,
+            tokenizer_path=server_args.tokenizer_path,
+            dtype=server_args.dtype,
+            device=server_args.device,
+            load_format=server_args.load_format,
+            context_length=server_args.context_length,
+            trust_remote_code=server_args.trust_remote_code,
+            random_seed=server_args.random_seed,
+            attention_backend=server_args.attention_backend,
+        )
+        self.model_config = self.runner.model_config
+        self.device = torch.device(self.runner.device)
+        self.tokenizer = None
+        if not server_args.skip_tokenizer_init:
+            from sglang.srt.hf_transformers_utils import get_tokenizer
+
+            self.tokenizer = get_tokenizer(server_args.tokenizer_path)
+        self.core = _core.Scheduler(self._scheduler_config())
+        self.runner.init_kv_pool(self.core.num_slots)
+        with warnings.catch_warnings():  # the table is read-only on purpose: the core writes it
+            warnings.simplefilter("ignore", UserWarning)
+            self.req_to_token = torch.from_numpy(self.core.req_to_token())
+        self.sampler = BatchSampler(self.device)
+        self.reqs: dict[int, EngineReq] = {}
+        self.rid_to_handle: dict[str, int] = {}
+        self.seed_counter = 0
+        self.forward_ct = 0
+        self.last_gen_throughput = 0.0
+        self._tput_window: tuple[float, int] = (time.perf_counter(), 0)
+
+    # ---- set-up ----------------------------------------------------------------------------------
+    def _max_total_tokens(self) -> int:
+        args = self.args
+        if args.max_total_tokens is not None:
+            return args.max_total_tokens
+        profiled = self.runner.profile_max_num_tokens(args.mem_fraction_static or 0.88)
+        if profiled is not None:
+            return int(profiled)
+        per_token = self.runner.kv_bytes_per_token()
+        try:
+            import os
+
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            avail = 8 << 30
+        fit = int(avail * CPU_KV_MEMORY_FRACTION // max(per_token, 1))
+        return max(self.args.page_size * 64, min(CPU_DEFAULT_MAX_TOTAL_TOKENS, fit))
+
+    def _scheduler_config(self) -> _core.SchedulerConfig:
+        args, mc = self.args, self.model_config
+        cfg = _core.SchedulerConfig()
+        cfg.max_total_tokens = self._max_total_tokens()
+        cfg.page_size = args.page_size
+        cfg.max_running_requests = args.max_running_requests
+        cfg.max_prefill_tokens = args.max_prefill_tokens
+        cfg.chunked_prefill_size = args.chunked_prefill_size
+        cfg.context_length = mc.context_length
+        cfg.vocab_size = mc.vocab_size
+        cfg.schedule_policy = args.schedule_policy
+        cfg.disable_radix_cache = args.disable_radix_cache
+        cfg.eos_token_ids = list(mc.eos_token_ids)
+        return cfg
+
+    def ready_info(self) -> EngineReady:
+        mc = self.model_config
+        stats = self.core.stats()
+        weight_bytes = sum(p.numel() * p.element_size() for p in self.runner.model.parameters())
+        total = stats.num_free_tokens + stats.num_evictable_tokens + stats.num_used_tokens
+        kv_bytes = self.runner.kv_bytes_per_token() * total
+        return EngineReady(
+            max_total_num_tokens=int(total),
+            max_req_input_len=int(self.core.max_sequence_len - 1),
+            context_length=int(mc.context_length),
+            vocab_size=int(mc.vocab_size),
+            eos_token_ids=list(mc.eos_token_ids),
+            max_running_requests=int(self.args.max_running_requests),
+            architectures=[mc.architecture],
+            model_type=str(getattr(mc, "model_type", "")),
+            device=str(self.device),
+            dtype=str(self.runner.dtype).replace("torch.", ""),
+            memory_usage={"weight": weight_bytes / 2**30, "kvcache": kv_bytes / 2**30,
+                          "token_capacity": int(total), "graph": 0.0},
+        )
+
+    # ---- requests --------------------------------------------------------------------------------
+    def add_request(self, req: TokenizedGenerateReq) -> str | None:
+        """Queues a request; returns an error message for a request the core refuses."""
+        if req.rid in self.rid_to_handle:
+            return f"Duplicate request ID: {req.rid}"
+        sp = req.sampling
+        penalty_scope = 0
+        if sp.repetition_penalty != 1.0:
+            penalty_scope = 2
+        elif sp.frequency_penalty != 0.0 or sp.presence_penalty != 0.0:
+            penalty_scope = 1
+        max_cached = -1
+        if req.return_logprob and req.logprob_start_len >= 0:
+            max_cached = max(req.logprob_start_len - 1, 0)
+        try:
+            handle = self.core.add_request(
+                np.asarray(req.input_ids, dtype=np.int32),
+                max_new_tokens=-1 if sp.max_new_tokens is None else sp.max_new_tokens,
+                min_new_tokens=sp.min_new_tokens,
+                ignore_eos=sp.ignore_eos,
+                stop_token_ids=list(sp.stop_token_ids or []),
+                penalty_scope=penalty_scope,
+                max_cached_prefix=max_cached,
+            )
+        except _core.CoreError as exc:
+            return str(exc)
+        seed = sp.sampling_seed
+        if seed is None:
+            self.seed_counter += 1
+            seed = (self.args.random_seed * 1_000_003 + self.seed_counter) & 0xFFFFFFFFFFFFFFFF
+        stop = StopChecker(self.tokenizer, sp.stop_strings, sp.stop_regex_list)
+        row = RowSampling.build(sp, seed, req.return_logprob, req.top_logprobs_num,
+                                req.token_ids_logprob)
+        self.reqs[handle] = EngineReq(req=req, handle=handle, sampling=row, stop=stop)
+        self.rid_to_handle[req.rid] = handle
+        return None
+
+    def abort(self, rid: str, abort_all: bool = False, message: str = "Aborted") -> list[ReqOutput]:
+        """Aborts one request (or all); returns the final outputs of those aborted at once."""
+        handles = list(self.reqs) if abort_all else [self.rid_to_handle.get(rid, -1)]
+        outs = []
+        for h in handles:
+            ereq = self.reqs.get(h)
+            if ereq is None:
+                continue
+            result = self.core.abort(h)
+            if result == _core.AbortResult.DONE:
+                outs.append(self._final(ereq, {"type": "abort", "message": message,
+                                               "status_code": None, "err_type": None}, []))
+        return outs
+
+    def _final(self, ereq: EngineReq, finish: dict[str, Any], new_ids: list[int]) -> ReqOutput:
+        self.reqs.pop(ereq.handle, None)
+        self.rid_to_handle.pop(ereq.req.rid, None)
+        return self._output(ereq, new_ids, finish)
+
+    @staticmethod
+    def _output(ereq: EngineReq, new_ids: list[int], finish: dict[str, Any] | None) -> ReqOutput:
+        return ReqOutput(
+            rid=ereq.req.rid,
+            new_token_ids=new_ids,
+            finish_reason=finish,
+            prompt_tokens=len(ereq.req.input_ids),
+            cached_tokens=ereq.cached_tokens,
+            num_retractions=ereq.num_retractions,
+        )
+
+    def flush_cache(self) -> bool:
+        return self.core.flush_cache()
+
+    def idle(self) -> bool:
+        return self.core.idle()
+
+    def internal_state(self) -> dict[str, Any]:
+        s = self.core.stats()
+        return {
+            "num_running_reqs": s.num_running,
+            "num_waiting_reqs": s.num_waiting,
+            "num_used_tokens": s.num_used_tokens,
+            "num_free_tokens": s.num_free_tokens,
+            "num_evictable_tokens": s.num_evictable_tokens,
+            "cache_hit_tokens": s.cache_hit_tokens,
+            "cache_miss_tokens": s.cache_miss_tokens,
+            "num_retractions": s.num_retractions,
+            "last_gen_throughput": self.last_gen_throughput,
+            "forward_ct": self.forward_ct,
+            "idle": self.core.idle(),
+            "integrity_ok": self._integrity_ok(),
+        }
+
+    def _integrity_ok(self) -> bool:
+        try:
+            self.core.check_integrity()
+        except _core.CoreError as exc:
+            logger.error("core integrity check failed: %s", exc)
+            return False
+        return True
+
+    # ---- one step --------------------------------------------------------------------------------
+    def step(self) -> list[ReqOutput] | None:
+        """Runs one scheduled batch; None when there was nothing to run."""
+        plan = self.core.schedule()
+        if plan.mode == _core.ForwardMode.IDLE:
+            return None
+        from sglang.srt.model_executor.forward_batch import ForwardBatch
+
+        req_ids = plan.req_ids
+        ereqs = [self.reqs[int(h)] for h in req_ids]
+        if plan.mode == _core.ForwardMode.EXTEND:
+            for e in ereqs:  # the prefix-cache hit of a new request is known once admitted
+                if not e.output_ids and e.num_retractions == 0:
+                    e.cached_tokens = int(self.core.request_info(e.handle)["cached_tokens"])
+        logits_rows, prompt_slices = self._logits_rows(plan, ereqs)
+        batch = ForwardBatch.from_plan(plan, self.req_to_token, self.device,
+                                       logits_rows=logits_rows)
+        result = self.runner.forward(batch)
+        logits = result.logits
+        sample_pos = prompt_slices.pop("__sample__")
+        sample_logits = logits if sample_pos is None else logits.index_select(
+            0, torch.as_tensor(sample_pos, device=logits.device))
+        if prompt_slices:
+            self._input_logprobs(plan, ereqs, logits, prompt_slices)
+        sample_reqs = [ereqs[i] for i in plan.sample_indices]
+        offsets = plan.output_lens[plan.sample_indices]
+        penalty = None
+        if len(plan.penalty_indptr):
+            penalty = (plan.penalty_indptr, plan.penalty_token_ids, plan.penalty_counts)
+        ban = (plan.ban_indptr, plan.ban_token_ids) if len(plan.ban_indptr) else None
+        sampled = self.sampler.sample(sample_logits.float().contiguous(),
+                                      [e.sampling for e in sample_reqs], offsets, penalty, ban)
+        rids, tokens, reasons, _ = self.core.commit(sampled.next_ids)
+        self.forward_ct += 1
+        for h in plan.retracted.tolist():
+            self.reqs[h].num_retractions += 1
+        return self._collect(sample_reqs, sampled, rids, tokens, reasons)
+
+    def _logits_rows(self, plan: Any, ereqs: list[EngineReq]) -> tuple[np.ndarray | None, dict]:
+        """Rows whose logits the runner returns: the sampled rows, plus the prompt rows of
+        requests that want prompt logprobs (in a prefill step)."""
+        slices: dict[Any, Any] = {"__sample__": None}
+        if plan.mode != _core.ForwardMode.EXTEND or not any(
+            e.wants_input_logprobs and not e.input_logprobs_done for e in ereqs
+        ):
+            return None, slices
+        rows: list[int] = []
+        starts = plan.extend_start
+        for i, e in enumerate(ereqs):
+            if not e.wants_input_logprobs or e.input_logprobs_done:
+                continue
+            first_pos = int(plan.prefix_lens[i])
+            lo = int(starts[i])
+            n = int(plan.extend_lens[i])
+            begin = len(rows)
+            rows.extend(range(lo, lo + n))
+            slices[i] = (begin, first_pos, n)
+        sample_pos = []
+        for row in plan.sample_rows.tolist():
+            sample_pos.append(len(rows))
+            rows.append(row)
+        slices["__sample__"] = sample_pos
+        return np.asarray(rows, dtype=np.int32), slices
+
+    def _input_logprobs(self, plan: Any, ereqs: list[EngineReq], logits: torch.Tensor,
+                        slices: dict) -> None:
+        for i, (begin, first_pos, n) in slices.items():
+            e = ereqs[i]
+            prompt = e.req.input_ids
+            start = max(e.req.logprob_start_len, 0)
+            lp = torch.log_softmax(logits[begin:begin + n].float(), dim=-1)
+            if first_pos == 0 and start == 0:
+                e.input_token_logprobs.append((None, prompt[0]))
+                if e.req.top_logprobs_num > 0:
+                    e.input_top_logprobs.append(None)
+                if e.req.token_ids_logprob:
+                    e.input_ids_logprobs.append(None)
+            # Row k (position first_pos + k) predicts the token at first_pos + k + 1.
+            for k in range(n):
+                target_pos = first_pos + k + 1
+                if target_pos >= len(prompt) or target_pos < start:
+                    continue
+                row = lp[k]
+                e.input_token_logprobs.append((float(row[prompt[target_pos]]), prompt[target_pos]))
+                if e.req.top_logprobs_num > 0:
+                    vals, ids = torch.topk(row, e.req.top_logprobs_num)
+                    e.input_top_logprobs.append(list(zip(vals.tolist(), ids.tolist())))
+                if e.req.token_ids_logprob:
+                    e.input_ids_logprobs.append([(float(row[t]), t) for t in e.req.token_ids_logprob])
+            if first_pos + n >= len(prompt):
+                e.input_logprobs_done = True
+
+    def _collect(self, sample_reqs: list[EngineReq], sampled: Any, rids: np.ndarray,
+                 tokens: np.ndarray, reasons: np.ndarray) -> list[ReqOutput]:
+        row_of = {e.handle: k for k, e in enumerate(sample_reqs)}
+        outs: list[ReqOutput] = []
+        n_tokens = 0
+        for h, tok, reason in zip(rids.tolist(), tokens.tolist(), reasons.tolist()):
+            e = self.reqs.get(h)
+            if e is None:
+                continue
+            new_ids = [tok] if tok >= 0 else []
+            e.output_ids.extend(new_ids)
+            n_tokens += len(new_ids)
+            finish = self._finish_reason(e, tok, reason)
+            if finish is None and new_ids and len(e.output_ids) >= e.req.sampling.min_new_tokens:
+                matched = e.stop.check(e.output_ids)
+                if matched is not None:
+                    self.core.abort(h)
+                    finish = {"type": "stop", "matched": matched}
+            out = self._output(e, new_ids, finish)
+            k = row_of.get(h)
+            if k is not None and new_ids and e.req.return_logprob:
+                out.output_token_logprobs = [(sampled.token_logprobs[k], tok)]
+                if e.req.top_logprobs_num > 0:
+                    out.output_top_logprobs = [sampled.top_logprobs[k]]
+                if e.req.token_ids_logprob:
+                    out.output_token_ids_logprobs = [sampled.ids_logprobs[k]]
+            if e.input_token_logprobs and e.input_logprobs_done and new_ids:
+                out.input_token_logprobs = e.input_token_logprobs
+                out.input_top_logprobs = e.input_top_logprobs or None
+                out.input_token_ids_logprobs = e.input_ids_logprobs or None
+                e.input_token_logprobs = []
+            if finish is not None:
+                self.reqs.pop(h, None)
+                self.rid_to_handle.pop(e.req.rid, None)
+            outs.append(out)
+        self._update_throughput(n_tokens)
+        return outs
+
+    def _finish_reason(self, e: EngineReq, tok: int, reason: int) -> dict[str, Any] | None:
+        if reason == int(_core.FinishReason.NONE):
+            return None
+        if reason == int(_core.FinishReason.STOP_TOKEN):
+            return {"type": "stop", "matched": tok}
+        if reason == int(_core.FinishReason.LENGTH):
+            sp = e.req.sampling
+            limit = sp.max_new_tokens if sp.max_new_tokens is not None else len(e.output_ids)
+            return {"type": "length", "length": limit}
+        return {"type": "abort", "message": "Aborted", "status_code": None, "err_type": None}
+
+    def _update_throughput(self, n_tokens: int) -> None:
+        t0, count = self._tput_window
+        count += n_tokens
+        now = time.perf_counter()
+        if now - t0 >= 1.0:
+            self.last_gen_throughput = count / (now - t0)
+            self._tput_window = (now, 0)
+        else:
+            self._tput_window = (t0, count)

@@ -1,0 +1,120 @@
+"""The engine process: loads the model, then loops receive -> step -> send over ZMQ.
+
+Started by the tokenizer manager (spawned, one per GPU/rank). Reads pickled messages from
+``ipc_in`` (requests, aborts, cache flushes, state queries), runs ``EngineCore.step`` whenever
+there is work, and pushes ``BatchTokenOut`` / replies to ``ipc_out``. It reports its start-up
+through ``ready_conn`` (``("ready", EngineReady)`` or ``("error", message)``), dies with its parent
+(PR_SET_PDEATHSIG), and exits on ``ShutdownReq``. A crash in a step is logged and ends the process;
+the HTTP side then reports 503 and fails pending requests.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import traceback
+from typing import Any
+
+import zmq
+
+from sglang.srt.managers.io_struct import (
+    AbortReq,
+    BatchTokenOut,
+    FlushCacheReq,
+    FlushCacheResp,
+    GetInternalStateReq,
+    InternalStateResp,
+    RequestError,
+    ShutdownReq,
+    TokenizedGenerateReq,
+)
+from sglang.srt.server_args import ServerArgs
+
+logger = logging.getLogger("sglang.engine")
+POLL_MS_IDLE = 500
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def run_engine_process(server_args: ServerArgs, ipc_in: str, ipc_out: str, ready_conn: Any) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and tells us
+    logging.basicConfig(
+        level=getattr(logging, server_args.log_level.upper(), logging.INFO),
+        format="[%(asctime)s engine] %(message)s",
+    )
+    parent = os.getppid()
+    try:
+        from sglang.srt.managers.engine_core import EngineCore
+
+        engine = EngineCore(server_args)
+    except Exception as exc:  # report any start-up failure to the parent, clearly
+        logger.error("engine start-up failed:\n%s", traceback.format_exc())
+        ready_conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    ctx = zmq.Context()
+    recv = ctx.socket(zmq.PULL)
+    recv.connect(ipc_in)
+    send = ctx.socket(zmq.PUSH)
+    send.connect(ipc_out)
+    ready_conn.send(("ready", engine.ready_info()))
+    ready_conn.close()
+    logger.info("engine ready")
+    try:
+        _serve(engine, recv, send, parent)
+    except Exception:
+        logger.error("engine crashed:\n%s", traceback.format_exc())
+        os._exit(1)
+    finally:
+        recv.close(0)
+        send.close(0)
+        ctx.term()
+
+
+def _serve(engine: Any, recv: zmq.Socket, send: zmq.Socket, parent: int) -> None:
+    poller = zmq.Poller()
+    poller.register(recv, zmq.POLLIN)
+    while True:
+        busy = not engine.idle()
+        events = dict(poller.poll(0 if busy else POLL_MS_IDLE))
+        while events.get(recv) == zmq.POLLIN:
+            msg = recv.recv_pyobj()
+            if isinstance(msg, ShutdownReq):
+                return
+            _handle(engine, msg, send)
+            events = dict(poller.poll(0))
+        if not busy and os.getppid() != parent:
+            return  # orphaned
+        outs = engine.step()
+        if outs:
+            send.send_pyobj(BatchTokenOut(outs))
+
+
+def _handle(engine: Any, msg: Any, send: zmq.Socket) -> None:
+    if isinstance(msg, list):
+        for m in msg:
+            _handle(engine, m, send)
+    elif isinstance(msg, TokenizedGenerateReq):
+        error = engine.add_request(msg)
+        if error is not None:
+            send.send_pyobj(RequestError(msg.rid, error))
+    elif isinstance(msg, AbortReq):
+        outs = engine.abort(msg.rid, msg.abort_all, msg.message)
+        if outs:
+            send.send_pyobj(BatchTokenOut(outs))
+    elif isinstance(msg, FlushCacheReq):
+        send.send_pyobj(FlushCacheResp(engine.flush_cache()))
+    elif isinstance(msg, GetInternalStateReq):
+        send.send_pyobj(InternalStateResp(engine.internal_state()))
+    else:
+        logger.warning("engine got an unknown message %r", type(msg).__name__)

@@ -1,0 +1,280 @@
+"""Request bodies of the native API and the messages between the HTTP and engine processes.
+
+``GenerateReqInput`` is the ``/generate`` body (pydantic: wrong JSON types become the contract's
+400 E2 error). ``GenerateReqInput.normalize`` turns a single/batch/n>1 request into a flat list of
+``SingleGenerateReq`` (prompt-major order), with the contract's validation messages. The
+tokenizer manager turns each into a ``TokenizedGenerateReq`` for the engine process, which answers
+with ``BatchTokenOut`` messages. All inter-process messages are plain dataclasses (pickled over ZMQ).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict
+
+from sglang.srt.sampling.sampling_params import SamplingParams
+
+
+class GenerateReqInput(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    text: Optional[Union[list[str], str]] = None
+    input_ids: Optional[Union[list[list[int]], list[int]]] = None
+    input_embeds: Optional[Union[list[list[list[float]]], list[list[float]]]] = None
+    sampling_params: Optional[Union[list[Optional[dict[str, Any]]], dict[str, Any]]] = None
+    rid: Optional[Union[list[str], str]] = None
+    stream: bool = False
+    return_logprob: Optional[Union[list[bool], bool]] = None
+    logprob_start_len: Optional[Union[list[int], int]] = None
+    top_logprobs_num: Optional[Union[list[int], int]] = None
+    token_ids_logprob: Optional[Union[list[list[int]], list[int]]] = None
+    return_text_in_logprobs: bool = False
+    return_hidden_states: Union[list[bool], bool] = False
+    custom_logit_processor: Optional[Union[list[Optional[str]], str]] = None
+    image_data: Optional[Any] = None
+    lora_path: Optional[Union[list[Optional[str]], str]] = None
+    log_metrics: bool = True
+    return_prompt_token_ids: bool = False
+
+    def normalize(self) -> tuple[list[SingleGenerateReq], bool]:
+        """The flat list of requests (prompt-major for n > 1) and whether the reply is a list."""
+        if self.text is None and self.input_ids is None and self.input_embeds is None:
+            raise ValueError("Either text, input_ids or input_embeds should be provided.")
+        prompts: list[dict[str, Any]]
+        if self.input_embeds is not None:
+            embeds = self.input_embeds
+            is_batch = bool(embeds) and isinstance(embeds[0], list) and bool(embeds[0]) \
+                and isinstance(embeds[0][0], list)
+            items = embeds if is_batch else [embeds]
+            prompts = [{"input_embeds": e} for e in items]
+        elif self.input_ids is not None:
+            ids = self.input_ids
+            if len(ids) == 0:
+                raise ValueError("input_ids cannot be empty.")
+            is_batch = isinstance(ids[0], list)
+            items = ids if is_batch else [ids]
+            for item in items:
+                if len(item) == 0:
+                    raise ValueError("input_ids cannot be empty.")
+            prompts = [{"input_ids": list(i)} for i in items]
+        else:
+            is_batch = isinstance(self.text, list)
+            items = self.text if is_batch else [self.text]
+            prompts = [{"text": t} for t in items]
+        batch_size = len(prompts)
+        if is_batch and batch_size == 0:
+            raise ValueError("Either text, input_ids or input_embeds should be provided.")
+
+        params_list = self._per_item_params(batch_size)
+        n = self._parallel_sample_num(params_list)
+        if n > 1:
+            for name in ("return_logprob", "logprob_start_len", "top_logprobs_num",
+                         "token_ids_logprob", "custom_logit_processor"):
+                value = getattr(self, name)
+                if isinstance(value, list) and (
+                    name != "token_ids_logprob" or (value and isinstance(value[0], list))
+                ):
+                    raise ValueError(f"Cannot use list {name} with parallel_sample_num > 1")
+        rids = self._rids(batch_size, is_batch, n)
+        reqs: list[SingleGenerateReq] = []
+        for i, prompt in enumerate(prompts):
+            for j in range(n):
+                k = i * n + j
+                reqs.append(SingleGenerateReq(
+                    rid=rids[k],
+                    text=prompt.get("text"),
+                    input_ids=prompt.get("input_ids"),
+                    input_embeds=prompt.get("input_embeds"),
+                    sampling_params=dict(params_list[i] or {}),
+                    return_logprob=bool(_item(self.return_logprob, i, batch_size, False)),
+                    logprob_start_len=int(_item(self.logprob_start_len, i, batch_size, -1)),
+                    top_logprobs_num=int(_item(self.top_logprobs_num, i, batch_size, 0)),
+                    token_ids_logprob=_token_ids_item(self.token_ids_logprob, i, batch_size),
+                    return_text_in_logprobs=self.return_text_in_logprobs,
+                    return_hidden_states=bool(_item(self.return_hidden_states, i, batch_size, False)),
+                    custom_logit_processor=_item(self.custom_logit_processor, i, batch_size, None),
+                    stream=self.stream,
+                    index=k,
+                    prompt_index=i,
+                    parallel_sample_num=n,
+                ))
+        return reqs, is_batch or n > 1
+
+    def _per_item_params(self, batch_size: int) -> list[dict[str, Any] | None]:
+        sp = self.sampling_params
+        if isinstance(sp, list):
+            if len(sp) != batch_size:
+                raise ValueError(
+                    "The length of sampling_params should be equal to the batch size."
+                )
+            return list(sp)
+        return [sp] * batch_size
+
+    @staticmethod
+    def _parallel_sample_num(params_list: list[dict[str, Any] | None]) -> int:
+        values = {(p or {}).get("n") or 1 for p in params_list}
+        if len(values) > 1:
+            raise ValueError("The parallel_sample_num should be the same for all samples in sample params.")
+        n = values.pop()
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}.")
+        return n
+
+    def _rids(self, batch_size: int, is_batch: bool, n: int) -> list[str]:
+        total = batch_size * n
+        if n > 1 or self.rid is None:
+            # With n > 1 every sample gets a fresh id (SGLang does not keep the user's rid there).
+            return [uuid.uuid4().hex for _ in range(total)]
+        if isinstance(self.rid, str):
+            return [self.rid] if not is_batch else [f"{self.rid}_{i}" for i in range(batch_size)]
+        if len(self.rid) != batch_size:
+            raise ValueError(
+                "The specified rids length mismatch with the batch_size for batch processing."
+            )
+        if len(set(self.rid)) != len(self.rid):
+            dups = sorted({r for r in self.rid if self.rid.count(r) > 1})
+            raise ValueError(f"Duplicate request IDs detected within the request: {dups}")
+        return list(self.rid)
+
+
+def _item(value: Any, i: int, batch_size: int, default: Any) -> Any:
+    if value is None:
+        return default
+    if isinstance(value, list):
+        if len(value) != batch_size:
+            raise ValueError("The length of per-item options should be equal to the batch size.")
+        return default if value[i] is None else value[i]
+    return value
+
+
+def _token_ids_item(value: Any, i: int, batch_size: int) -> list[int] | None:
+    if value is None or len(value) == 0:
+        return None
+    if isinstance(value[0], list):
+        if len(value) != batch_size:
+            raise ValueError("The length of token_ids_logprob should be equal to the batch size.")
+        return list(value[i])
+    return list(value)
+
+
+@dataclasses.dataclass
+class SingleGenerateReq:
+    """One generation (one prompt, one sample) as the tokenizer manager handles it."""
+
+    rid: str
+    text: str | None
+    input_ids: list[int] | None
+    input_embeds: list[list[float]] | None
+    sampling_params: dict[str, Any]
+    return_logprob: bool
+    logprob_start_len: int
+    top_logprobs_num: int
+    token_ids_logprob: list[int] | None
+    return_text_in_logprobs: bool
+    return_hidden_states: bool
+    custom_logit_processor: str | None
+    stream: bool
+    index: int
+    prompt_index: int
+    parallel_sample_num: int
+
+
+# ---- HTTP process -> engine process ------------------------------------------------------------
+@dataclasses.dataclass
+class TokenizedGenerateReq:
+    rid: str
+    input_ids: list[int]
+    sampling: SamplingParams
+    return_logprob: bool = False
+    logprob_start_len: int = -1
+    top_logprobs_num: int = 0
+    token_ids_logprob: list[int] | None = None
+    input_embeds: list[list[float]] | None = None
+    return_hidden_states: bool = False
+    custom_logit_processor: str | None = None
+
+
+@dataclasses.dataclass
+class AbortReq:
+    rid: str = ""
+    abort_all: bool = False
+    message: str = "Aborted"
+
+
+@dataclasses.dataclass
+class FlushCacheReq:
+    pass
+
+
+@dataclasses.dataclass
+class GetInternalStateReq:
+    pass
+
+
+@dataclasses.dataclass
+class ShutdownReq:
+    pass
+
+
+# ---- engine process -> HTTP process ------------------------------------------------------------
+@dataclasses.dataclass
+class ReqOutput:
+    """New tokens of one request in one engine step (and its final state when finished)."""
+
+    rid: str
+    new_token_ids: list[int]
+    finish_reason: dict[str, Any] | None
+    prompt_tokens: int
+    cached_tokens: int
+    num_retractions: int
+    output_token_logprobs: list[tuple[float, int]] | None = None
+    output_top_logprobs: list[list[tuple[float, int]]] | None = None
+    output_token_ids_logprobs: list[list[tuple[float, int]]] | None = None
+    input_token_logprobs: list[tuple[float | None, int]] | None = None
+    input_top_logprobs: list[list[tuple[float, int]] | None] | None = None
+    input_token_ids_logprobs: list[list[tuple[float, int]] | None] | None = None
+    hidden_states: list[Any] | None = None
+
+
+@dataclasses.dataclass
+class BatchTokenOut:
+    outputs: list[ReqOutput]
+
+
+@dataclasses.dataclass
+class RequestError:
+    """The engine refused a request (bad input found there): HTTP 400 with this message."""
+
+    rid: str
+    message: str
+    status_code: int = 400
+
+
+@dataclasses.dataclass
+class FlushCacheResp:
+    success: bool
+
+
+@dataclasses.dataclass
+class InternalStateResp:
+    state: dict[str, Any]
+
+
+@dataclasses.dataclass
+class EngineReady:
+    """First message of the engine process: what the HTTP side needs to know about the model."""
+
+    max_total_num_tokens: int
+    max_req_input_len: int
+    context_length: int
+    vocab_size: int
+    eos_token_ids: list[int]
+    max_running_requests: int
+    architectures: list[str]
+    model_type: str
+    device: str
+    dtype: str
+    memory_usage: dict[str, float]

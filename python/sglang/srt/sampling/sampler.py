@@ -1,0 +1,166 @@
+"""Batch sampling in the engine process: logits of the sampled rows -> next token ids (+ logprobs).
+
+Inputs come from the model runner (fp32 logits, one row per entry of ``plan.sample_rows``), the
+scheduler's plan (penalty and min_new_tokens ban CSR arrays) and each request's normalised sampling
+parameters. The fused kernels (``sglang.srt.sampling.kernels``) do the work in place; this module
+only gathers the per-row arrays. Logprobs are the log-softmax of the processed, temperature-scaled
+logits (for greedy requests: of the processed logits), like SGLang's sampler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from sglang.srt.sampling import kernels
+from sglang.srt.sampling.sampling_params import SamplingParams
+
+
+@dataclasses.dataclass
+class RowSampling:
+    """The sampling state of one request as the sampler reads it (normalised once)."""
+
+    params: SamplingParams
+    seed: int
+    logit_bias_ids: np.ndarray | None = None  # int32
+    logit_bias_values: np.ndarray | None = None  # float32
+    return_logprob: bool = False
+    top_logprobs_num: int = 0
+    token_ids_logprob: list[int] | None = None
+
+    @classmethod
+    def build(
+        cls,
+        params: SamplingParams,
+        seed: int,
+        return_logprob: bool,
+        top_logprobs_num: int,
+        token_ids_logprob: list[int] | None,
+    ) -> RowSampling:
+        row = cls(
+            params=params,
+            seed=seed & 0xFFFFFFFFFFFFFFFF,
+            return_logprob=return_logprob,
+            top_logprobs_num=top_logprobs_num,
+            token_ids_logprob=token_ids_logprob,
+        )
+        if params.logit_bias:
+            items = sorted((int(k), float(v)) for k, v in params.logit_bias.items())
+            row.logit_bias_ids = np.array([k for k, _ in items], dtype=np.int32)
+            row.logit_bias_values = np.array([v for _, v in items], dtype=np.float32)
+        return row
+
+
+@dataclasses.dataclass
+class SampleOutput:
+    next_ids: np.ndarray  # int32 [S]
+    # Per row (None where not requested): (logprob of the chosen token), top list, ids list.
+    token_logprobs: list[float | None]
+    top_logprobs: list[list[tuple[float, int]] | None]
+    ids_logprobs: list[list[tuple[float, int]] | None]
+
+
+class BatchSampler:
+    def __init__(self, device: torch.device, num_threads: int = 0) -> None:
+        self.device = device
+        self.num_threads = num_threads
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(array)
+        return t if self.device.type == "cpu" else t.to(self.device, non_blocking=True)
+
+    def sample(
+        self,
+        logits: torch.Tensor,
+        rows: Sequence[RowSampling],
+        offsets: np.ndarray,
+        penalty_csr: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        ban_csr: tuple[np.ndarray, np.ndarray] | None,
+    ) -> SampleOutput:
+        """Samples one token per row of ``logits`` (fp32 [S, V], modified in place)."""
+        n = len(rows)
+        assert logits.shape[0] == n and logits.dtype == torch.float32
+        if penalty_csr is not None and any(r.params.has_penalties for r in rows):
+            indptr, ids, counts = penalty_csr
+            freq = np.array([r.params.frequency_penalty for r in rows], dtype=np.float32)
+            pres = np.array([r.params.presence_penalty for r in rows], dtype=np.float32)
+            rep = np.array([r.params.repetition_penalty for r in rows], dtype=np.float32)
+            kernels.apply_penalties(
+                logits,
+                self._tensor(indptr),
+                self._tensor(ids),
+                self._tensor(counts),
+                self._tensor(freq),
+                self._tensor(pres),
+                self._tensor(rep),
+                num_threads=self.num_threads,
+            )
+        if ban_csr is not None:
+            indptr, ids = ban_csr
+            kernels.apply_token_ban(logits, self._tensor(indptr), self._tensor(ids))
+        if any(r.logit_bias_ids is not None for r in rows):
+            self._apply_bias(logits, rows)
+
+        temperature = np.array([r.params.temperature for r in rows], dtype=np.float32)
+        top_k = np.array([min(r.params.top_k, 1 << 30) for r in rows], dtype=np.int32)
+        top_p = np.array([r.params.top_p for r in rows], dtype=np.float32)
+        min_p = np.array([r.params.min_p for r in rows], dtype=np.float32)
+        seeds = np.array([r.seed for r in rows], dtype=np.uint64).view(np.int64)
+        next_ids = kernels.sample(
+            logits,
+            self._tensor(temperature),
+            self._tensor(top_k),
+            self._tensor(top_p),
+            self._tensor(min_p),
+            self._tensor(seeds),
+            self._tensor(offsets.astype(np.int64)),
+            num_threads=self.num_threads,
+        )
+        next_np = next_ids.cpu().numpy()
+        out = SampleOutput(next_np, [None] * n, [None] * n, [None] * n)
+        if any(r.return_logprob for r in rows):
+            self._logprobs(logits, rows, temperature, next_np, out)
+        return out
+
+    def _apply_bias(self, logits: torch.Tensor, rows: Sequence[RowSampling]) -> None:
+        indptr = [0]
+        ids: list[np.ndarray] = []
+        values: list[np.ndarray] = []
+        for r in rows:
+            if r.logit_bias_ids is not None:
+                ids.append(r.logit_bias_ids)
+                values.append(r.logit_bias_values)
+                indptr.append(indptr[-1] + len(r.logit_bias_ids))
+            else:
+                indptr.append(indptr[-1])
+        kernels.apply_logit_bias(
+            logits,
+            self._tensor(np.array(indptr, dtype=np.int32)),
+            self._tensor(np.concatenate(ids).astype(np.int32)),
+            self._tensor(np.concatenate(values).astype(np.float32)),
+        )
+
+    @staticmethod
+    def _logprobs(
+        logits: torch.Tensor,
+        rows: Sequence[RowSampling],
+        temperature: np.ndarray,
+        next_np: np.ndarray,
+        out: SampleOutput,
+    ) -> None:
+        want = [i for i, r in enumerate(rows) if r.return_logprob]
+        idx = torch.tensor(want, dtype=torch.long, device=logits.device)
+        temps = torch.from_numpy(temperature[want]).to(logits.device).unsqueeze(1)
+        logprobs = torch.log_softmax(logits.index_select(0, idx) / temps, dim=-1).cpu()
+        for k, i in enumerate(want):
+            row = logprobs[k]
+            out.token_logprobs[i] = float(row[int(next_np[i])])
+            r = rows[i]
+            if r.top_logprobs_num > 0:
+                vals, ids = torch.topk(row, min(r.top_logprobs_num, row.numel()))
+                out.top_logprobs[i] = list(zip(vals.tolist(), ids.tolist()))
+            if r.token_ids_logprob:
+                out.ids_logprobs[i] = [(float(row[t]), t) for t in r.token_ids_logprob]

@@ -1,0 +1,215 @@
+"""Server arguments: one dataclass for the HTTP server, the engine process and ``sgl.Engine``.
+
+Flag names and defaults follow SGLang's ``launch_server`` (the API contract, section 6). Values left
+``None`` ("auto") are resolved once at start-up in ``resolve_*`` helpers from the device and model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+from typing import Any
+
+SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
+DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+LOAD_FORMATS = ("auto", "pt", "safetensors", "gguf", "dummy")
+ATTENTION_BACKENDS = ("torch_native",)
+GRAMMAR_BACKENDS = ("xgrammar", "outlines", "none")
+
+
+@dataclasses.dataclass
+class ServerArgs:
+    # model and tokenizer
+    model_path: str = ""
+    tokenizer_path: str | None = None
+    served_model_name: str | None = None
+    load_format: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    context_length: int | None = None
+    skip_tokenizer_init: bool = False
+    is_embedding: bool = False
+    chat_template: str | None = None
+    weight_version: str = "default"
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 30000
+    api_key: str | None = None
+    admin_api_key: str | None = None
+    log_level: str = "info"
+    log_level_http: str | None = None
+    enable_metrics: bool = False
+    skip_server_warmup: bool = False
+    # memory and scheduling
+    device: str | None = None
+    mem_fraction_static: float | None = None
+    max_total_tokens: int | None = None
+    max_running_requests: int | None = None
+    max_prefill_tokens: int = 16384
+    chunked_prefill_size: int | None = None
+    page_size: int = 1
+    schedule_policy: str = "fcfs"
+    disable_radix_cache: bool = False
+    random_seed: int | None = None
+    attention_backend: str | None = None
+    disable_cuda_graph: bool = False
+    cuda_graph_max_bs: int | None = None
+    tp_size: int = 1
+    dp_size: int = 1
+    # outputs
+    stream_interval: int = 1
+    incremental_streaming_output: bool = False
+    allow_auto_truncate: bool = False
+    enable_cache_report: bool = False
+    enable_return_hidden_states: bool = False
+    stream_response_default_include_usage: bool = False
+    # sampling
+    grammar_backend: str | None = None
+    enable_custom_logit_processor: bool = False
+    sampling_defaults: str = "model"
+    preferred_sampling_params: str | None = None
+    reasoning_parser: str | None = None
+    tool_call_parser: str | None = None
+    # embedding models (later issues)
+    expert_distribution_recorder_mode: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.model_path:
+            raise ValueError("--model-path is required")
+        if self.tokenizer_path is None:
+            self.tokenizer_path = self.model_path
+        if self.served_model_name is None:
+            self.served_model_name = self.model_path
+        if self.log_level_http is None:
+            self.log_level_http = self.log_level
+        if self.random_seed is None:
+            self.random_seed = random.randint(0, 1 << 30)
+        if self.device is None:
+            self.device = _default_device()
+        if self.attention_backend is None:
+            self.attention_backend = "torch_native"
+        if self.grammar_backend is None:
+            self.grammar_backend = "xgrammar"
+        if self.chunked_prefill_size is None:
+            self.chunked_prefill_size = 8192 if self.device == "cuda" else 2048
+        if self.max_running_requests is None:
+            self.max_running_requests = 256 if self.device == "cuda" else 64
+        self._validate()
+
+    def _validate(self) -> None:
+        def check(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(msg)
+
+        check(self.schedule_policy in SCHEDULE_POLICIES,
+              f"--schedule-policy must be one of {', '.join(SCHEDULE_POLICIES)}, "
+              f"got {self.schedule_policy!r}")
+        check(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check(self.load_format in LOAD_FORMATS,
+              f"--load-format must be one of {', '.join(LOAD_FORMATS)}, got {self.load_format!r}")
+        check(self.attention_backend in ATTENTION_BACKENDS,
+              f"--attention-backend must be one of {', '.join(ATTENTION_BACKENDS)}, "
+              f"got {self.attention_backend!r}")
+        check(self.device in ("cpu", "cuda"), f"--device must be cpu or cuda, got {self.device!r}")
+        check(self.page_size >= 1, f"--page-size must be at least 1, got {self.page_size}")
+        check(self.max_running_requests >= 1, "--max-running-requests must be at least 1")
+        check(self.max_prefill_tokens >= 1, "--max-prefill-tokens must be at least 1")
+        check(self.stream_interval >= 1, "--stream-interval must be at least 1")
+        check(self.tp_size == 1 and self.dp_size == 1,
+              "tensor and data parallelism (--tp-size/--dp-size > 1) are not supported yet")
+        check(self.sampling_defaults in ("model", "openai"),
+              "--sampling-defaults must be 'model' or 'openai'")
+        if self.mem_fraction_static is not None:
+            check(0 < self.mem_fraction_static < 1, "--mem-fraction-static must be in (0, 1)")
+        if self.max_total_tokens is not None:
+            check(self.max_total_tokens >= self.page_size, "--max-total-tokens is too small")
+        if self.preferred_sampling_params is not None:
+            try:
+                parsed = json.loads(self.preferred_sampling_params)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--preferred-sampling-params is not valid JSON: {exc}") from exc
+            check(isinstance(parsed, dict), "--preferred-sampling-params must be a JSON object")
+
+    @property
+    def preferred_sampling_params_dict(self) -> dict[str, Any] | None:
+        if self.preferred_sampling_params is None:
+            return None
+        return json.loads(self.preferred_sampling_params)
+
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # ---- command line ------------------------------------------------------------------------
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        d = ServerArgs.__dataclass_fields__
+        a = parser.add_argument
+        a("--model-path", "--model", dest="model_path", type=str, required=True,
+          help="Local folder, .gguf file, hub id, or the demo alias smollm2-135m-instruct.")
+        a("--tokenizer-path", type=str, default=None)
+        a("--served-model-name", type=str, default=None)
+        a("--load-format", type=str, default=d["load_format"].default, choices=LOAD_FORMATS)
+        a("--dtype", type=str, default=d["dtype"].default, choices=DTYPES)
+        a("--context-length", type=int, default=None)
+        a("--chat-template", type=str, default=None)
+        a("--weight-version", type=str, default="default")
+        a("--host", type=str, default=d["host"].default)
+        a("--port", type=int, default=d["port"].default)
+        a("--api-key", type=str, default=None)
+        a("--admin-api-key", type=str, default=None)
+        a("--log-level", type=str, default="info")
+        a("--log-level-http", type=str, default=None)
+        a("--device", type=str, default=None, choices=("cpu", "cuda"))
+        a("--mem-fraction-static", type=float, default=None)
+        a("--max-total-tokens", type=int, default=None)
+        a("--max-running-requests", type=int, default=None)
+        a("--max-prefill-tokens", type=int, default=d["max_prefill_tokens"].default)
+        a("--chunked-prefill-size", type=int, default=None,
+          help="Tokens per prefill chunk; -1 disables chunking.")
+        a("--page-size", type=int, default=1)
+        a("--schedule-policy", type=str, default="fcfs", choices=SCHEDULE_POLICIES)
+        a("--random-seed", type=int, default=None)
+        a("--attention-backend", type=str, default=None, choices=ATTENTION_BACKENDS)
+        a("--cuda-graph-max-bs", type=int, default=None)
+        a("--tp-size", "--tensor-parallel-size", dest="tp_size", type=int, default=1)
+        a("--dp-size", "--data-parallel-size", dest="dp_size", type=int, default=1)
+        a("--stream-interval", type=int, default=1)
+        a("--grammar-backend", type=str, default=None, choices=GRAMMAR_BACKENDS)
+        a("--sampling-defaults", type=str, default="model", choices=("model", "openai"))
+        a("--preferred-sampling-params", type=str, default=None)
+        a("--reasoning-parser", type=str, default=None)
+        a("--tool-call-parser", type=str, default=None)
+        a("--expert-distribution-recorder-mode", type=str, default=None)
+        for flag in ("trust-remote-code", "skip-tokenizer-init", "is-embedding", "enable-metrics",
+                     "skip-server-warmup", "disable-radix-cache", "disable-cuda-graph",
+                     "incremental-streaming-output", "allow-auto-truncate", "enable-cache-report",
+                     "enable-return-hidden-states", "stream-response-default-include-usage",
+                     "enable-custom-logit-processor"):
+            a(f"--{flag}", action="store_true")
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> ServerArgs:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _default_device() -> str:
+    if os.environ.get("SGLANG_DEVICE"):
+        return os.environ["SGLANG_DEVICE"]
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def prepare_server_args(argv: list[str]) -> ServerArgs:
+    parser = argparse.ArgumentParser(prog="python -m sglang.launch_server")
+    ServerArgs.add_cli_args(parser)
+    return ServerArgs.from_cli_args(parser.parse_args(argv))

@@ -1,0 +1,1 @@
+"""Test helpers shipped with the package (SGLang's docs import sglang.test.doc_patch)."""
