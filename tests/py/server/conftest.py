@@ -6,55 +6,12 @@ integrity check passes and no KV memory is held by requests.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 import requests
-
-DEMO_MODEL = "smollm2-135m-instruct"
-SERVER_ARGS = ["--max-total-tokens", "16384", "--max-running-requests", "32",
-               "--random-seed", "1234", "--skip-server-warmup", "--log-level", "warning"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: str, extra: list[str], timeout: float = 600.0
-                 ) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", model,
-           "--port", str(port), *extra]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode}")
-        try:
-            if requests.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                return proc, url
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("server did not start in time")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+from server_utils import DEMO_MODEL, SERVER_ARGS, start_server, stop_server
 
 
 @pytest.fixture(scope="session")

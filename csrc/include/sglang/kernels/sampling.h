@@ -118,6 +118,9 @@ Status sample_cpu(const LogitsView& logits, const SamplingArgs& args, int32_t* o
                   int num_threads);
 
 // ---- CUDA launchers (defined only when built with CUDA; `stream` is a cudaStream_t) ------------
+// They check what the host can see (pointers, sizes) and launch asynchronously; device arrays are
+// not read on the host, so CSR token ids outside [0, vocab) are skipped on the device instead of
+// rejected, and indptr / row_indices must stay within their arrays (the caller's promise).
 Status apply_penalties_cuda(const LogitsView& logits, const PenaltyArgs& args, void* stream);
 Status apply_token_ban_cuda(const LogitsView& logits, const TokenListArgs& args, void* stream);
 Status apply_logit_bias_cuda(const LogitsView& logits, const TokenListArgs& args, void* stream);

@@ -1,0 +1,1 @@
+"""Sampling: fused logit processing and token sampling kernels and their torch adapter."""
