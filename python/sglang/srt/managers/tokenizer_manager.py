@@ -35,7 +35,6 @@ from sglang.srt.managers.io_struct import (
     InternalStateResp,
     ReqOutput,
     RequestError,
-    ShutdownReq,
     SingleGenerateReq,
     TokenizedGenerateReq,
 )
@@ -205,10 +204,8 @@ class TokenizerManager:
         for task in self.loop_tasks:
             task.cancel()
         if self.engine_proc.is_alive():
-            try:
-                self.send_sock.send_pyobj(ShutdownReq(), flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+            # SIGTERM: shutdown may run outside the event loop that owns the sockets.
+            self.engine_proc.terminate()
             self.engine_proc.join(5)
             if self.engine_proc.is_alive():
                 self.engine_proc.kill()

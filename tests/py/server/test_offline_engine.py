@@ -1,0 +1,71 @@
+"""The offline engine, sgl.Engine: generate (single, batch, stream), async_generate, cache flush,
+server info, errors, and shutdown as a context manager."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+import sglang as sgl
+
+GREEDY = {"temperature": 0, "max_new_tokens": 8}
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[sgl.Engine]:
+    with sgl.Engine(model_path="smollm2-135m-instruct", max_total_tokens=8192,
+                    random_seed=7) as engine:
+        yield engine
+
+
+def test_generate_single_and_batch(llm: sgl.Engine) -> None:
+    one = llm.generate("The capital of France is", GREEDY)
+    assert set(one) == {"text", "output_ids", "meta_info"}
+    assert len(one["output_ids"]) == 8
+    batch = llm.generate(["The capital of France is", "1, 2, 3,"], GREEDY)
+    assert len(batch) == 2 and batch[0]["output_ids"] == one["output_ids"]
+    ids = llm.generate(input_ids=[[504, 3575, 282]], sampling_params=GREEDY)
+    assert len(ids) == 1 and len(ids[0]["output_ids"]) == 8
+
+
+def test_stream(llm: sgl.Engine) -> None:
+    full = llm.generate("Tell me about tea.", GREEDY)
+    chunks = list(llm.generate("Tell me about tea.", GREEDY, stream=True))
+    assert chunks[-1]["text"] == full["text"]
+    assert chunks[-1]["meta_info"]["finish_reason"] is not None
+
+
+def test_async_generate(llm: sgl.Engine) -> None:
+    async def run() -> tuple[dict, list[dict]]:
+        out = await llm.async_generate("The capital of France is", GREEDY)
+        stream = await llm.async_generate("The capital of France is", GREEDY, stream=True)
+        chunks = [c async for c in stream]
+        return out, chunks
+
+    out, chunks = asyncio.run(run())
+    assert chunks[-1]["text"] == out["text"]
+
+
+def test_errors_are_value_errors(llm: sgl.Engine) -> None:
+    with pytest.raises(ValueError, match="temperature must be a non-negative"):
+        llm.generate("x", {"temperature": -1})
+    assert llm.generate("x", {"max_new_tokens": 1})["meta_info"]["completion_tokens"] == 1
+
+
+def test_info_and_flush(llm: sgl.Engine) -> None:
+    assert llm.flush_cache() is True
+    info = llm.get_server_info()
+    assert info["status"] == "ready" and info["max_total_num_tokens"] == 8192
+    assert llm.get_model_info()["model_path"] == "smollm2-135m-instruct"
+
+
+def test_shutdown_stops_engine_process() -> None:
+    engine = sgl.Engine(model_path="smollm2-135m-instruct", max_total_tokens=2048)
+    proc = psutil.Process(engine.tokenizer_manager.engine_proc.pid)
+    assert engine.generate("Hi", {"max_new_tokens": 1})["meta_info"]["completion_tokens"] == 1
+    engine.shutdown()
+    proc.wait(15)
+    assert not proc.is_running()
