@@ -43,7 +43,7 @@ Scheduler::Scheduler(SchedulerConfig config)
   const int64_t pool_tokens = static_cast<int64_t>(allocator_.num_pages()) * config_.page_size;
   max_seq_len_ = static_cast<int32_t>(std::min<int64_t>(config_.context_length, pool_tokens));
   const size_t table = static_cast<size_t>(config_.max_running_requests) * max_seq_len_;
-  req_to_token_.reset(new int32_t[table]);  // rows are written before they are read
+  req_to_token_.reset(new int32_t[table]());
   free_pool_indices_.reserve(config_.max_running_requests);
   for (int32_t i = config_.max_running_requests - 1; i >= 0; --i) free_pool_indices_.push_back(i);
 }

@@ -48,6 +48,8 @@ def _die_with_parent() -> None:
 
 def run_engine_process(server_args: ServerArgs, ipc_in: str, ipc_out: str, ready_conn: Any) -> None:
     _die_with_parent()
+    # Spinning OpenMP workers slow torch 10x or more when cores are shared (set before torch loads).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and tells us
     logging.basicConfig(
         level=getattr(logging, server_args.log_level.upper(), logging.INFO),

@@ -1,0 +1,48 @@
+"""RMSNorm, optionally fused with the residual add that precedes it in a pre-norm decoder.
+
+Input: hidden states [tokens, hidden] (and the running residual). Output: normalized states
+(and the new residual). ``torch.nn.functional.rms_norm`` is bit-identical to the HF Llama
+formula ``w * (x * rsqrt(mean(x^2) + eps))`` in float32 and one fused op.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm over the last dimension (HF ``LlamaRMSNorm`` semantics)."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        eps: float = 1e-6,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype, device=device))
+        self.eps = eps
+        self.shape = (hidden_size,)
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``norm(x)``, or with ``residual``: ``(norm(x + residual), x + residual)``."""
+        if residual is None:
+            return self._norm(x)
+        residual = x + residual
+        return self._norm(residual), residual
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.shape, self.weight, self.eps)
+        # HF computes the statistics in float32 and rounds before applying the weight.
+        y = F.rms_norm(x.float(), self.shape, None, self.eps).to(x.dtype)
+        return y * self.weight
+
+    def extra_repr(self) -> str:
+        return f"{self.shape[0]}, eps={self.eps}"

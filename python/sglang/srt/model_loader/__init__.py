@@ -1,0 +1,1 @@
+"""Finding and reading checkpoints: path resolution, HF folders, GGUF files, dummy weights."""

@@ -1,0 +1,1 @@
+"""Model architectures (torch), looked up by HF architecture name in ``registry``."""

