@@ -180,17 +180,7 @@ def format_result(r: dict[str, Any]) -> str:
 
 
 def build_runner(server_args: ServerArgs) -> ModelRunner:
-    return ModelRunner(
-        model_path=server_args.model_path,
-        tokenizer_path=server_args.tokenizer_path,
-        dtype=server_args.dtype,
-        device=server_args.device,
-        load_format=server_args.load_format,
-        context_length=server_args.context_length,
-        trust_remote_code=server_args.trust_remote_code,
-        random_seed=server_args.random_seed,
-        attention_backend=server_args.attention_backend,
-    )
+    return ModelRunner.from_server_args(server_args)
 
 
 def run_benchmarks(server_args: ServerArgs, bench: BenchArgs) -> list[dict[str, Any]]:

@@ -315,16 +315,26 @@ def _max_model_len(tm: TokenizerManager) -> int:
     return n
 
 
-@app.post("/tokenize")
-@app.post("/v1/tokenize")
-async def tokenize(request: Request) -> ORJSONResponse:
-    tm = _tm()
+async def _tokenizer_body(request: Request, tm: TokenizerManager) -> dict | ORJSONResponse:
+    """The JSON object of a /tokenize or /detokenize request, or the E3 error to answer with."""
     try:
         body = await request.json()
     except json.JSONDecodeError:
         return e3("The request body is not valid JSON.")
+    if not isinstance(body, dict):
+        return e3("The request body must be a JSON object.")
     if tm.tokenizer is None:
         return e3("The server runs with --skip-tokenizer-init: no tokenizer.")
+    return body
+
+
+@app.post("/tokenize")
+@app.post("/v1/tokenize")
+async def tokenize(request: Request) -> ORJSONResponse:
+    tm = _tm()
+    body = await _tokenizer_body(request, tm)
+    if isinstance(body, ORJSONResponse):
+        return body
     prompt, messages = body.get("prompt"), body.get("messages")
     if (prompt is None) == (messages is None):
         return e3("Exactly one of 'prompt' or 'messages' must be provided.")
@@ -350,12 +360,9 @@ async def tokenize(request: Request) -> ORJSONResponse:
 @app.post("/v1/detokenize")
 async def detokenize(request: Request) -> ORJSONResponse:
     tm = _tm()
-    try:
-        body = await request.json()
-    except json.JSONDecodeError:
-        return e3("The request body is not valid JSON.")
-    if tm.tokenizer is None:
-        return e3("The server runs with --skip-tokenizer-init: no tokenizer.")
+    body = await _tokenizer_body(request, tm)
+    if isinstance(body, ORJSONResponse):
+        return body
     tokens = body.get("tokens")
     skip = bool(body.get("skip_special_tokens", True))
     if not isinstance(tokens, list):

@@ -58,17 +58,7 @@ class EngineCore:
 
         self.args = server_args
         torch.manual_seed(server_args.random_seed)
-        self.runner = ModelRunner(
-            model_path=server_args.model_path,
-            tokenizer_path=server_args.tokenizer_path,
-            dtype=server_args.dtype,
-            device=server_args.device,
-            load_format=server_args.load_format,
-            context_length=server_args.context_length,
-            trust_remote_code=server_args.trust_remote_code,
-            random_seed=server_args.random_seed,
-            attention_backend=server_args.attention_backend,
-        )
+        self.runner = ModelRunner.from_server_args(server_args)
         self.model_config = self.runner.model_config
         self.device = torch.device(self.runner.device)
         self.tokenizer = None

@@ -88,6 +88,21 @@ class ModelRunner:
             torch.get_num_threads(),
         )
 
+    @classmethod
+    def from_server_args(cls, args: Any) -> ModelRunner:
+        """A runner configured by a ServerArgs (the engine and bench_one_batch use this)."""
+        return cls(
+            model_path=args.model_path,
+            tokenizer_path=args.tokenizer_path,
+            dtype=args.dtype,
+            device=args.device,
+            load_format=args.load_format,
+            context_length=args.context_length,
+            trust_remote_code=args.trust_remote_code,
+            random_seed=args.random_seed,
+            attention_backend=args.attention_backend,
+        )
+
     def kv_bytes_per_token(self) -> int:
         cfg = self.model_config
         return KVPool.bytes_per_token(
