@@ -20,23 +20,6 @@ import requests
 from server_utils import start_server, stop_server
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from sglang.srt.hf_transformers_utils import get_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = get_tokenizer("smollm2-135m-instruct")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, eos_token_id=2, bos_token_id=1)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture()
 def tiny_server(tiny_model: Path) -> Iterator[tuple[subprocess.Popen, str]]:
     proc, url = start_server(str(tiny_model), ["--max-total-tokens", "4096",

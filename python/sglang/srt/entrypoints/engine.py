@@ -147,15 +147,7 @@ class Engine:
         return self._call(self.tokenizer_manager.flush_cache())
 
     def get_server_info(self) -> dict[str, Any]:
-        tm = self.tokenizer_manager
-        state = self._call(tm.get_internal_state())
-        info = self.server_args.to_json()
-        import sglang
-
-        return {**info, "status": "ready", "max_total_num_tokens": tm.info.max_total_num_tokens,
-                "max_req_input_len": tm.info.max_req_input_len,
-                "internal_states": [{**info, **state, "memory_usage": tm.info.memory_usage}],
-                "version": sglang.__version__}
+        return self._call(self.tokenizer_manager.server_info())
 
     def get_model_info(self) -> dict[str, Any]:
         a = self.server_args

@@ -24,7 +24,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-import sglang
 from sglang.srt.managers.io_struct import GenerateReqInput
 from sglang.srt.managers.tokenizer_manager import (
     EngineDeadError,
@@ -267,23 +266,7 @@ async def model_info() -> ORJSONResponse:
 @app.get("/get_server_info")
 @app.get("/server_info")
 async def get_server_info() -> ORJSONResponse:
-    tm = _tm()
-    args = tm.args.to_json()
-    try:
-        state = await tm.get_internal_state()
-    except (EngineDeadError, asyncio.TimeoutError):
-        state = {}
-    internal = dict(args)
-    internal.update(state)
-    internal["memory_usage"] = tm.info.memory_usage
-    return ORJSONResponse({
-        **args,
-        "status": "ready",
-        "max_total_num_tokens": tm.info.max_total_num_tokens,
-        "max_req_input_len": tm.info.max_req_input_len,
-        "internal_states": [internal],
-        "version": sglang.__version__,
-    })
+    return ORJSONResponse(await _tm().server_info())
 
 
 @app.api_route("/flush_cache", methods=["GET", "POST"])

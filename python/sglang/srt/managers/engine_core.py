@@ -22,6 +22,7 @@ import torch
 from sglang import _core
 from sglang.srt.managers.io_struct import EngineReady, ReqOutput, TokenizedGenerateReq
 from sglang.srt.managers.stop_checker import StopChecker
+from sglang.srt.sampling.custom_logit_processor import ReqView
 from sglang.srt.sampling.sampler import BatchSampler, RowSampling
 from sglang.srt.server_args import ServerArgs
 
@@ -45,11 +46,22 @@ class EngineReq:
     input_token_logprobs: list[tuple[float | None, int]] = dataclasses.field(default_factory=list)
     input_top_logprobs: list[Any] = dataclasses.field(default_factory=list)
     input_ids_logprobs: list[Any] = dataclasses.field(default_factory=list)
-    hidden_states: list[Any] = dataclasses.field(default_factory=list)
+    # input_embeds of the prompt ([prompt_len, hidden], model dtype) replacing the id lookup.
+    input_embeds: torch.Tensor | None = None
+    # return_hidden_states: the prompt's vectors gathered across prefill chunks ("full" mode).
+    prefill_hidden: list[Any] = dataclasses.field(default_factory=list)
+    hidden_prefill_done: bool = False
 
     @property
     def wants_input_logprobs(self) -> bool:
         return self.req.return_logprob and self.req.logprob_start_len >= 0
+
+    @property
+    def wants_prompt_rows(self) -> bool:
+        """Whether this prefill step must return every prompt row (logprobs or hidden states)."""
+        logprobs = self.wants_input_logprobs and not self.input_logprobs_done
+        hidden = self.req.return_hidden_states == "full" and not self.hidden_prefill_done
+        return logprobs or hidden
 
 
 class EngineCore:
@@ -123,12 +135,14 @@ class EngineCore:
             max_req_input_len=int(self.core.max_sequence_len - 1),
             context_length=int(mc.context_length),
             vocab_size=int(mc.vocab_size),
+            hidden_size=int(mc.hidden_size),
             eos_token_ids=list(mc.eos_token_ids),
             max_running_requests=int(self.args.max_running_requests),
             architectures=[mc.architecture],
             model_type=str(getattr(mc, "model_type", "")),
             device=str(self.device),
             dtype=str(self.runner.dtype).replace("torch.", ""),
+            generation_config=dict(self.runner.generation_config),
             memory_usage={"weight": weight_bytes / 2**30, "kvcache": kv_bytes / 2**30,
                           "token_capacity": int(total), "graph": 0.0},
         )
@@ -144,9 +158,13 @@ class EngineCore:
             penalty_scope = 2
         elif sp.frequency_penalty != 0.0 or sp.presence_penalty != 0.0:
             penalty_scope = 1
+        if req.input_embeds is not None and penalty_scope == 2:
+            penalty_scope = 1  # the prompt has no token ids to penalise, only placeholders
         max_cached = -1
         if req.return_logprob and req.logprob_start_len >= 0:
             max_cached = max(req.logprob_start_len - 1, 0)
+        if req.return_hidden_states == "full":
+            max_cached = 0  # every prompt position's hidden state is computed
         try:
             handle = self.core.add_request(
                 np.asarray(req.input_ids, dtype=np.int32),
@@ -155,6 +173,7 @@ class EngineCore:
                 ignore_eos=sp.ignore_eos,
                 stop_token_ids=list(sp.stop_token_ids or []),
                 penalty_scope=penalty_scope,
+                cache_namespace=req.cache_namespace,
                 max_cached_prefix=max_cached,
             )
         except _core.CoreError as exc:
@@ -164,9 +183,15 @@ class EngineCore:
             self.seed_counter += 1
             seed = (self.args.random_seed * 1_000_003 + self.seed_counter) & 0xFFFFFFFFFFFFFFFF
         stop = StopChecker(self.tokenizer, sp.stop_strings, sp.stop_regex_list)
+        output_ids: list[int] = []
         row = RowSampling.build(sp, seed, req.return_logprob, req.top_logprobs_num,
-                                req.token_ids_logprob)
-        self.reqs[handle] = EngineReq(req=req, handle=handle, sampling=row, stop=stop)
+                                req.token_ids_logprob, req.custom_logit_processor,
+                                ReqView(req.rid, req.input_ids, output_ids))
+        ereq = EngineReq(req=req, handle=handle, sampling=row, stop=stop, output_ids=output_ids)
+        if req.input_embeds is not None:
+            ereq.input_embeds = torch.as_tensor(req.input_embeds, dtype=self.runner.dtype,
+                                                device=self.device)
+        self.reqs[handle] = ereq
         self.rid_to_handle[req.rid] = handle
         return None
 
@@ -246,16 +271,26 @@ class EngineCore:
                 if not e.output_ids and e.num_retractions == 0:
                     e.cached_tokens = int(self.core.request_info(e.handle)["cached_tokens"])
         logits_rows, prompt_slices = self._logits_rows(plan, ereqs)
+        capture_hidden = any(e.req.return_hidden_states for e in ereqs)
         batch = ForwardBatch.from_plan(plan, self.req_to_token, self.device,
-                                       logits_rows=logits_rows)
+                                       logits_rows=logits_rows, capture_hidden=capture_hidden)
+        if plan.mode == _core.ForwardMode.EXTEND and any(
+                e.input_embeds is not None for e in ereqs):
+            batch.input_embeds = self._extend_embeds(plan, ereqs, batch.input_ids)
         result = self.runner.forward(batch)
         logits = result.logits
         sample_pos = prompt_slices.pop("__sample__")
-        sample_logits = logits if sample_pos is None else logits.index_select(
-            0, torch.as_tensor(sample_pos, device=logits.device))
+        sample_index = None if sample_pos is None else torch.as_tensor(
+            sample_pos, dtype=torch.long, device=logits.device)
+        sample_logits = logits if sample_index is None else logits.index_select(0, sample_index)
         if prompt_slices:
-            self._input_logprobs(plan, ereqs, logits, prompt_slices)
+            self._prompt_rows(ereqs, logits, result.hidden_states, prompt_slices)
         sample_reqs = [ereqs[i] for i in plan.sample_indices]
+        hidden_out: dict[int, list[Any]] = {}
+        if capture_hidden and result.hidden_states is not None:
+            hidden = result.hidden_states
+            sample_hidden = hidden if sample_index is None else hidden.index_select(0, sample_index)
+            hidden_out = self._sampled_hidden(sample_reqs, sample_hidden)
         offsets = plan.output_lens[plan.sample_indices]
         penalty = None
         if len(plan.penalty_indptr):
@@ -267,20 +302,57 @@ class EngineCore:
         self.forward_ct += 1
         for h in plan.retracted.tolist():
             self.reqs[h].num_retractions += 1
-        return self._collect(sample_reqs, sampled, rids, tokens, reasons)
+        failed = {sample_reqs[k].handle: err.message
+                  for err in sampled.processor_errors for k in err.rows}
+        return self._collect(sample_reqs, sampled, rids, tokens, reasons, hidden_out, failed)
+
+    def _extend_embeds(self, plan: Any, ereqs: list[EngineReq],
+                       input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings of an extend step, with the prompt rows of input_embeds requests
+        taken from their embeddings (positions past the prompt, e.g. after a retraction, are
+        generated tokens and use the table)."""
+        with torch.inference_mode():
+            embeds = self.runner.embed_tokens(input_ids)
+            for i, e in enumerate(ereqs):
+                if e.input_embeds is None:
+                    continue
+                first = int(plan.prefix_lens[i])
+                count = min(int(plan.extend_lens[i]), e.input_embeds.shape[0] - first)
+                if count > 0:
+                    lo = int(plan.extend_start[i])
+                    embeds[lo:lo + count] = e.input_embeds[first:first + count]
+        return embeds
+
+    def _sampled_hidden(self, sample_reqs: list[EngineReq],
+                        hidden: torch.Tensor) -> dict[int, list[Any]]:
+        """hidden_states entries of this step per request: the prompt block once its prefill
+        ends (every prompt vector, or only the last in "last" mode), then one vector per
+        decoded token (the hidden state of the token fed to this step)."""
+        out: dict[int, list[Any]] = {}
+        for k, e in enumerate(sample_reqs):
+            mode = e.req.return_hidden_states
+            if not mode:
+                continue
+            vector = hidden[k].float().tolist()
+            if e.hidden_prefill_done:
+                out[e.handle] = [vector]
+                continue
+            block = e.prefill_hidden if mode == "full" else [vector]
+            e.prefill_hidden = []
+            e.hidden_prefill_done = True
+            out[e.handle] = [block]
+        return out
 
     def _logits_rows(self, plan: Any, ereqs: list[EngineReq]) -> tuple[np.ndarray | None, dict]:
         """Rows whose logits the runner returns: the sampled rows, plus the prompt rows of
         requests that want prompt logprobs (in a prefill step)."""
         slices: dict[Any, Any] = {"__sample__": None}
-        if plan.mode != _core.ForwardMode.EXTEND or not any(
-            e.wants_input_logprobs and not e.input_logprobs_done for e in ereqs
-        ):
+        if plan.mode != _core.ForwardMode.EXTEND or not any(e.wants_prompt_rows for e in ereqs):
             return None, slices
         rows: list[int] = []
         starts = plan.extend_start
         for i, e in enumerate(ereqs):
-            if not e.wants_input_logprobs or e.input_logprobs_done:
+            if not e.wants_prompt_rows:
                 continue
             first_pos = int(plan.prefix_lens[i])
             lo = int(starts[i])
@@ -295,36 +367,48 @@ class EngineCore:
         slices["__sample__"] = sample_pos
         return np.asarray(rows, dtype=np.int32), slices
 
-    def _input_logprobs(self, plan: Any, ereqs: list[EngineReq], logits: torch.Tensor,
-                        slices: dict) -> None:
+    def _prompt_rows(self, ereqs: list[EngineReq], logits: torch.Tensor,
+                     hidden: torch.Tensor | None, slices: dict) -> None:
+        """Prompt logprobs and prompt hidden states of the prompt rows of this prefill step."""
         for i, (begin, first_pos, n) in slices.items():
             e = ereqs[i]
-            prompt = e.req.input_ids
-            start = max(e.req.logprob_start_len, 0)
-            lp = torch.log_softmax(logits[begin:begin + n].float(), dim=-1)
-            if first_pos == 0 and start == 0:
-                e.input_token_logprobs.append((None, prompt[0]))
-                if e.req.top_logprobs_num > 0:
-                    e.input_top_logprobs.append(None)
-                if e.req.token_ids_logprob:
-                    e.input_ids_logprobs.append(None)
-            # Row k (position first_pos + k) predicts the token at first_pos + k + 1.
-            for k in range(n):
-                target_pos = first_pos + k + 1
-                if target_pos >= len(prompt) or target_pos < start:
-                    continue
-                row = lp[k]
-                e.input_token_logprobs.append((float(row[prompt[target_pos]]), prompt[target_pos]))
-                if e.req.top_logprobs_num > 0:
-                    vals, ids = torch.topk(row, e.req.top_logprobs_num)
-                    e.input_top_logprobs.append(list(zip(vals.tolist(), ids.tolist())))
-                if e.req.token_ids_logprob:
-                    e.input_ids_logprobs.append([(float(row[t]), t) for t in e.req.token_ids_logprob])
-            if first_pos + n >= len(prompt):
-                e.input_logprobs_done = True
+            if e.req.return_hidden_states == "full" and not e.hidden_prefill_done:
+                assert hidden is not None
+                prompt_rows = min(n, len(e.req.input_ids) - first_pos)
+                e.prefill_hidden.extend(hidden[begin:begin + prompt_rows].float().tolist())
+            if e.wants_input_logprobs and not e.input_logprobs_done:
+                self._input_logprobs(e, logits, begin, first_pos, n)
+
+    @staticmethod
+    def _input_logprobs(e: EngineReq, logits: torch.Tensor, begin: int, first_pos: int,
+                        n: int) -> None:
+        prompt = e.req.input_ids
+        start = max(e.req.logprob_start_len, 0)
+        lp = torch.log_softmax(logits[begin:begin + n].float(), dim=-1)
+        if first_pos == 0 and start == 0:
+            e.input_token_logprobs.append((None, prompt[0]))
+            if e.req.top_logprobs_num > 0:
+                e.input_top_logprobs.append(None)
+            if e.req.token_ids_logprob:
+                e.input_ids_logprobs.append(None)
+        # Row k (position first_pos + k) predicts the token at first_pos + k + 1.
+        for k in range(n):
+            target_pos = first_pos + k + 1
+            if target_pos >= len(prompt) or target_pos < start:
+                continue
+            row = lp[k]
+            e.input_token_logprobs.append((float(row[prompt[target_pos]]), prompt[target_pos]))
+            if e.req.top_logprobs_num > 0:
+                vals, ids = torch.topk(row, e.req.top_logprobs_num)
+                e.input_top_logprobs.append(list(zip(vals.tolist(), ids.tolist())))
+            if e.req.token_ids_logprob:
+                e.input_ids_logprobs.append([(float(row[t]), t) for t in e.req.token_ids_logprob])
+        if first_pos + n >= len(prompt):
+            e.input_logprobs_done = True
 
     def _collect(self, sample_reqs: list[EngineReq], sampled: Any, rids: np.ndarray,
-                 tokens: np.ndarray, reasons: np.ndarray) -> list[ReqOutput]:
+                 tokens: np.ndarray, reasons: np.ndarray, hidden_out: dict[int, list[Any]],
+                 failed: dict[int, str]) -> list[ReqOutput]:
         row_of = {e.handle: k for k, e in enumerate(sample_reqs)}
         outs: list[ReqOutput] = []
         n_tokens = 0
@@ -336,6 +420,11 @@ class EngineCore:
             e.output_ids.extend(new_ids)
             n_tokens += len(new_ids)
             finish = self._finish_reason(e, tok, reason)
+            if h in failed:  # its custom logit processor raised: end it with that error
+                if finish is None:
+                    self.core.abort(h)
+                finish = {"type": "abort", "message": failed[h], "status_code": 400,
+                          "err_type": "BadRequest"}
             if finish is None and new_ids and len(e.output_ids) >= e.req.sampling.min_new_tokens:
                 matched = e.stop.check(e.output_ids)
                 if matched is not None:
@@ -349,6 +438,8 @@ class EngineCore:
                     out.output_top_logprobs = [sampled.top_logprobs[k]]
                 if e.req.token_ids_logprob:
                     out.output_token_ids_logprobs = [sampled.ids_logprobs[k]]
+            if h in hidden_out and new_ids:
+                out.hidden_states = hidden_out[h]
             if e.input_token_logprobs and e.input_logprobs_done and new_ids:
                 out.input_token_logprobs = e.input_token_logprobs
                 out.input_top_logprobs = e.input_top_logprobs or None

@@ -32,7 +32,7 @@ class GenerateReqInput(BaseModel):
     top_logprobs_num: Optional[Union[list[int], int]] = None
     token_ids_logprob: Optional[Union[list[list[int]], list[int]]] = None
     return_text_in_logprobs: bool = False
-    return_hidden_states: Union[list[bool], bool] = False
+    return_hidden_states: Union[list[Union[bool, str, None]], bool, str, None] = False
     custom_logit_processor: Optional[Union[list[Optional[str]], str]] = None
     image_data: Optional[Any] = None
     lora_path: Optional[Union[list[Optional[str]], str]] = None
@@ -94,7 +94,8 @@ class GenerateReqInput(BaseModel):
                     top_logprobs_num=int(_item(self.top_logprobs_num, i, batch_size, 0)),
                     token_ids_logprob=_token_ids_item(self.token_ids_logprob, i, batch_size),
                     return_text_in_logprobs=self.return_text_in_logprobs,
-                    return_hidden_states=bool(_item(self.return_hidden_states, i, batch_size, False)),
+                    return_hidden_states=_hidden_states_mode(
+                        _item(self.return_hidden_states, i, batch_size, False)),
                     custom_logit_processor=_item(self.custom_logit_processor, i, batch_size, None),
                     stream=self.stream,
                     index=k,
@@ -115,7 +116,7 @@ class GenerateReqInput(BaseModel):
 
     @staticmethod
     def _parallel_sample_num(params_list: list[dict[str, Any] | None]) -> int:
-        values = {(p or {}).get("n") or 1 for p in params_list}
+        values = {1 if (p or {}).get("n") is None else p["n"] for p in params_list}
         if len(values) > 1:
             raise ValueError("The parallel_sample_num should be the same for all samples in sample params.")
         n = values.pop()
@@ -150,6 +151,17 @@ def _item(value: Any, i: int, batch_size: int, default: Any) -> Any:
     return value
 
 
+def _hidden_states_mode(value: Any) -> str:
+    """'' (off), 'full' (true: every prompt vector, then one per decoded token) or 'last'."""
+    if value is None or value is False:
+        return ""
+    if value is True or value == "full":
+        return "full"
+    if value == "last":
+        return "last"
+    raise ValueError(f"return_hidden_states must be a boolean, 'full' or 'last', got {value!r}.")
+
+
 def _token_ids_item(value: Any, i: int, batch_size: int) -> list[int] | None:
     if value is None or len(value) == 0:
         return None
@@ -174,7 +186,7 @@ class SingleGenerateReq:
     top_logprobs_num: int
     token_ids_logprob: list[int] | None
     return_text_in_logprobs: bool
-    return_hidden_states: bool
+    return_hidden_states: str  # '' (off), 'full' or 'last'
     custom_logit_processor: str | None
     stream: bool
     index: int
@@ -193,8 +205,11 @@ class TokenizedGenerateReq:
     top_logprobs_num: int = 0
     token_ids_logprob: list[int] | None = None
     input_embeds: list[list[float]] | None = None
-    return_hidden_states: bool = False
+    return_hidden_states: str = ""  # '' (off), 'full' or 'last'
     custom_logit_processor: str | None = None
+    # Radix-cache namespace: requests only share cached prefixes within one namespace
+    # (input_embeds requests get one per embedding content, their token ids being placeholders).
+    cache_namespace: str = ""
 
 
 @dataclasses.dataclass
@@ -271,6 +286,7 @@ class EngineReady:
     max_req_input_len: int
     context_length: int
     vocab_size: int
+    hidden_size: int
     eos_token_ids: list[int]
     max_running_requests: int
     architectures: list[str]
@@ -278,3 +294,4 @@ class EngineReady:
     device: str
     dtype: str
     memory_usage: dict[str, float]
+    generation_config: dict[str, Any] = dataclasses.field(default_factory=dict)

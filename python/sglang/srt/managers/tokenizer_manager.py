@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import multiprocessing as mp
 import os
@@ -20,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 import zmq
 import zmq.asyncio
 
@@ -39,7 +41,8 @@ from sglang.srt.managers.io_struct import (
     TokenizedGenerateReq,
 )
 from sglang.srt.managers.stop_checker import compile_stop_regex
-from sglang.srt.sampling.sampling_params import SamplingParams
+from sglang.srt.sampling.custom_logit_processor import load_custom_logit_processor
+from sglang.srt.sampling.sampling_params import SamplingParams, chat_sampling_defaults
 from sglang.srt.server_args import ServerArgs
 
 logger = logging.getLogger("sglang.tokenizer_manager")
@@ -70,6 +73,7 @@ class ReqState:
     input_token_logprobs: list[Any] = dataclasses.field(default_factory=list)
     input_top_logprobs: list[Any] = dataclasses.field(default_factory=list)
     input_token_ids_logprobs: list[Any] = dataclasses.field(default_factory=list)
+    hidden_states: list[Any] = dataclasses.field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -99,6 +103,9 @@ class TokenizerManager:
         self.last_receive = time.time()
         self.loop_tasks: list[asyncio.Task] = []
         self.preferred = server_args.preferred_sampling_params_dict
+        # Defaults of the keys a /v1/chat/completions request omits (--sampling-defaults).
+        self.chat_sampling_defaults = chat_sampling_defaults(server_args.sampling_defaults,
+                                                             self.info.generation_config)
         self._closed = False
 
     # ---- engine process ------------------------------------------------------------------------
@@ -193,6 +200,21 @@ class TokenizerManager:
                                                              InternalStateResp)
         return reply.state
 
+    async def server_info(self) -> dict[str, Any]:
+        """The /get_server_info object: server args, engine limits and the engine's state."""
+        import sglang
+
+        args = self.args.to_json()
+        try:
+            state = await self.get_internal_state()
+        except (EngineDeadError, asyncio.TimeoutError):
+            state = {}
+        internal = {**args, **state, "memory_usage": self.info.memory_usage,
+                    "chat_sampling_defaults": self.chat_sampling_defaults}
+        return {**args, "status": "ready", "max_total_num_tokens": self.info.max_total_num_tokens,
+                "max_req_input_len": self.info.max_req_input_len, "internal_states": [internal],
+                "version": sglang.__version__}
+
     async def abort_request(self, rid: str = "", abort_all: bool = False) -> None:
         if not self.engine_dead:
             await self.send_sock.send_pyobj(AbortReq(rid=rid, abort_all=abort_all))
@@ -228,6 +250,14 @@ class TokenizerManager:
             state.output_top_logprobs.extend(out.output_top_logprobs)
         if out.output_token_ids_logprobs:
             state.output_token_ids_logprobs.extend(out.output_token_ids_logprobs)
+        if out.hidden_states:
+            state.hidden_states.extend(out.hidden_states)
+        finish = out.finish_reason
+        if finish is not None and finish.get("type") == "abort" and finish.get("status_code"):
+            # The engine refused the request mid-way (e.g. its logit processor raised): an error.
+            state.error = (finish.get("message") or "Aborted", int(finish["status_code"]))
+            state.event.set()
+            return
         if out.input_token_logprobs:
             state.input_token_logprobs = out.input_token_logprobs
             state.input_top_logprobs = out.input_top_logprobs or []
@@ -252,7 +282,12 @@ class TokenizerManager:
         if single.input_ids is not None:
             return list(single.input_ids)
         if single.input_embeds is not None:
-            raise ValueError("input_embeds is not supported by this server yet.")
+            check_input_embeds(single.input_embeds, self.info.hidden_size)
+            if single.return_logprob and single.logprob_start_len >= 0:
+                raise ValueError("Prompt logprobs (logprob_start_len >= 0) are not available for "
+                                 "input_embeds requests: their prompt has no token ids.")
+            # Placeholder ids: the engine feeds the embeddings to the model in their place.
+            return [0] * len(single.input_embeds)
         if self.tokenizer is None:
             raise ValueError("text input needs a tokenizer; the server runs with "
                              "--skip-tokenizer-init, send input_ids instead.")
@@ -273,11 +308,13 @@ class TokenizerManager:
         if self.args.skip_tokenizer_init and (sampling.stop_strings or sampling.stop_regex_list):
             raise ValueError(f"stop={sampling.stop!r} is unavailable when skip_tokenizer_init=True "
                              "(requires tokenizer to decode tokens to text for matching).")
-        if single.custom_logit_processor and not self.args.enable_custom_logit_processor:
-            raise ValueError(
-                "The server is not configured to enable custom logit processor. Please set "
-                "`--enable-custom-logit-processor` to enable this feature."
-            )
+        if single.custom_logit_processor:
+            if not self.args.enable_custom_logit_processor:
+                raise ValueError(
+                    "The server is not configured to enable custom logit processor. Please set "
+                    "`--enable-custom-logit-processor` to enable this feature."
+                )
+            load_custom_logit_processor(single.custom_logit_processor)  # 400 when malformed
         if single.return_hidden_states and not self.args.enable_return_hidden_states:
             raise ValueError(
                 "The server is not configured to return hidden states. Please set "
@@ -325,8 +362,10 @@ class TokenizerManager:
             logprob_start_len=single.logprob_start_len,
             top_logprobs_num=single.top_logprobs_num,
             token_ids_logprob=single.token_ids_logprob,
+            input_embeds=single.input_embeds,
             return_hidden_states=single.return_hidden_states,
             custom_logit_processor=single.custom_logit_processor,
+            cache_namespace=embeds_namespace(single.input_embeds),
         )
         return state, req
 
@@ -347,21 +386,23 @@ class TokenizerManager:
         self, prepared: list[tuple[ReqState, TokenizedGenerateReq]]
     ) -> None:
         """n > 1: one prefill-only request per prompt puts it in the prefix cache first."""
-        seen: dict[int, list[int]] = {}
+        seen: dict[int, TokenizedGenerateReq] = {}
         for state, req in prepared:
-            seen.setdefault(state.single.prompt_index, req.input_ids)
+            seen.setdefault(state.single.prompt_index, req)
         warm = []
-        for ids in seen.values():
+        for first in seen.values():
             rid = uuid.uuid4().hex
+            ids = first.input_ids
             sampling = SamplingParams(max_new_tokens=0)
-            single = SingleGenerateReq(rid, None, ids, None, {}, False, -1, 0, None, False, False,
+            single = SingleGenerateReq(rid, None, ids, None, {}, False, -1, 0, None, False, "",
                                        None, False, 0, 0, 1)
             state = ReqState(single=single, sampling=sampling, prompt_tokens=len(ids), detok=None,
                              created=time.time())
             self.rid_to_state[rid] = state
             warm.append(state)
-            await self.send_sock.send_pyobj(TokenizedGenerateReq(rid=rid, input_ids=ids,
-                                                                 sampling=sampling))
+            await self.send_sock.send_pyobj(TokenizedGenerateReq(
+                rid=rid, input_ids=ids, sampling=sampling, input_embeds=first.input_embeds,
+                cache_namespace=first.cache_namespace))
         for state in warm:
             await self.wait(state)
             self.rid_to_state.pop(state.single.rid, None)
@@ -414,6 +455,9 @@ class TokenizerManager:
         meta["reasoning_tokens"] = 0
         meta["completion_tokens"] = len(state.output_ids)
         meta["cached_tokens"] = state.cached_tokens
+        if state.single.return_hidden_states:
+            start = incremental_from[0] if incremental_from else 0
+            meta["hidden_states"] = state.hidden_states[start:]
         if state.finish_reason is not None:
             meta["e2e_latency"] = time.time() - state.created
             meta["response_sent_to_client_ts"] = time.time()
@@ -459,3 +503,24 @@ class RequestFailed(Exception):
         super().__init__(message)
         self.message = message
         self.status_code = status_code
+
+
+def check_input_embeds(embeds: Any, hidden_size: int) -> None:
+    """ValueError (HTTP 400) unless ``embeds`` is a non-empty [tokens][hidden_size] of numbers."""
+    if not embeds:
+        raise ValueError("input_embeds cannot be empty.")
+    for row in embeds:
+        if len(row) != hidden_size:
+            raise ValueError(f"input_embeds rows must have the model's hidden size "
+                             f"({hidden_size}), got a row of {len(row)}.")
+    flat = np.asarray(embeds, dtype=np.float64)
+    if not np.isfinite(flat).all():
+        raise ValueError("input_embeds must contain only finite numbers.")
+
+
+def embeds_namespace(embeds: list[list[float]] | None) -> str:
+    """The radix-cache namespace of an input_embeds prompt (its content hash); '' for ids."""
+    if embeds is None:
+        return ""
+    digest = hashlib.sha256(np.asarray(embeds, dtype=np.float32).tobytes()).hexdigest()
+    return f"embeds:{digest}"

@@ -61,9 +61,10 @@ class ModelRunner:
         self.source = resolve_model_path(model_path)
         self.tokenizer_path: Any = tokenizer_path or self.source
         hf_config = get_config(self.source, trust_remote_code=trust_remote_code)
+        self.generation_config: dict[str, Any] = get_generation_config(self.source)
         self.model_config = ModelConfig.from_hf_config(
             hf_config,
-            generation_config=get_generation_config(self.source),
+            generation_config=self.generation_config,
             context_length=context_length,
             dtype=dtype,
             device=self.device,
@@ -132,6 +133,10 @@ class ModelRunner:
             self.device,
         )
         return self.kv_pool
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Rows of the input embedding table for ``input_ids`` (a new tensor, model dtype)."""
+        return torch.nn.functional.embedding(input_ids, self.model.model.embed_tokens.weight)
 
     def forward(self, batch: ForwardBatch) -> LogitsOutput:
         """Run the model on one step; writes the batch's K/V into the pool."""

@@ -2,7 +2,8 @@
 
 Inputs come from the model runner (fp32 logits, one row per entry of ``plan.sample_rows``), the
 scheduler's plan (penalty and min_new_tokens ban CSR arrays) and each request's normalised sampling
-parameters. The fused kernels (``sglang.srt.sampling.kernels``) do the work in place; this module
+parameters. Order: penalties, min_new_tokens ban, logit_bias, custom logit processors, then
+temperature / top-k / top-p / min-p and the draw. The fused kernels (``sglang.srt.sampling.kernels``) do the work in place; this module
 only gathers the per-row arrays. Logprobs are the log-softmax of the processed, temperature-scaled
 logits (for greedy requests: of the processed logits), like SGLang's sampler.
 """
@@ -16,6 +17,12 @@ import numpy as np
 import torch
 
 from sglang.srt.sampling import kernels
+from sglang.srt.sampling.custom_logit_processor import (
+    REQ_KEY,
+    CustomProcessorError,
+    ReqView,
+    apply_custom_logit_processors,
+)
 from sglang.srt.sampling.sampling_params import SamplingParams
 
 
@@ -30,6 +37,8 @@ class RowSampling:
     return_logprob: bool = False
     top_logprobs_num: int = 0
     token_ids_logprob: list[int] | None = None
+    custom_logit_processor: str | None = None
+    custom_params: dict | None = None  # the request's custom_params plus "__req__"
 
     @classmethod
     def build(
@@ -39,6 +48,8 @@ class RowSampling:
         return_logprob: bool,
         top_logprobs_num: int,
         token_ids_logprob: list[int] | None,
+        custom_logit_processor: str | None = None,
+        req_view: ReqView | None = None,
     ) -> RowSampling:
         row = cls(
             params=params,
@@ -46,7 +57,11 @@ class RowSampling:
             return_logprob=return_logprob,
             top_logprobs_num=top_logprobs_num,
             token_ids_logprob=token_ids_logprob,
+            custom_logit_processor=custom_logit_processor,
         )
+        if custom_logit_processor:
+            row.custom_params = dict(params.custom_params or {})
+            row.custom_params[REQ_KEY] = req_view
         if params.logit_bias:
             items = sorted((int(k), float(v)) for k, v in params.logit_bias.items())
             row.logit_bias_ids = np.array([k for k, _ in items], dtype=np.int32)
@@ -61,6 +76,8 @@ class SampleOutput:
     token_logprobs: list[float | None]
     top_logprobs: list[list[tuple[float, int]] | None]
     ids_logprobs: list[list[tuple[float, int]] | None]
+    # Rows whose custom logit processor raised (their logits were left unprocessed).
+    processor_errors: list[CustomProcessorError] = dataclasses.field(default_factory=list)
 
 
 class BatchSampler:
@@ -103,6 +120,11 @@ class BatchSampler:
             kernels.apply_token_ban(logits, self._tensor(indptr), self._tensor(ids))
         if any(r.logit_bias_ids is not None for r in rows):
             self._apply_bias(logits, rows)
+        processor_errors: list[CustomProcessorError] = []
+        if any(r.custom_logit_processor for r in rows):
+            processor_errors = apply_custom_logit_processors(
+                logits, [r.custom_logit_processor for r in rows],
+                [r.custom_params for r in rows])
 
         temperature = np.array([r.params.temperature for r in rows], dtype=np.float32)
         top_k = np.array([min(r.params.top_k, 1 << 30) for r in rows], dtype=np.int32)
@@ -120,7 +142,7 @@ class BatchSampler:
             num_threads=self.num_threads,
         )
         next_np = next_ids.cpu().numpy()
-        out = SampleOutput(next_np, [None] * n, [None] * n, [None] * n)
+        out = SampleOutput(next_np, [None] * n, [None] * n, [None] * n, processor_errors)
         if any(r.return_logprob for r in rows):
             self._logprobs(logits, rows, temperature, next_np, out)
         return out

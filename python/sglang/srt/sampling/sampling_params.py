@@ -255,3 +255,33 @@ class SamplingParams:
         grammars = [g for g in (self.json_schema, self.regex, self.ebnf, self.structural_tag) if g]
         if len(grammars) > 1:
             raise ValueError("Only one of json_schema, regex, ebnf, or structural_tag can be set.")
+
+
+# ---- defaults of /v1/chat/completions (--sampling-defaults) ------------------------------------
+MODEL_DEFAULT_KEYS = ("repetition_penalty", "temperature", "top_k", "top_p", "min_p")
+OPENAI_DEFAULTS = {
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "top_k": -1,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+}
+
+
+def chat_sampling_defaults(mode: str, generation_config: dict[str, Any] | None) -> dict[str, Any]:
+    """The values a chat request gets for the keys it omits (contract section 3.4).
+
+    ``mode`` is ``--sampling-defaults``: ``openai`` gives OpenAI's fallbacks; ``model`` takes those
+    of the keys ``MODEL_DEFAULT_KEYS`` that the model's ``generation_config.json`` sets, over the
+    same fallbacks. ``/generate`` and ``/v1/completions`` never use these (SamplingParams
+    defaults apply there).
+    """
+    if mode not in ("model", "openai"):
+        raise ValueError(f"sampling defaults mode must be 'model' or 'openai', got {mode!r}")
+    defaults = dict(OPENAI_DEFAULTS)
+    if mode == "model":
+        for key in MODEL_DEFAULT_KEYS:
+            value = (generation_config or {}).get(key)
+            if value is not None:
+                defaults[key] = value
+    return defaults
