@@ -5,10 +5,12 @@
 #
 # Demo model (smollm2-135m-instruct, fp32), in this order:
 #   1. bench_one_batch        bs 1, 8, 32; 128 in / 32 out (model runner only)
-#   2. hf_baseline            bs 1 and 16 identical prompts; 128 in / 64 out
+#   2. hf_baseline            bs 1 and 16 identical prompts; 128 in / 64 out; and bs 16 and 32,
+#                             16 in / 128 out (the decode-bound shape)
 #   3. bench_offline_throughput  32 prompts, 128 in / 64 out (in-process Engine)
 #   4. bench_serving against a server started here (radix cache on):
 #        random 32 prompts, max concurrency 32, 128 in / 64 out
+#        random 32 prompts, max concurrency 32, 16 in / 128 out (decode-bound)
 #        generated-shared-prefix 4 groups x 8 prompts, system prompt 1024, question 32, output 16
 #   5. the same two against a second server with --disable-radix-cache
 # Every step appends JSON lines to one results file (default build/benchmarks/cpu-<date>.jsonl,
@@ -102,6 +104,9 @@ serving_suite() {  # serving_suite SUFFIX: the random and shared-prefix runs on 
   step "bench_serving random ($suffix)" serving "random-$suffix" --dataset-name random \
     --num-prompts "$NUM_PROMPTS" --max-concurrency 32 --random-input-len 128 \
     --random-output-len 64 --random-range-ratio 1.0
+  step "bench_serving random decode-bound ($suffix)" serving "random-decode-$suffix" \
+    --dataset-name random --num-prompts "$NUM_PROMPTS" --max-concurrency 32 \
+    --random-input-len 16 --random-output-len 128 --random-range-ratio 1.0
   step "bench_serving generated-shared-prefix ($suffix)" serving "gsp-$suffix" \
     --dataset-name generated-shared-prefix --gsp-num-groups "$GSP_GROUPS" \
     --gsp-prompts-per-group "$GSP_PER_GROUP" --gsp-system-prompt-len "$GSP_SYSTEM_LEN" \
@@ -116,6 +121,8 @@ step "bench_one_batch" "$PYTHON" -m sglang.bench_one_batch "${COMMON[@]}" --log-
 
 step "hf_baseline" "$PYTHON" benchmarks/hf_baseline.py --model-path "$MODEL" \
   --batch-sizes 1 16 --input-len 128 --output-len 64 --output-file "$RESULTS"
+step "hf_baseline (decode-bound)" "$PYTHON" benchmarks/hf_baseline.py --model-path "$MODEL" \
+  --batch-sizes 16 32 --input-len 16 --output-len 128 --output-file "$RESULTS"
 
 step "bench_offline_throughput" "$PYTHON" -m sglang.bench_offline_throughput "${COMMON[@]}" \
   --num-prompts "$NUM_PROMPTS" --random-input-len 128 --random-output-len 64 \
@@ -146,7 +153,7 @@ for r in rows:
               f"  decode {r['median_decode_latency'] * 1e3:7.1f} ms/step"
               f"  {r['decode_throughput']:7.1f} tok/s")
     elif bench == "hf_baseline":
-        print(f"hf_baseline bs={r['batch_size']:<3} prefill {r['prefill_latency'] * 1e3:8.1f} ms"
+        print(f"hf_baseline bs={r['batch_size']:<3} {r['input_len']:>3}/{r['output_len']:<3} prefill {r['prefill_latency'] * 1e3:8.1f} ms"
               f"  decode {r['decode_step_latency'] * 1e3:7.1f} ms/step"
               f"  {r['decode_throughput']:7.1f} tok/s  (end-to-end {r['output_throughput']:.1f})")
     elif bench == "bench_offline_throughput":

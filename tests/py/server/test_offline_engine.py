@@ -69,3 +69,25 @@ def test_shutdown_stops_engine_process() -> None:
     engine.shutdown()
     proc.wait(15)
     assert not proc.is_running()
+
+
+def test_skip_tokenizer_init_refuses_text_features(tiny_model) -> None:
+    with sgl.Engine(model_path=str(tiny_model), skip_tokenizer_init=True,
+                    max_total_tokens=1024) as engine:
+        out = engine.generate(input_ids=[1, 2, 3], sampling_params={
+            "max_new_tokens": 4, "temperature": 0, "ignore_eos": True})
+        assert "text" not in out and len(out["output_ids"]) == 4
+        cases = [
+            ({"stop": "x"}, "stop=['x'] is unavailable when skip_tokenizer_init=True (requires "
+                            "tokenizer to decode tokens to text for matching)."),
+            ({"stop_regex": "a+"}, "stop_regex=['a+'] is unavailable when "
+                                   "skip_tokenizer_init=True (requires tokenizer to decode "
+                                   "tokens to text for matching)."),
+            ({"min_new_tokens": 2}, "min_new_tokens=2 is unavailable when "
+                                    "skip_tokenizer_init=True (requires tokenizer for "
+                                    "eos_token_id)."),
+        ]
+        for params, message in cases:
+            with pytest.raises(ValueError) as err:
+                engine.generate(input_ids=[1, 2, 3], sampling_params=params)
+            assert str(err.value) == message

@@ -305,9 +305,8 @@ class TokenizerManager:
         sampling.verify(vocab)
         compile_stop_regex(sampling.stop_regex_list)
         sampling.normalize()
-        if self.args.skip_tokenizer_init and (sampling.stop_strings or sampling.stop_regex_list):
-            raise ValueError(f"stop={sampling.stop!r} is unavailable when skip_tokenizer_init=True "
-                             "(requires tokenizer to decode tokens to text for matching).")
+        if self.args.skip_tokenizer_init:
+            require_tokenizer(sampling)
         if single.custom_logit_processor:
             if not self.args.enable_custom_logit_processor:
                 raise ValueError(
@@ -503,6 +502,20 @@ class RequestFailed(Exception):
         super().__init__(message)
         self.message = message
         self.status_code = status_code
+
+
+def require_tokenizer(sampling: SamplingParams) -> None:
+    """Without a tokenizer (--skip-tokenizer-init) text stops and min_new_tokens are refused."""
+    text = "(requires tokenizer to decode tokens to text for matching)."
+    if sampling.stop_strings:
+        raise ValueError(f"stop={sampling.stop_strings!r} is unavailable when "
+                         f"skip_tokenizer_init=True {text}")
+    if sampling.stop_regex_list:
+        raise ValueError(f"stop_regex={sampling.stop_regex_list!r} is unavailable when "
+                         f"skip_tokenizer_init=True {text}")
+    if sampling.min_new_tokens > 0:
+        raise ValueError(f"min_new_tokens={sampling.min_new_tokens} is unavailable when "
+                         "skip_tokenizer_init=True (requires tokenizer for eos_token_id).")
 
 
 def check_input_embeds(embeds: Any, hidden_size: int) -> None:
