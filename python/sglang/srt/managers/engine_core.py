@@ -10,8 +10,10 @@ Used by the engine process (``engine_process.py``); has no I/O of its own.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
+import os
 import time
 import warnings
 from typing import Any
@@ -21,6 +23,12 @@ import torch
 
 from sglang import _core
 from sglang.srt.managers.io_struct import EngineReady, ReqOutput, TokenizedGenerateReq
+from sglang.srt.constrained.base_grammar_backend import (
+    GrammarCache,
+    GrammarMatcher,
+    create_grammar_backend,
+    grammar_key,
+)
 from sglang.srt.managers.stop_checker import StopChecker
 from sglang.srt.sampling.custom_logit_processor import ReqView
 from sglang.srt.sampling.sampler import BatchSampler, RowSampling
@@ -30,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 CPU_DEFAULT_MAX_TOTAL_TOKENS = 65536
 CPU_KV_MEMORY_FRACTION = 0.25
+GRAMMAR_COMPILE_TIMEOUT_S = float(os.environ.get("SGLANG_GRAMMAR_COMPILE_TIMEOUT", "60"))
+GRAMMAR_POLL_S = 0.005  # how long an otherwise idle step waits for a grammar compile
 
 
 @dataclasses.dataclass
@@ -51,6 +61,7 @@ class EngineReq:
     # return_hidden_states: the prompt's vectors gathered across prefill chunks ("full" mode).
     prefill_hidden: list[Any] = dataclasses.field(default_factory=list)
     hidden_prefill_done: bool = False
+    grammar: GrammarMatcher | None = None  # constrained decoding state
 
     @property
     def wants_input_logprobs(self) -> bool:
@@ -62,6 +73,15 @@ class EngineReq:
         logprobs = self.wants_input_logprobs and not self.input_logprobs_done
         hidden = self.req.return_hidden_states == "full" and not self.hidden_prefill_done
         return logprobs or hidden
+
+
+@dataclasses.dataclass
+class PendingGrammar:
+    """A request waiting (outside the scheduler) for its grammar to compile."""
+
+    req: TokenizedGenerateReq
+    future: concurrent.futures.Future
+    since: float
 
 
 class EngineCore:
@@ -87,6 +107,11 @@ class EngineCore:
         self.reqs: dict[int, EngineReq] = {}
         self.rid_to_handle: dict[str, int] = {}
         self.seed_counter = 0
+        self.grammar_cache: GrammarCache | None = None
+        self.grammar_waiting: list[PendingGrammar] = []
+        self._mask_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.grammar_mask_seconds = 0.0  # filling + applying token bitmasks
+        self.grammar_mask_tokens = 0
         self.forward_ct = 0
         self.last_gen_throughput = 0.0
         self._tput_window: tuple[float, int] = (time.perf_counter(), 0)
@@ -149,9 +174,71 @@ class EngineCore:
 
     # ---- requests --------------------------------------------------------------------------------
     def add_request(self, req: TokenizedGenerateReq) -> str | None:
-        """Queues a request; returns an error message for a request the core refuses."""
-        if req.rid in self.rid_to_handle:
+        """Queues a request; returns an error message for a request the core refuses.
+
+        A request with a grammar first waits for it to compile (``grammar_waiting``); ``step``
+        admits it to the core once the compiled grammar is there."""
+        if req.rid in self.rid_to_handle or any(p.req.rid == req.rid
+                                                for p in self.grammar_waiting):
             return f"Duplicate request ID: {req.rid}"
+        key = grammar_key(req.sampling)
+        if key is None:
+            return self._admit(req, None)
+        if self.tokenizer is None or self.args.grammar_backend == "none":
+            return "Constrained decoding needs a tokenizer and a grammar backend."
+        if self.grammar_cache is None:
+            self.grammar_cache = GrammarCache(self._create_grammar_backend,
+                                              timeout_s=GRAMMAR_COMPILE_TIMEOUT_S)
+        self.grammar_waiting.append(PendingGrammar(req, self.grammar_cache.submit(key),
+                                                   time.monotonic()))
+        return None
+
+    def _create_grammar_backend(self) -> Any:
+        mc = self.model_config
+        return create_grammar_backend(self.args.grammar_backend, self.tokenizer, mc.vocab_size,
+                                      list(mc.eos_token_ids))
+
+    def _poll_grammars(self) -> list[ReqOutput]:
+        """Admits the waiting requests whose grammar compiled; ends those whose grammar failed
+        or timed out (an abort with status 400: the HTTP side answers with the message)."""
+        if not self.grammar_waiting:
+            return []
+        busy = not self.core.idle()
+        if not busy and not any(p.future.done() for p in self.grammar_waiting):
+            concurrent.futures.wait([p.future for p in self.grammar_waiting],
+                                    timeout=GRAMMAR_POLL_S,
+                                    return_when=concurrent.futures.FIRST_COMPLETED)
+        outs: list[ReqOutput] = []
+        still: list[PendingGrammar] = []
+        now = time.monotonic()
+        for p in self.grammar_waiting:
+            error = None
+            if p.future.done():
+                exc = p.future.exception()
+                if exc is None:
+                    matcher = self.grammar_cache.backend.matcher(p.future.result())
+                    error = self._admit(p.req, matcher)
+                else:
+                    error = str(exc) if isinstance(exc, ValueError) else \
+                        f"Grammar compilation failed: {type(exc).__name__}: {exc}"
+            elif now - p.since > self.grammar_cache.timeout_s:
+                error = f"Grammar compilation timed out after {self.grammar_cache.timeout_s:g} s."
+            else:
+                still.append(p)
+                continue
+            if error is not None:
+                outs.append(self._refused(p.req, error))
+        self.grammar_waiting = still
+        return outs
+
+    @staticmethod
+    def _refused(req: TokenizedGenerateReq, message: str, status: int = 400) -> ReqOutput:
+        return ReqOutput(rid=req.rid, new_token_ids=[],
+                         finish_reason={"type": "abort", "message": message,
+                                        "status_code": status, "err_type": "BadRequest"},
+                         prompt_tokens=len(req.input_ids), cached_tokens=0, num_retractions=0)
+
+    def _admit(self, req: TokenizedGenerateReq, grammar: GrammarMatcher | None) -> str | None:
         sp = req.sampling
         penalty_scope = 0
         if sp.repetition_penalty != 1.0:
@@ -187,7 +274,8 @@ class EngineCore:
         row = RowSampling.build(sp, seed, req.return_logprob, req.top_logprobs_num,
                                 req.token_ids_logprob, req.custom_logit_processor,
                                 ReqView(req.rid, req.input_ids, output_ids))
-        ereq = EngineReq(req=req, handle=handle, sampling=row, stop=stop, output_ids=output_ids)
+        ereq = EngineReq(req=req, handle=handle, sampling=row, stop=stop, output_ids=output_ids,
+                         grammar=grammar)
         if req.input_embeds is not None:
             ereq.input_embeds = torch.as_tensor(req.input_embeds, dtype=self.runner.dtype,
                                                 device=self.device)
@@ -199,6 +287,12 @@ class EngineCore:
         """Aborts one request (or all); returns the final outputs of those aborted at once."""
         handles = list(self.reqs) if abort_all else [self.rid_to_handle.get(rid, -1)]
         outs = []
+        for p in list(self.grammar_waiting):
+            if abort_all or p.req.rid == rid:
+                self.grammar_waiting.remove(p)
+                out = self._refused(p.req, message)
+                out.finish_reason.update(status_code=None, err_type=None)
+                outs.append(out)
         for h in handles:
             ereq = self.reqs.get(h)
             if ereq is None:
@@ -229,7 +323,7 @@ class EngineCore:
         return self.core.flush_cache()
 
     def idle(self) -> bool:
-        return self.core.idle()
+        return self.core.idle() and not self.grammar_waiting
 
     def internal_state(self) -> dict[str, Any]:
         s = self.core.stats()
@@ -244,7 +338,10 @@ class EngineCore:
             "num_retractions": s.num_retractions,
             "last_gen_throughput": self.last_gen_throughput,
             "forward_ct": self.forward_ct,
-            "idle": self.core.idle(),
+            "idle": self.idle(),
+            "num_grammar_waiting": len(self.grammar_waiting),
+            "grammar_mask_us_per_token": (1e6 * self.grammar_mask_seconds
+                                          / max(self.grammar_mask_tokens, 1)),
             "integrity_ok": self._integrity_ok(),
         }
 
@@ -258,10 +355,15 @@ class EngineCore:
 
     # ---- one step --------------------------------------------------------------------------------
     def step(self) -> list[ReqOutput] | None:
-        """Runs one scheduled batch; None when there was nothing to run."""
+        """Runs one scheduled batch; None when there was nothing to run or report."""
+        refused = self._poll_grammars()
         plan = self.core.schedule()
         if plan.mode == _core.ForwardMode.IDLE:
-            return None
+            return refused or None
+        outs = self._run(plan)
+        return refused + outs if refused else outs
+
+    def _run(self, plan: Any) -> list[ReqOutput]:
         from sglang.srt.model_executor.forward_batch import ForwardBatch
 
         req_ids = plan.req_ids
@@ -277,6 +379,8 @@ class EngineCore:
         if plan.mode == _core.ForwardMode.EXTEND and any(
                 e.input_embeds is not None for e in ereqs):
             batch.input_embeds = self._extend_embeds(plan, ereqs, batch.input_ids)
+        sample_reqs = [ereqs[i] for i in plan.sample_indices]
+        masks = self._start_grammar_masks(sample_reqs)  # filled while the forward runs
         result = self.runner.forward(batch)
         logits = result.logits
         sample_pos = prompt_slices.pop("__sample__")
@@ -285,7 +389,6 @@ class EngineCore:
         sample_logits = logits if sample_index is None else logits.index_select(0, sample_index)
         if prompt_slices:
             self._prompt_rows(ereqs, logits, result.hidden_states, prompt_slices)
-        sample_reqs = [ereqs[i] for i in plan.sample_indices]
         hidden_out: dict[int, list[Any]] = {}
         if capture_hidden and result.hidden_states is not None:
             hidden = result.hidden_states
@@ -296,8 +399,10 @@ class EngineCore:
         if len(plan.penalty_indptr):
             penalty = (plan.penalty_indptr, plan.penalty_token_ids, plan.penalty_counts)
         ban = (plan.ban_indptr, plan.ban_token_ids) if len(plan.ban_indptr) else None
+        bitmask = self._finish_grammar_masks(masks)
         sampled = self.sampler.sample(sample_logits.float().contiguous(),
-                                      [e.sampling for e in sample_reqs], offsets, penalty, ban)
+                                      [e.sampling for e in sample_reqs], offsets, penalty, ban,
+                                      bitmask)
         rids, tokens, reasons, _ = self.core.commit(sampled.next_ids)
         self.forward_ct += 1
         for h in plan.retracted.tolist():
@@ -305,6 +410,35 @@ class EngineCore:
         failed = {sample_reqs[k].handle: err.message
                   for err in sampled.processor_errors for k in err.rows}
         return self._collect(sample_reqs, sampled, rids, tokens, reasons, hidden_out, failed)
+
+    def _start_grammar_masks(self, sample_reqs: list[EngineReq]) -> Any:
+        """Starts filling the token bitmasks of the grammar rows on a worker thread."""
+        rows = [k for k, e in enumerate(sample_reqs) if e.grammar is not None]
+        if not rows:
+            return None
+        if self._mask_pool is None:
+            self._mask_pool = concurrent.futures.ThreadPoolExecutor(1, "grammar-mask")
+        words = self.grammar_cache.backend.words_per_row
+        bitmask = torch.empty((len(rows), words), dtype=torch.int32)
+        matchers = [sample_reqs[k].grammar for k in rows]
+
+        def fill() -> float:
+            t0 = time.perf_counter()
+            for j, m in enumerate(matchers):
+                m.fill_bitmask(bitmask, j)
+            return time.perf_counter() - t0
+
+        index = np.full(len(sample_reqs), -1, dtype=np.int32)
+        index[rows] = np.arange(len(rows), dtype=np.int32)
+        return self._mask_pool.submit(fill), bitmask, index
+
+    def _finish_grammar_masks(self, masks: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if masks is None:
+            return None
+        job, bitmask, index = masks
+        self.grammar_mask_seconds += job.result()
+        self.grammar_mask_tokens += len(bitmask)
+        return bitmask.to(self.device), torch.from_numpy(index).to(self.device)
 
     def _extend_embeds(self, plan: Any, ereqs: list[EngineReq],
                        input_ids: torch.Tensor) -> torch.Tensor:
@@ -425,6 +559,8 @@ class EngineCore:
                     self.core.abort(h)
                 finish = {"type": "abort", "message": failed[h], "status_code": 400,
                           "err_type": "BadRequest"}
+            if e.grammar is not None and new_ids and (finish is None or finish["type"] == "stop"):
+                finish = self._advance_grammar(e, tok, finish)
             if finish is None and new_ids and len(e.output_ids) >= e.req.sampling.min_new_tokens:
                 matched = e.stop.check(e.output_ids)
                 if matched is not None:
@@ -451,6 +587,19 @@ class EngineCore:
             outs.append(out)
         self._update_throughput(n_tokens)
         return outs
+
+    def _advance_grammar(self, e: EngineReq, tok: int,
+                         finish: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Feeds the sampled token to the request's grammar; a complete grammar ends it."""
+        if not e.grammar.accept_token(tok):
+            if finish is None:
+                self.core.abort(e.handle)
+            return {"type": "abort", "message": f"Token {tok} is not allowed by the grammar.",
+                    "status_code": 500, "err_type": "InternalServerError"}
+        if finish is None and e.grammar.is_terminated():
+            self.core.abort(e.handle)  # e.g. ignore_eos: the grammar's stop token still ends it
+            return {"type": "stop", "matched": tok}
+        return finish
 
     def _finish_reason(self, e: EngineReq, tok: int, reason: int) -> dict[str, Any] | None:
         if reason == int(_core.FinishReason.NONE):

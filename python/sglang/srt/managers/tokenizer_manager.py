@@ -25,6 +25,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
+from sglang.srt.constrained.base_grammar_backend import check_grammar_supported, grammar_key
 from sglang.srt.managers.detokenizer import IncrementalDetokenizer
 from sglang.srt.managers.io_struct import (
     AbortReq,
@@ -307,6 +308,9 @@ class TokenizerManager:
         sampling.normalize()
         if self.args.skip_tokenizer_init:
             require_tokenizer(sampling)
+        key = grammar_key(sampling)
+        if key is not None:
+            check_grammar_supported(self.args.grammar_backend, key)
         if single.custom_logit_processor:
             if not self.args.enable_custom_logit_processor:
                 raise ValueError(

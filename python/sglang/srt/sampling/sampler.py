@@ -2,7 +2,7 @@
 
 Inputs come from the model runner (fp32 logits, one row per entry of ``plan.sample_rows``), the
 scheduler's plan (penalty and min_new_tokens ban CSR arrays) and each request's normalised sampling
-parameters. Order: penalties, min_new_tokens ban, logit_bias, custom logit processors, then
+parameters. Order: penalties, min_new_tokens ban, grammar bitmask, logit_bias, custom logit processors, then
 temperature / top-k / top-p / min-p and the draw. The fused kernels (``sglang.srt.sampling.kernels``) do the work in place; this module
 only gathers the per-row arrays. Logprobs are the log-softmax of the processed, temperature-scaled
 logits (for greedy requests: of the processed logits), like SGLang's sampler.
@@ -96,8 +96,12 @@ class BatchSampler:
         offsets: np.ndarray,
         penalty_csr: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
         ban_csr: tuple[np.ndarray, np.ndarray] | None,
+        grammar_bitmask: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> SampleOutput:
-        """Samples one token per row of ``logits`` (fp32 [S, V], modified in place)."""
+        """Samples one token per row of ``logits`` (fp32 [S, V], modified in place).
+
+        ``grammar_bitmask``: (int32 [G, words] token bitmask, int32 [S] row -> bitmask row or -1)
+        for the rows under a grammar."""
         n = len(rows)
         assert logits.shape[0] == n and logits.dtype == torch.float32
         if penalty_csr is not None and any(r.params.has_penalties for r in rows):
@@ -118,6 +122,8 @@ class BatchSampler:
         if ban_csr is not None:
             indptr, ids = ban_csr
             kernels.apply_token_ban(logits, self._tensor(indptr), self._tensor(ids))
+        if grammar_bitmask is not None:
+            kernels.apply_token_bitmask(logits, *grammar_bitmask)
         if any(r.logit_bias_ids is not None for r in rows):
             self._apply_bias(logits, rows)
         processor_errors: list[CustomProcessorError] = []
