@@ -91,3 +91,29 @@ def test_skip_tokenizer_init_refuses_text_features(tiny_model) -> None:
             with pytest.raises(ValueError) as err:
                 engine.generate(input_ids=[1, 2, 3], sampling_params=params)
             assert str(err.value) == message
+
+
+def test_grammar_compile_timeout_then_cached(tiny_model, monkeypatch) -> None:
+    """A grammar that does not compile in time ends its request with a 400-type error while the
+    compile finishes in the background; the next request with the same grammar uses the result."""
+    import json
+    import time
+
+    monkeypatch.setenv("SGLANG_GRAMMAR_COMPILE_TIMEOUT", "0.001")  # read by the engine process
+    fields = {f"f{i}": {"type": "string", "pattern": "^[a-z]{1,12}$"} for i in range(40)}
+    schema = json.dumps({"type": "object", "properties": fields, "required": list(fields)})
+    params = {"max_new_tokens": 2, "json_schema": schema}
+    with sgl.Engine(model_path=str(tiny_model), max_total_tokens=1024) as engine:
+        with pytest.raises(ValueError, match=r"^Grammar compilation timed out after 0.001 s\.$"):
+            engine.generate(input_ids=[1, 2, 3], sampling_params=params)
+        deadline = time.time() + 60
+        while True:  # the compile goes on in the background; then the cached result is used
+            try:
+                out = engine.generate(input_ids=[1, 2, 3], sampling_params=params)
+                break
+            except ValueError:
+                assert time.time() < deadline
+                time.sleep(0.5)
+        assert out["text"].startswith('{"')
+        state = engine.get_server_info()["internal_states"][0]
+        assert state["idle"] and state["num_grammar_waiting"] == 0
