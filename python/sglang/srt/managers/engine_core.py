@@ -10,7 +10,6 @@ Used by the engine process (``engine_process.py``); has no I/O of its own.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -22,13 +21,13 @@ import numpy as np
 import torch
 
 from sglang import _core
-from sglang.srt.managers.io_struct import EngineReady, ReqOutput, TokenizedGenerateReq
 from sglang.srt.constrained.base_grammar_backend import (
-    GrammarCache,
     GrammarMatcher,
     create_grammar_backend,
     grammar_key,
 )
+from sglang.srt.constrained.grammar_manager import GrammarManager
+from sglang.srt.managers.io_struct import EngineReady, ReqOutput, TokenizedGenerateReq
 from sglang.srt.managers.stop_checker import StopChecker
 from sglang.srt.sampling.custom_logit_processor import ReqView
 from sglang.srt.sampling.sampler import BatchSampler, RowSampling
@@ -39,7 +38,6 @@ logger = logging.getLogger(__name__)
 CPU_DEFAULT_MAX_TOTAL_TOKENS = 65536
 CPU_KV_MEMORY_FRACTION = 0.25
 GRAMMAR_COMPILE_TIMEOUT_S = float(os.environ.get("SGLANG_GRAMMAR_COMPILE_TIMEOUT", "60"))
-GRAMMAR_POLL_S = 0.005  # how long an otherwise idle step waits for a grammar compile
 
 
 @dataclasses.dataclass
@@ -75,15 +73,6 @@ class EngineReq:
         return logprobs or hidden
 
 
-@dataclasses.dataclass
-class PendingGrammar:
-    """A request waiting (outside the scheduler) for its grammar to compile."""
-
-    req: TokenizedGenerateReq
-    future: concurrent.futures.Future
-    since: float
-
-
 class EngineCore:
     def __init__(self, server_args: ServerArgs) -> None:
         from sglang.srt.model_executor.model_runner import ModelRunner
@@ -107,11 +96,7 @@ class EngineCore:
         self.reqs: dict[int, EngineReq] = {}
         self.rid_to_handle: dict[str, int] = {}
         self.seed_counter = 0
-        self.grammar_cache: GrammarCache | None = None
-        self.grammar_waiting: list[PendingGrammar] = []
-        self._mask_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self.grammar_mask_seconds = 0.0  # filling + applying token bitmasks
-        self.grammar_mask_tokens = 0
+        self.grammars: GrammarManager | None = None  # created by the first grammar request
         self.forward_ct = 0
         self.last_gen_throughput = 0.0
         self._tput_window: tuple[float, int] = (time.perf_counter(), 0)
@@ -176,21 +161,18 @@ class EngineCore:
     def add_request(self, req: TokenizedGenerateReq) -> str | None:
         """Queues a request; returns an error message for a request the core refuses.
 
-        A request with a grammar first waits for it to compile (``grammar_waiting``); ``step``
+        A request with a grammar first waits for it to compile (``self.grammars``); ``step``
         admits it to the core once the compiled grammar is there."""
-        if req.rid in self.rid_to_handle or any(p.req.rid == req.rid
-                                                for p in self.grammar_waiting):
+        if req.rid in self.rid_to_handle or (self.grammars and self.grammars.has_rid(req.rid)):
             return f"Duplicate request ID: {req.rid}"
         key = grammar_key(req.sampling)
         if key is None:
             return self._admit(req, None)
         if self.tokenizer is None or self.args.grammar_backend == "none":
             return "Constrained decoding needs a tokenizer and a grammar backend."
-        if self.grammar_cache is None:
-            self.grammar_cache = GrammarCache(self._create_grammar_backend,
-                                              timeout_s=GRAMMAR_COMPILE_TIMEOUT_S)
-        self.grammar_waiting.append(PendingGrammar(req, self.grammar_cache.submit(key),
-                                                   time.monotonic()))
+        if self.grammars is None:
+            self.grammars = GrammarManager(self._create_grammar_backend, GRAMMAR_COMPILE_TIMEOUT_S)
+        self.grammars.submit(req, key)
         return None
 
     def _create_grammar_backend(self) -> Any:
@@ -201,41 +183,21 @@ class EngineCore:
     def _poll_grammars(self) -> list[ReqOutput]:
         """Admits the waiting requests whose grammar compiled; ends those whose grammar failed
         or timed out (an abort with status 400: the HTTP side answers with the message)."""
-        if not self.grammar_waiting:
+        if self.grammars is None or not self.grammars.waiting:
             return []
-        busy = not self.core.idle()
-        if not busy and not any(p.future.done() for p in self.grammar_waiting):
-            concurrent.futures.wait([p.future for p in self.grammar_waiting],
-                                    timeout=GRAMMAR_POLL_S,
-                                    return_when=concurrent.futures.FIRST_COMPLETED)
-        outs: list[ReqOutput] = []
-        still: list[PendingGrammar] = []
-        now = time.monotonic()
-        for p in self.grammar_waiting:
-            error = None
-            if p.future.done():
-                exc = p.future.exception()
-                if exc is None:
-                    matcher = self.grammar_cache.backend.matcher(p.future.result())
-                    error = self._admit(p.req, matcher)
-                else:
-                    error = str(exc) if isinstance(exc, ValueError) else \
-                        f"Grammar compilation failed: {type(exc).__name__}: {exc}"
-            elif now - p.since > self.grammar_cache.timeout_s:
-                error = f"Grammar compilation timed out after {self.grammar_cache.timeout_s:g} s."
-            else:
-                still.append(p)
-                continue
+        ready, failed = self.grammars.poll(wait=self.core.idle())
+        for req, matcher in ready:
+            error = self._admit(req, matcher)
             if error is not None:
-                outs.append(self._refused(p.req, error))
-        self.grammar_waiting = still
-        return outs
+                failed.append((req, error))
+        return [self._refused(req, message) for req, message in failed]
 
     @staticmethod
-    def _refused(req: TokenizedGenerateReq, message: str, status: int = 400) -> ReqOutput:
+    def _refused(req: TokenizedGenerateReq, message: str) -> ReqOutput:
+        """The final output of a request refused after it was queued (HTTP 400)."""
         return ReqOutput(rid=req.rid, new_token_ids=[],
                          finish_reason={"type": "abort", "message": message,
-                                        "status_code": status, "err_type": "BadRequest"},
+                                        "status_code": 400, "err_type": "BadRequest"},
                          prompt_tokens=len(req.input_ids), cached_tokens=0, num_retractions=0)
 
     def _admit(self, req: TokenizedGenerateReq, grammar: GrammarMatcher | None) -> str | None:
@@ -287,12 +249,10 @@ class EngineCore:
         """Aborts one request (or all); returns the final outputs of those aborted at once."""
         handles = list(self.reqs) if abort_all else [self.rid_to_handle.get(rid, -1)]
         outs = []
-        for p in list(self.grammar_waiting):
-            if abort_all or p.req.rid == rid:
-                self.grammar_waiting.remove(p)
-                out = self._refused(p.req, message)
-                out.finish_reason.update(status_code=None, err_type=None)
-                outs.append(out)
+        for req in self.grammars.abort(rid, abort_all) if self.grammars else []:
+            out = self._refused(req, message)
+            out.finish_reason.update(status_code=None, err_type=None)  # a plain abort
+            outs.append(out)
         for h in handles:
             ereq = self.reqs.get(h)
             if ereq is None:
@@ -323,7 +283,7 @@ class EngineCore:
         return self.core.flush_cache()
 
     def idle(self) -> bool:
-        return self.core.idle() and not self.grammar_waiting
+        return self.core.idle() and not (self.grammars and self.grammars.waiting)
 
     def internal_state(self) -> dict[str, Any]:
         s = self.core.stats()
@@ -339,9 +299,8 @@ class EngineCore:
             "last_gen_throughput": self.last_gen_throughput,
             "forward_ct": self.forward_ct,
             "idle": self.idle(),
-            "num_grammar_waiting": len(self.grammar_waiting),
-            "grammar_mask_us_per_token": (1e6 * self.grammar_mask_seconds
-                                          / max(self.grammar_mask_tokens, 1)),
+            "num_grammar_waiting": len(self.grammars.waiting) if self.grammars else 0,
+            "grammar_mask_us_per_token": self.grammars.mask_us_per_token if self.grammars else 0.0,
             "integrity_ok": self._integrity_ok(),
         }
 
@@ -380,7 +339,9 @@ class EngineCore:
                 e.input_embeds is not None for e in ereqs):
             batch.input_embeds = self._extend_embeds(plan, ereqs, batch.input_ids)
         sample_reqs = [ereqs[i] for i in plan.sample_indices]
-        masks = self._start_grammar_masks(sample_reqs)  # filled while the forward runs
+        masks = None
+        if self.grammars is not None:  # the bitmask rows are filled while the forward runs
+            masks = self.grammars.start_masks([e.grammar for e in sample_reqs])
         result = self.runner.forward(batch)
         logits = result.logits
         sample_pos = prompt_slices.pop("__sample__")
@@ -399,7 +360,7 @@ class EngineCore:
         if len(plan.penalty_indptr):
             penalty = (plan.penalty_indptr, plan.penalty_token_ids, plan.penalty_counts)
         ban = (plan.ban_indptr, plan.ban_token_ids) if len(plan.ban_indptr) else None
-        bitmask = self._finish_grammar_masks(masks)
+        bitmask = self.grammars.finish_masks(masks, self.device) if masks else None
         sampled = self.sampler.sample(sample_logits.float().contiguous(),
                                       [e.sampling for e in sample_reqs], offsets, penalty, ban,
                                       bitmask)
@@ -410,35 +371,6 @@ class EngineCore:
         failed = {sample_reqs[k].handle: err.message
                   for err in sampled.processor_errors for k in err.rows}
         return self._collect(sample_reqs, sampled, rids, tokens, reasons, hidden_out, failed)
-
-    def _start_grammar_masks(self, sample_reqs: list[EngineReq]) -> Any:
-        """Starts filling the token bitmasks of the grammar rows on a worker thread."""
-        rows = [k for k, e in enumerate(sample_reqs) if e.grammar is not None]
-        if not rows:
-            return None
-        if self._mask_pool is None:
-            self._mask_pool = concurrent.futures.ThreadPoolExecutor(1, "grammar-mask")
-        words = self.grammar_cache.backend.words_per_row
-        bitmask = torch.empty((len(rows), words), dtype=torch.int32)
-        matchers = [sample_reqs[k].grammar for k in rows]
-
-        def fill() -> float:
-            t0 = time.perf_counter()
-            for j, m in enumerate(matchers):
-                m.fill_bitmask(bitmask, j)
-            return time.perf_counter() - t0
-
-        index = np.full(len(sample_reqs), -1, dtype=np.int32)
-        index[rows] = np.arange(len(rows), dtype=np.int32)
-        return self._mask_pool.submit(fill), bitmask, index
-
-    def _finish_grammar_masks(self, masks: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if masks is None:
-            return None
-        job, bitmask, index = masks
-        self.grammar_mask_seconds += job.result()
-        self.grammar_mask_tokens += len(bitmask)
-        return bitmask.to(self.device), torch.from_numpy(index).to(self.device)
 
     def _extend_embeds(self, plan: Any, ereqs: list[EngineReq],
                        input_ids: torch.Tensor) -> torch.Tensor:

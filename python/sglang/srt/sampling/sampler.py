@@ -2,9 +2,10 @@
 
 Inputs come from the model runner (fp32 logits, one row per entry of ``plan.sample_rows``), the
 scheduler's plan (penalty and min_new_tokens ban CSR arrays) and each request's normalised sampling
-parameters. Order: penalties, min_new_tokens ban, grammar bitmask, logit_bias, custom logit processors, then
-temperature / top-k / top-p / min-p and the draw. The fused kernels (``sglang.srt.sampling.kernels``) do the work in place; this module
-only gathers the per-row arrays. Logprobs are the log-softmax of the processed, temperature-scaled
+parameters (plus the engine's grammar bitmask). Order: penalties, min_new_tokens ban, grammar
+bitmask, logit_bias, custom logit processors, then temperature / top-k / top-p / min-p and the
+draw. The fused kernels (``sglang.srt.sampling.kernels``) do the work in place; this module only
+gathers the per-row arrays. Logprobs are the log-softmax of the processed, temperature-scaled
 logits (for greedy requests: of the processed logits), like SGLang's sampler.
 """
 
