@@ -22,6 +22,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from decode_ab import add_args, run_ab  # noqa: E402
 
+from sglang.utils import append_jsonl  # noqa: E402
+
 SCHEMA = json.dumps({"type": "array", "items": {"type": "string", "pattern": "^[a-z]{1,8}$"},
                      "minItems": 48})
 
@@ -53,11 +55,10 @@ def main() -> None:
                     {"grammar_backend": args.grammar_backend}, after_round)
     print(f"grammar mask fill: {mask_us[-1]:.1f} us per token ({args.grammar_backend}, "
           f"running mean over all constrained rounds)")
-    if args.output_file:
-        with open(args.output_file, "a") as f:
-            f.write(json.dumps({"bench": "bench_grammar_mask", "grammar_backend":
-                                args.grammar_backend, "mask_us_per_token": mask_us[-1],
-                                "ratio": record["ratios"]["json_schema"]}) + "\n")
+    append_jsonl(args.output_file, {"bench": "bench_grammar_mask",
+                                    "grammar_backend": args.grammar_backend,
+                                    "mask_us_per_token": mask_us[-1],
+                                    "ratio": record["ratios"]["json_schema"]})
 
 
 if __name__ == "__main__":

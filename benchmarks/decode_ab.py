@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
+
+from sglang.utils import append_jsonl
 
 ParamsFn = Callable[[int, int], list[dict[str, Any]]]  # (num_prompts, output_len) -> params
 
@@ -97,7 +98,5 @@ def run_ab(args: argparse.Namespace, bench: str, variants: dict[str, ParamsFn],
           + "; " + ", ".join(f"{n}/{names[0]} {v:.3f}" for n, v in ratios.items()))
     record = {"bench": bench, "date": time.strftime("%F %T"), "loadavg_1m": os.getloadavg()[0],
               **vars(args), "median": med, "ratios": ratios}
-    if args.output_file:
-        with open(args.output_file, "a") as f:
-            f.write(json.dumps(record) + "\n")
+    append_jsonl(args.output_file, record)
     return record

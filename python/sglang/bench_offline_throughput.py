@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import time
 from typing import Any
 
-from sglang.bench_serving import DatasetRow, sample_random_requests
+from sglang.bench_serving import DatasetRow, sample_random_requests, token_throughputs
 from sglang.srt.server_args import ServerArgs
+from sglang.utils import append_jsonl
 
 WARMUP_PROMPTS = 4
 WARMUP_OUTPUT_LEN = 4
@@ -67,16 +67,7 @@ def generate(
 def throughput_metrics(replies: list[dict[str, Any]], duration: float) -> dict[str, Any]:
     total_in = sum(int(r["meta_info"]["prompt_tokens"]) for r in replies)
     total_out = sum(int(r["meta_info"]["completion_tokens"]) for r in replies)
-    return {
-        "duration": duration,
-        "completed": len(replies),
-        "total_input_tokens": total_in,
-        "total_output_tokens": total_out,
-        "request_throughput": len(replies) / duration,
-        "input_throughput": total_in / duration,
-        "output_throughput": total_out / duration,
-        "total_throughput": (total_in + total_out) / duration,
-    }
+    return token_throughputs(len(replies), total_in, total_out, duration)
 
 
 def format_table(m: dict[str, Any]) -> str:
@@ -138,9 +129,7 @@ def run_benchmark(server_args: ServerArgs, args: argparse.Namespace) -> dict[str
         "seed": args.seed,
         **metrics,
     }
-    if args.output_file:
-        with open(args.output_file, "a") as f:
-            f.write(json.dumps(result) + "\n")
+    append_jsonl(args.output_file, result)
     return result
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import statistics
 import time
@@ -33,6 +32,7 @@ from sglang import _core
 from sglang.srt.model_executor.forward_batch import ForwardBatch, table_as_tensor
 from sglang.srt.model_executor.model_runner import ModelRunner
 from sglang.srt.server_args import ServerArgs
+from sglang.utils import append_jsonl
 
 WARMUP_OUTPUT_LEN = 4
 
@@ -211,9 +211,7 @@ def run_benchmarks(server_args: ServerArgs, bench: BenchArgs) -> list[dict[str, 
         result = {**meta, **run_once(driver, bs, il, ol, seed=bs)}
         print(format_result(result), flush=True)
         results.append(result)
-        if bench.output_file:
-            with open(bench.output_file, "a") as f:
-                f.write(json.dumps(result) + "\n")
+        append_jsonl(bench.output_file, result)
     return results
 
 

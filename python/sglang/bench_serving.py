@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from sglang.utils import append_jsonl
+
 AIOHTTP_TIMEOUT_S = 6 * 60 * 60
 READ_BUFSIZE = 10 * 1024**2
 WARMUP_MAX_OUTPUT = 16
@@ -205,6 +207,22 @@ def tpot(out: RequestOutput) -> float | None:
     return (out.latency - out.ttft) / (out.output_len - 1)
 
 
+def token_throughputs(completed: int, total_in: int, total_out: int, duration: float
+                      ) -> dict[str, Any]:
+    """SGLang's count and throughput fields of a run."""
+    dur = max(duration, 1e-9)
+    return {
+        "duration": duration,
+        "completed": completed,
+        "total_input_tokens": total_in,
+        "total_output_tokens": total_out,
+        "request_throughput": completed / dur,
+        "input_throughput": total_in / dur,
+        "output_throughput": total_out / dur,
+        "total_throughput": (total_in + total_out) / dur,
+    }
+
+
 def calculate_metrics(outputs: list[RequestOutput], duration: float) -> dict[str, Any]:
     """Aggregate metrics (SGLang's names); failed requests count only in ``failed``."""
     ok = [o for o in outputs if o.success]
@@ -214,18 +232,9 @@ def calculate_metrics(outputs: list[RequestOutput], duration: float) -> dict[str
     tpots = [t for t in (tpot(o) for o in ok) if t is not None]
     itls = [x for o in ok for x in o.itl]
     e2e = [o.latency for o in ok]
-    metrics: dict[str, Any] = {
-        "duration": duration,
-        "completed": len(ok),
-        "failed": len(outputs) - len(ok),
-        "total_input_tokens": total_in,
-        "total_output_tokens": total_out,
-        "request_throughput": len(ok) / dur,
-        "input_throughput": total_in / dur,
-        "output_throughput": total_out / dur,
-        "total_throughput": (total_in + total_out) / dur,
-        "concurrency": float(np.sum(e2e)) / dur if e2e else 0.0,
-    }
+    metrics = token_throughputs(len(ok), total_in, total_out, duration)
+    metrics["failed"] = len(outputs) - len(ok)
+    metrics["concurrency"] = float(np.sum(e2e)) / dur if e2e else 0.0
     metrics.update(_stats([o.ttft for o in ok], "ttft"))
     metrics.update(_stats(tpots, "tpot"))
     metrics.update(_stats(itls, "itl", (95, 99)))
@@ -540,9 +549,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     metrics = asyncio.run(benchmark(target, rows, args))
     result = {**run_settings(args), **metrics}
     print(format_table(result))
-    if args.output_file:
-        with open(args.output_file, "a") as f:
-            f.write(json.dumps(result) + "\n")
+    append_jsonl(args.output_file, result)
     return result
 
 

@@ -5,6 +5,7 @@ Pure client code: no torch, no native modules.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -148,3 +149,10 @@ async def async_stream_and_merge(llm: Any, prompt: str, sampling_params: dict[st
         cleaned = trim_overlap(final_text, chunk["text"])
         final_text += cleaned
         yield cleaned
+
+
+def append_jsonl(path: str | None, record: dict[str, Any]) -> None:
+    """Appends one JSON line to ``path`` (benchmark results); nothing when ``path`` is None."""
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")

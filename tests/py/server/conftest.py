@@ -7,13 +7,11 @@ integrity check passes and no KV memory is held by requests.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
-from server_utils import DEMO_MODEL, SERVER_ARGS, start_server, stop_server
+from server_utils import DEMO_MODEL, SERVER_ARGS, assert_engine_clean, start_server, stop_server
 
 
 @pytest.fixture(scope="session")
@@ -56,24 +54,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def wait_idle(url: str, timeout: float = 30.0) -> dict:
-    deadline = time.time() + timeout
-    state: dict = {}
-    while time.time() < deadline:
-        state = requests.get(f"{url}/get_server_info", timeout=10).json()["internal_states"][0]
-        if state.get("idle") and state.get("num_used_tokens") == 0:
-            return state
-        time.sleep(0.2)
-    return state
-
-
 @pytest.fixture(scope="module", autouse=True)
 def engine_idle_after_module(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if "server" not in request.fixturenames:
         return
-    url = request.getfixturevalue("server")
-    state = wait_idle(url)
-    assert state.get("idle"), f"engine not idle after the module: {state}"
-    assert state.get("integrity_ok"), f"core integrity check failed: {state}"
-    assert state.get("num_used_tokens") == 0, f"KV still held by requests: {state}"
+    assert_engine_clean(request.getfixturevalue("server"))

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import requests
 
@@ -49,3 +51,34 @@ def stop_server(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
+
+
+def wait_idle(url: str, timeout: float = 30.0) -> dict:
+    """The engine's internal state once it is idle with no KV held (or the last one seen)."""
+    deadline = time.time() + timeout
+    state: dict = {}
+    while time.time() < deadline:
+        state = requests.get(f"{url}/get_server_info", timeout=10).json()["internal_states"][0]
+        if state.get("idle") and state.get("num_used_tokens") == 0:
+            return state
+        time.sleep(0.2)
+    return state
+
+
+def assert_engine_clean(url: str) -> None:
+    """Idle, core integrity check passing, no KV held by requests."""
+    state = wait_idle(url)
+    assert state.get("idle"), f"engine not idle: {state}"
+    assert state.get("integrity_ok"), f"core integrity check failed: {state}"
+    assert state.get("num_used_tokens") == 0, f"KV still held by requests: {state}"
+
+
+@contextmanager
+def serving(model: str, extra: list[str]) -> Iterator[str]:
+    """A server for one test module: yields its URL, checks the engine is clean, stops it."""
+    proc, url = start_server(model, extra)
+    try:
+        yield url
+        assert_engine_clean(url)
+    finally:
+        stop_server(proc)

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 import torch
-from conftest import wait_idle
-from server_utils import start_server, stop_server
+from server_utils import serving
 
 from sglang.srt.sampling.custom_logit_processor import (
     CustomLogitProcessor,
@@ -29,18 +28,12 @@ PROMPTS = [[1, 450, 7283, 310, 3444, 338], list(range(100, 140)), [5, 6, 7, 8, 9
 
 @pytest.fixture(scope="module")
 def feature_server(tiny_model: Path) -> Iterator[str]:
-    proc, url = start_server(str(tiny_model), [
-        "--max-total-tokens", "4096", "--chunked-prefill-size", str(CHUNK),
-        "--enable-custom-logit-processor", "--enable-return-hidden-states",
-        "--preferred-sampling-params", json.dumps(PREFERRED),
-        "--random-seed", "7", "--skip-server-warmup", "--log-level", "warning"])
-    try:
+    with serving(str(tiny_model), [
+            "--max-total-tokens", "4096", "--chunked-prefill-size", str(CHUNK),
+            "--enable-custom-logit-processor", "--enable-return-hidden-states",
+            "--preferred-sampling-params", json.dumps(PREFERRED),
+            "--random-seed", "7", "--skip-server-warmup", "--log-level", "warning"]) as url:
         yield url
-        state = wait_idle(url)
-        assert state.get("idle") and state.get("integrity_ok"), state
-        assert state.get("num_used_tokens") == 0, state
-    finally:
-        stop_server(proc)
 
 
 @pytest.fixture(scope="module")

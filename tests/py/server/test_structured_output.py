@@ -12,8 +12,7 @@ from collections.abc import Iterator
 import jsonschema
 import pytest
 import requests
-from conftest import wait_idle
-from server_utils import DEMO_MODEL, SERVER_ARGS, start_server, stop_server
+from server_utils import DEMO_MODEL, SERVER_ARGS, serving
 
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 # SGLang docs' capital schema; the population is bounded (maximum for xgrammar, maxDigits for
@@ -38,14 +37,8 @@ WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string",
 
 @pytest.fixture(scope="module")
 def outlines_server() -> Iterator[str]:
-    proc, url = start_server(DEMO_MODEL, [*SERVER_ARGS, "--grammar-backend", "outlines"])
-    try:
+    with serving(DEMO_MODEL, [*SERVER_ARGS, "--grammar-backend", "outlines"]) as url:
         yield url
-        state = wait_idle(url)
-        assert state.get("idle") and state.get("integrity_ok"), state
-        assert state.get("num_used_tokens") == 0, state
-    finally:
-        stop_server(proc)
 
 
 @pytest.fixture(params=["xgrammar", "outlines"])

@@ -193,11 +193,13 @@ class EngineCore:
         return [self._refused(req, message) for req, message in failed]
 
     @staticmethod
-    def _refused(req: TokenizedGenerateReq, message: str) -> ReqOutput:
-        """The final output of a request refused after it was queued (HTTP 400)."""
+    def _refused(req: TokenizedGenerateReq, message: str, status: int | None = 400) -> ReqOutput:
+        """The final output of a request ended before it reached the core: refused (HTTP 400)
+        or, with ``status`` None, a plain abort."""
         return ReqOutput(rid=req.rid, new_token_ids=[],
                          finish_reason={"type": "abort", "message": message,
-                                        "status_code": 400, "err_type": "BadRequest"},
+                                        "status_code": status,
+                                        "err_type": "BadRequest" if status else None},
                          prompt_tokens=len(req.input_ids), cached_tokens=0, num_retractions=0)
 
     def _admit(self, req: TokenizedGenerateReq, grammar: GrammarMatcher | None) -> str | None:
@@ -250,9 +252,7 @@ class EngineCore:
         handles = list(self.reqs) if abort_all else [self.rid_to_handle.get(rid, -1)]
         outs = []
         for req in self.grammars.abort(rid, abort_all) if self.grammars else []:
-            out = self._refused(req, message)
-            out.finish_reason.update(status_code=None, err_type=None)  # a plain abort
-            outs.append(out)
+            outs.append(self._refused(req, message, status=None))
         for h in handles:
             ereq = self.reqs.get(h)
             if ereq is None:

@@ -279,20 +279,21 @@ class TokenizerManager:
         state.event.set()
 
     # ---- requests --------------------------------------------------------------------------------
-    def _tokenize(self, single: SingleGenerateReq) -> list[int]:
+    def _tokenize(self, single: SingleGenerateReq) -> tuple[list[int], str]:
+        """The prompt's token ids and its radix-cache namespace ('' for token prompts)."""
         if single.input_ids is not None:
-            return list(single.input_ids)
+            return list(single.input_ids), ""
         if single.input_embeds is not None:
-            check_input_embeds(single.input_embeds, self.info.hidden_size)
+            namespace = embeds_namespace(single.input_embeds, self.info.hidden_size)
             if single.return_logprob and single.logprob_start_len >= 0:
                 raise ValueError("Prompt logprobs (logprob_start_len >= 0) are not available for "
                                  "input_embeds requests: their prompt has no token ids.")
             # Placeholder ids: the engine feeds the embeddings to the model in their place.
-            return [0] * len(single.input_embeds)
+            return [0] * len(single.input_embeds), namespace
         if self.tokenizer is None:
             raise ValueError("text input needs a tokenizer; the server runs with "
                              "--skip-tokenizer-init, send input_ids instead.")
-        return self.tokenizer.encode(single.text)
+        return self.tokenizer.encode(single.text), ""
 
     def _validate(self, single: SingleGenerateReq, input_ids: list[int]) -> SamplingParams:
         vocab = self.info.vocab_size
@@ -347,7 +348,7 @@ class TokenizerManager:
     def _make_state(self, single: SingleGenerateReq) -> tuple[ReqState, TokenizedGenerateReq]:
         if single.rid in self.rid_to_state:
             raise ValueError(f"Duplicate request ID: {single.rid}")
-        input_ids = self._tokenize(single)
+        input_ids, namespace = self._tokenize(single)
         if not input_ids:
             raise ValueError("The input is empty after tokenization.")
         sampling = self._validate(single, input_ids)
@@ -368,7 +369,7 @@ class TokenizerManager:
             input_embeds=single.input_embeds,
             return_hidden_states=single.return_hidden_states,
             custom_logit_processor=single.custom_logit_processor,
-            cache_namespace=embeds_namespace(single.input_embeds),
+            cache_namespace=namespace,
         )
         return state, req
 
@@ -522,22 +523,17 @@ def require_tokenizer(sampling: SamplingParams) -> None:
                          "skip_tokenizer_init=True (requires tokenizer for eos_token_id).")
 
 
-def check_input_embeds(embeds: Any, hidden_size: int) -> None:
-    """ValueError (HTTP 400) unless ``embeds`` is a non-empty [tokens][hidden_size] of numbers."""
+def embeds_namespace(embeds: Any, hidden_size: int) -> str:
+    """The radix-cache namespace of an input_embeds prompt (a hash of its content, so only
+    identical embeddings share cached KV). ValueError (HTTP 400) unless ``embeds`` is a non-empty
+    [tokens][hidden_size] of finite numbers."""
     if not embeds:
         raise ValueError("input_embeds cannot be empty.")
     for row in embeds:
         if len(row) != hidden_size:
             raise ValueError(f"input_embeds rows must have the model's hidden size "
                              f"({hidden_size}), got a row of {len(row)}.")
-    flat = np.asarray(embeds, dtype=np.float64)
-    if not np.isfinite(flat).all():
+    values = np.asarray(embeds, dtype=np.float32)
+    if not np.isfinite(values).all():
         raise ValueError("input_embeds must contain only finite numbers.")
-
-
-def embeds_namespace(embeds: list[list[float]] | None) -> str:
-    """The radix-cache namespace of an input_embeds prompt (its content hash); '' for ids."""
-    if embeds is None:
-        return ""
-    digest = hashlib.sha256(np.asarray(embeds, dtype=np.float32).tobytes()).hexdigest()
-    return f"embeds:{digest}"
+    return f"embeds:{hashlib.sha256(values.tobytes()).hexdigest()}"
