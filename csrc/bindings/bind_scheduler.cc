@@ -71,6 +71,36 @@ void bind_config(py::module_& m) {
       .def_readonly("new_token_ratio", &SchedulerStats::new_token_ratio);
 }
 
+void bind_limits(py::module_& m) {
+  py::class_<RequestLimits>(m, "RequestLimits",
+                            "The core's request rules (prompt fit, vocabulary range, generation "
+                            "budget); each check raises CoreError with the user-facing message.")
+      .def(py::init([](int32_t context_length, int32_t max_sequence_len, int32_t vocab_size) {
+             RequestLimits l;
+             l.context_length = context_length;
+             l.max_sequence_len = max_sequence_len;
+             l.vocab_size = vocab_size;
+             return l;
+           }),
+           py::arg("context_length"), py::arg("max_sequence_len"), py::arg("vocab_size"))
+      .def_readonly("context_length", &RequestLimits::context_length)
+      .def_readonly("max_sequence_len", &RequestLimits::max_sequence_len)
+      .def_readonly("vocab_size", &RequestLimits::vocab_size)
+      .def(
+          "check_prompt",
+          [](const RequestLimits& l, const Int32Array& ids) { l.check_prompt(as_span(ids)); },
+          py::arg("input_ids"))
+      .def(
+          "check_token_ids",
+          [](const RequestLimits& l, const std::string& label,
+             const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& ids) {
+            l.check_token_ids(label, std::span<const int64_t>(ids.data(), ids.size()));
+          },
+          py::arg("label"), py::arg("ids"))
+      .def("fit_max_new_tokens", &RequestLimits::fit_max_new_tokens, py::arg("prompt_len"),
+           py::arg("max_new_tokens"), py::arg("auto_truncate"));
+}
+
 void bind_plan(py::module_& m) {
   py::enum_<ForwardMode>(m, "ForwardMode")
       .value("IDLE", ForwardMode::kIdle)
@@ -165,6 +195,12 @@ void bind_scheduler_class(py::module_& m) {
           "or finished. finish_reasons are FinishReason values; tokens are -1 for aborts.",
           py::arg("next_token_ids"))
       .def("abort", &Scheduler::abort, py::arg("rid"))
+      .def(
+          "cancel_plan",
+          [](Scheduler& s) { return to_numpy(s.cancel_plan()); },
+          "Ends the plan in flight without a commit (its step failed): removes its requests "
+          "without caching the KV the step wrote; returns their handles.")
+      .def("limits", &Scheduler::limits, "The RequestLimits this scheduler applies.")
       .def("flush_cache", &Scheduler::flush_cache)
       .def("check_integrity", &Scheduler::check_integrity)
       .def("idle", &Scheduler::idle)
@@ -269,6 +305,7 @@ void bind_cache(py::module_& m) {
 
 void bind_scheduler(py::module_& m) {
   bind_config(m);
+  bind_limits(m);
   bind_plan(m);
   bind_scheduler_class(m);
   bind_cache(m);

@@ -51,23 +51,8 @@ Scheduler::Scheduler(SchedulerConfig config)
 Scheduler::~Scheduler() = default;
 
 RequestId Scheduler::add_request(std::span<const int32_t> input_ids, const RequestParams& params) {
+  limits().check_prompt(input_ids);
   const int64_t len = static_cast<int64_t>(input_ids.size());
-  if (len == 0) SGL_REJECT() << "The input is empty: at least one token is needed.";
-  if (len >= config_.context_length) {
-    SGL_REJECT() << "The input (" << len << " tokens) is longer than the model's context length ("
-                 << config_.context_length << " tokens).";
-  }
-  if (len >= max_seq_len_) {
-    SGL_REJECT() << "The input (" << len << " tokens) does not fit the KV cache pool ("
-                 << max_seq_len_ << " tokens); start the server with a larger --max-total-tokens.";
-  }
-  if (config_.vocab_size > 0) {
-    for (int32_t t : input_ids) {
-      if (t < 0 || t >= config_.vocab_size) {
-        SGL_REJECT() << "Token id " << t << " is out of range [0, " << config_.vocab_size << ").";
-      }
-    }
-  }
   if (params.min_new_tokens < 0) SGL_REJECT() << "min_new_tokens must be at least 0.";
   auto req = std::make_unique<Request>();
   req->id = next_id_++;
@@ -92,6 +77,14 @@ Request* Scheduler::get(RequestId id) const {
 }
 
 const Request* Scheduler::find(RequestId id) const { return get(id); }
+
+RequestLimits Scheduler::limits() const {
+  RequestLimits limits;
+  limits.context_length = config_.context_length;
+  limits.max_sequence_len = max_seq_len_;
+  limits.vocab_size = config_.vocab_size;
+  return limits;
+}
 
 BatchPlan Scheduler::schedule() {
   SGL_CHECK(!plan_in_flight_) << "schedule() called again before commit() of the previous plan";
@@ -268,6 +261,22 @@ AbortResult Scheduler::abort(RequestId id) {
   release(req);
   erase(req);
   return AbortResult::kDone;
+}
+
+std::vector<RequestId> Scheduler::cancel_plan() {
+  SGL_CHECK(plan_in_flight_) << "cancel_plan() without a plan in flight";
+  plan_in_flight_ = false;
+  std::vector<RequestId> ids;
+  for (Request* req : in_flight_) {
+    ids.push_back(req->id);
+    // The KV written by the failed step is garbage: nothing of it may reach the cache. The
+    // request's own pages go back to the allocator; cached prefix pages it matched stay cached.
+    req->kv_len = std::min(req->kv_len, req->tree_pages * config_.page_size);
+    release(req);
+  }
+  for (Request* req : in_flight_) erase(req);
+  in_flight_.clear();
+  return ids;
 }
 
 bool Scheduler::flush_cache() {

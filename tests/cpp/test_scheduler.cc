@@ -258,6 +258,50 @@ TEST(Scheduler, RejectsBadRequests) {
   EXPECT_THROW(Scheduler{bad}, Error);
 }
 
+// A step whose forward fails: cancel_plan() drops the plan's requests and never caches the KV
+// the step would have written (the fake model did not write it: reusing it would give wrong
+// tokens), while prefix pages cached by earlier, complete steps stay usable.
+TEST(Scheduler, CancelPlanDropsRequestsAndUncomputedKv) {
+  SchedulerConfig c = small_config();
+  c.page_size = 4;
+  c.chunked_prefill_size = 16;
+  Driver d(c);
+  const Tokens prompt = iota_tokens(40);
+  RequestParams p;
+  p.max_new_tokens = 6;
+  RequestId a = d.add(prompt, p);
+  d.step();  // first chunk computed: its pages go to the tree
+  BatchPlan failed = d.sched.schedule();
+  ASSERT_EQ(failed.mode, ForwardMode::kExtend);
+  std::vector<RequestId> dropped = d.sched.cancel_plan();  // no forward: the KV is garbage
+  EXPECT_EQ(dropped, std::vector<RequestId>{a});
+  EXPECT_TRUE(d.sched.idle());
+  d.sched.check_integrity();
+  EXPECT_EQ(d.sched.stats().num_used_tokens, 0);
+  EXPECT_THROW(d.sched.commit(std::vector<int32_t>{}), Error);  // the plan is gone
+
+  RequestId again = d.add(prompt, p);
+  d.step();
+  EXPECT_EQ(d.sched.find(again)->cached_tokens, 16);  // the complete first chunk; nothing more
+  d.run();
+  EXPECT_EQ(d.outputs[again], d.expected(again));
+
+  // A failed decode step, with an abort pending on one of its requests.
+  RequestId x = d.add(iota_tokens(12, 3), p);
+  RequestId y = d.add(iota_tokens(9, 5), p);
+  while (d.modes.size() < 6 || d.sched.find(x)->output_len() < 2) d.step();
+  BatchPlan decode = d.sched.schedule();
+  ASSERT_EQ(decode.mode, ForwardMode::kDecode);
+  EXPECT_EQ(d.sched.abort(y), AbortResult::kDeferred);
+  dropped = d.sched.cancel_plan();
+  EXPECT_EQ(std::set<RequestId>(dropped.begin(), dropped.end()), (std::set<RequestId>{x, y}));
+  EXPECT_TRUE(d.sched.idle());
+  d.sched.check_integrity();
+  RequestId x2 = d.add(iota_tokens(12, 3), p);
+  d.run();
+  EXPECT_EQ(d.outputs[x2], d.expected(x2));
+}
+
 TEST(Scheduler, StopConditions) {
   Driver d(small_config());
   Tokens prompt = iota_tokens(7);

@@ -22,6 +22,7 @@
 #include "sglang/page_allocator.h"
 #include "sglang/radix_cache.h"
 #include "sglang/request.h"
+#include "sglang/request_limits.h"
 #include "sglang/schedule_policy.h"
 
 namespace sglang {
@@ -73,9 +74,9 @@ class Scheduler {
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
-  /// Queues a request. Throws sglang::Error (a user error, message shown as is) for an empty
-  /// prompt, a token id outside the vocabulary, or a prompt that does not fit the context or the
-  /// KV pool. max_new_tokens is clamped so the sequence fits both.
+  /// Queues a request. Throws sglang::Error (a user error, message shown as is) when the prompt
+  /// breaks limits().check_prompt. max_new_tokens is clamped so the sequence fits the context and
+  /// the KV pool.
   RequestId add_request(std::span<const int32_t> input_ids, const RequestParams& params);
 
   /// Plans the next step. Must be followed by commit() unless the plan is idle.
@@ -86,6 +87,14 @@ class Scheduler {
 
   /// Aborts a request wherever it is; see AbortResult.
   AbortResult abort(RequestId id);
+
+  /// Ends the plan in flight without a commit, for a step whose forward or sampling failed: every
+  /// request of the plan is removed and its memory released, and the KV the step wrote is never
+  /// given to the radix cache. Returns the removed requests (the caller reports them failed).
+  std::vector<RequestId> cancel_plan();
+
+  /// The request rules this scheduler applies (context, KV pool, vocabulary).
+  RequestLimits limits() const;
 
   /// Empties the radix cache. Refused (returns false) while any request is waiting or running.
   bool flush_cache();

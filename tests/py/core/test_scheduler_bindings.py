@@ -125,7 +125,7 @@ def test_errors_map_to_core_error_with_clear_messages() -> None:
     assert str(e.value) == (
         "The input (20 tokens) is longer than the model's context length (16 tokens)."
     )
-    with pytest.raises(_core.CoreError, match="out of range"):
+    with pytest.raises(_core.CoreError, match="out of the vocabulary range"):
         d.sched.add_request([1, VOCAB + 3])
     with pytest.raises(_core.CoreError, match="empty"):
         d.sched.add_request(np.array([], dtype=np.int32))
@@ -185,3 +185,32 @@ def test_penalty_scope_fills_plan_csr() -> None:
     assert plan.penalty_token_ids.tolist() == [5, 6]
     assert plan.penalty_counts.tolist() == [0, 0]
     assert plan.ban_token_ids.tolist() == [EOS, 9]
+
+
+def test_request_limits_are_the_schedulers_rules() -> None:
+    d = Driver(context_length=16)
+    limits = d.sched.limits()
+    assert (limits.context_length, limits.vocab_size) == (16, VOCAB)
+    for bad in ([], [1, VOCAB], list(range(1, 18))):
+        with pytest.raises(_core.CoreError) as from_limits:
+            limits.check_prompt(np.asarray(bad, dtype=np.int32))
+        with pytest.raises(_core.CoreError) as from_core:
+            d.sched.add_request(np.asarray(bad, dtype=np.int32))
+        assert str(from_limits.value) == str(from_core.value)
+    with pytest.raises(_core.CoreError, match=r"stop_token_ids: token id 2147483648 is out"):
+        limits.check_token_ids("stop_token_ids: token id", np.asarray([1, 2**31]))
+    assert limits.fit_max_new_tokens(10, 5, False) == 5
+    assert limits.fit_max_new_tokens(10, 50, True) == 5
+    with pytest.raises(_core.CoreError, match="maximum context length of 16 tokens"):
+        limits.fit_max_new_tokens(10, 6, False)
+
+
+def test_cancel_plan_releases_the_failed_step() -> None:
+    d = Driver()
+    a = d.sched.add_request([1, 2, 3, 4], max_new_tokens=4)
+    plan = d.sched.schedule()
+    assert list(plan.req_ids) == [a]
+    assert list(d.sched.cancel_plan()) == [a]
+    assert d.sched.idle() and not d.sched.has_request(a)
+    d.sched.check_integrity()
+    assert d.sched.stats().num_used_tokens == 0
