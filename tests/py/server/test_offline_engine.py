@@ -64,7 +64,7 @@ def test_info_and_flush(llm: sgl.Engine) -> None:
 
 def test_shutdown_stops_engine_process() -> None:
     engine = sgl.Engine(model_path="smollm2-135m-instruct", max_total_tokens=2048)
-    proc = psutil.Process(engine.tokenizer_manager.engine_proc.pid)
+    proc = psutil.Process(engine.tokenizer_manager.engine.proc.pid)
     assert engine.generate("Hi", {"max_new_tokens": 1})["meta_info"]["completion_tokens"] == 1
     engine.shutdown()
     proc.wait(15)

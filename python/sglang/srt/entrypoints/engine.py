@@ -67,8 +67,7 @@ class Engine:
         try:
             for s in states:
                 await tm.wait(s)
-                if s.error is not None:
-                    raise RequestFailed(*s.error)
+                s.raise_if_failed()
             results = [tm.response(s) for s in states]
         finally:
             await self._cleanup(states)

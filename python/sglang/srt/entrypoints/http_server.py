@@ -149,12 +149,7 @@ async def _wait_all(tm: TokenizerManager, states: list[ReqState], request: Reque
         if not waiter.done():
             waiter.cancel()
     for s in states:
-        if s.error is not None:
-            raise RequestFailed(*s.error)
-        fr = s.finish_reason or {}
-        code = fr.get("status_code")
-        if fr.get("type") == "abort" and isinstance(code, int) and 400 <= code < 600:
-            raise RequestFailed(fr.get("message", "Aborted"), code)
+        s.raise_if_failed()
 
 
 async def _abort_unfinished(tm: TokenizerManager, states: list[ReqState]) -> None:
@@ -220,7 +215,7 @@ async def health() -> Response:
     try:
         while time.time() - start < HEALTH_CHECK_TIMEOUT:
             if state.finished or tm.last_receive > start:
-                return Response(status_code=200 if state.error is None else 503)
+                return Response(status_code=503 if state.failed else 200)
             if tm.engine_dead:
                 return Response(status_code=503)
             await asyncio.sleep(0.05)

@@ -27,6 +27,7 @@ from sglang.srt.constrained.base_grammar_backend import (
     grammar_key,
 )
 from sglang.srt.constrained.grammar_manager import GrammarManager
+from sglang.srt.managers.finish_reason import FinishKind, FinishReason
 from sglang.srt.managers.io_struct import EngineReady, ReqOutput, TokenizedGenerateReq
 from sglang.srt.managers.stop_checker import StopChecker
 from sglang.srt.sampling.custom_logit_processor import ReqView
@@ -143,6 +144,7 @@ class EngineCore:
         return EngineReady(
             max_total_num_tokens=int(total),
             max_req_input_len=int(self.core.max_sequence_len - 1),
+            max_sequence_len=int(self.core.max_sequence_len),
             context_length=int(mc.context_length),
             vocab_size=int(mc.vocab_size),
             hidden_size=int(mc.hidden_size),
@@ -196,10 +198,9 @@ class EngineCore:
     def _refused(req: TokenizedGenerateReq, message: str, status: int | None = 400) -> ReqOutput:
         """The final output of a request ended before it reached the core: refused (HTTP 400)
         or, with ``status`` None, a plain abort."""
-        return ReqOutput(rid=req.rid, new_token_ids=[],
-                         finish_reason={"type": "abort", "message": message,
-                                        "status_code": status,
-                                        "err_type": "BadRequest" if status else None},
+        finish = FinishReason.abort(message) if status is None else \
+            FinishReason.error(message, status)
+        return ReqOutput(rid=req.rid, new_token_ids=[], finish_reason=finish,
                          prompt_tokens=len(req.input_ids), cached_tokens=0, num_retractions=0)
 
     def _admit(self, req: TokenizedGenerateReq, grammar: GrammarMatcher | None) -> str | None:
@@ -259,17 +260,16 @@ class EngineCore:
                 continue
             result = self.core.abort(h)
             if result == _core.AbortResult.DONE:
-                outs.append(self._final(ereq, {"type": "abort", "message": message,
-                                               "status_code": None, "err_type": None}, []))
+                outs.append(self._final(ereq, FinishReason.abort(message), []))
         return outs
 
-    def _final(self, ereq: EngineReq, finish: dict[str, Any], new_ids: list[int]) -> ReqOutput:
+    def _final(self, ereq: EngineReq, finish: FinishReason, new_ids: list[int]) -> ReqOutput:
         self.reqs.pop(ereq.handle, None)
         self.rid_to_handle.pop(ereq.req.rid, None)
         return self._output(ereq, new_ids, finish)
 
     @staticmethod
-    def _output(ereq: EngineReq, new_ids: list[int], finish: dict[str, Any] | None) -> ReqOutput:
+    def _output(ereq: EngineReq, new_ids: list[int], finish: FinishReason | None) -> ReqOutput:
         return ReqOutput(
             rid=ereq.req.rid,
             new_token_ids=new_ids,
@@ -489,15 +489,15 @@ class EngineCore:
             if h in failed:  # its custom logit processor raised: end it with that error
                 if finish is None:
                     self.core.abort(h)
-                finish = {"type": "abort", "message": failed[h], "status_code": 400,
-                          "err_type": "BadRequest"}
-            if e.grammar is not None and new_ids and (finish is None or finish["type"] == "stop"):
+                finish = FinishReason.error(failed[h], 400)
+            if e.grammar is not None and new_ids and (finish is None
+                                                      or finish.kind is FinishKind.STOP):
                 finish = self._advance_grammar(e, tok, finish)
             if finish is None and new_ids and len(e.output_ids) >= e.req.sampling.min_new_tokens:
                 matched = e.stop.check(e.output_ids)
                 if matched is not None:
                     self.core.abort(h)
-                    finish = {"type": "stop", "matched": matched}
+                    finish = FinishReason.stop_text(matched)
             out = self._output(e, new_ids, finish)
             k = row_of.get(h)
             if k is not None and new_ids and e.req.return_logprob:
@@ -521,28 +521,29 @@ class EngineCore:
         return outs
 
     def _advance_grammar(self, e: EngineReq, tok: int,
-                         finish: dict[str, Any] | None) -> dict[str, Any] | None:
+                         finish: FinishReason | None) -> FinishReason | None:
         """Feeds the sampled token to the request's grammar; a complete grammar ends it."""
         if not e.grammar.accept_token(tok):
             if finish is None:
                 self.core.abort(e.handle)
-            return {"type": "abort", "message": f"Token {tok} is not allowed by the grammar.",
-                    "status_code": 500, "err_type": "InternalServerError"}
+            return FinishReason.error(f"Token {tok} is not allowed by the grammar.", 500)
         if finish is None and e.grammar.is_terminated():
             self.core.abort(e.handle)  # e.g. ignore_eos: the grammar's stop token still ends it
-            return {"type": "stop", "matched": tok}
+            return FinishReason.stop_token(tok)
         return finish
 
-    def _finish_reason(self, e: EngineReq, tok: int, reason: int) -> dict[str, Any] | None:
+    @staticmethod
+    def _finish_reason(e: EngineReq, tok: int, reason: int) -> FinishReason | None:
+        """The finish reason of the core's token-level verdict for a committed token."""
         if reason == int(_core.FinishReason.NONE):
             return None
         if reason == int(_core.FinishReason.STOP_TOKEN):
-            return {"type": "stop", "matched": tok}
+            return FinishReason.stop_token(tok)
         if reason == int(_core.FinishReason.LENGTH):
             sp = e.req.sampling
             limit = sp.max_new_tokens if sp.max_new_tokens is not None else len(e.output_ids)
-            return {"type": "length", "length": limit}
-        return {"type": "abort", "message": "Aborted", "status_code": None, "err_type": None}
+            return FinishReason.length_limit(limit)
+        return FinishReason.abort()
 
     def _update_throughput(self, n_tokens: int) -> None:
         t0, count = self._tput_window

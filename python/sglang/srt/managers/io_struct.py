@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict
 
+from sglang.srt.managers.finish_reason import FinishReason
 from sglang.srt.sampling.sampling_params import SamplingParams
 
 
@@ -172,26 +173,26 @@ def _token_ids_item(value: Any, i: int, batch_size: int) -> list[int] | None:
     return list(value)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class SingleGenerateReq:
     """One generation (one prompt, one sample) as the tokenizer manager handles it."""
 
     rid: str
-    text: str | None
-    input_ids: list[int] | None
-    input_embeds: list[list[float]] | None
-    sampling_params: dict[str, Any]
-    return_logprob: bool
-    logprob_start_len: int
-    top_logprobs_num: int
-    token_ids_logprob: list[int] | None
-    return_text_in_logprobs: bool
-    return_hidden_states: str  # '' (off), 'full' or 'last'
-    custom_logit_processor: str | None
-    stream: bool
-    index: int
-    prompt_index: int
-    parallel_sample_num: int
+    text: str | None = None
+    input_ids: list[int] | None = None
+    input_embeds: list[list[float]] | None = None
+    sampling_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    return_logprob: bool = False
+    logprob_start_len: int = -1
+    top_logprobs_num: int = 0
+    token_ids_logprob: list[int] | None = None
+    return_text_in_logprobs: bool = False
+    return_hidden_states: str = ""  # '' (off), 'full' or 'last'
+    custom_logit_processor: str | None = None
+    stream: bool = False
+    index: int = 0  # position in the reply's flat list
+    prompt_index: int = 0  # the prompt it samples (n > 1: several items share one)
+    parallel_sample_num: int = 1
 
 
 # ---- HTTP process -> engine process ------------------------------------------------------------
@@ -241,7 +242,7 @@ class ReqOutput:
 
     rid: str
     new_token_ids: list[int]
-    finish_reason: dict[str, Any] | None
+    finish_reason: FinishReason | None
     prompt_tokens: int
     cached_tokens: int
     num_retractions: int
@@ -284,6 +285,7 @@ class EngineReady:
 
     max_total_num_tokens: int
     max_req_input_len: int
+    max_sequence_len: int  # min(context length, KV pool): prompt + output tokens at most
     context_length: int
     vocab_size: int
     hidden_size: int

@@ -1,0 +1,169 @@
+"""The HTTP process's connection to the engine process: its lifecycle and its message I/O.
+
+``EngineClient`` spawns the engine process (``engine_process.run_engine_process``), waits for its
+``EngineReady``, and talks to it over two ZMQ sockets (requests out, token batches and replies in).
+A receive task hands every ``BatchTokenOut`` / ``RequestError`` to the ``EngineListener`` (the
+tokenizer manager) and routes replies to the coroutine awaiting them (``request``); a watchdog
+task notices when the process dies and tells the listener once. It knows nothing of requests,
+text or responses. Runs on one asyncio loop; ``start``/``shutdown`` may be called off it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Protocol
+
+import zmq
+import zmq.asyncio
+
+from sglang.srt.managers.io_struct import AbortReq, BatchTokenOut, EngineReady, RequestError
+from sglang.srt.server_args import ServerArgs
+
+logger = logging.getLogger("sglang.engine_client")
+ENGINE_START_TIMEOUT_S = float(os.environ.get("SGLANG_ENGINE_START_TIMEOUT", "1800"))
+WATCHDOG_PERIOD_S = 0.5
+
+
+class EngineDeadError(RuntimeError):
+    pass
+
+
+class EngineListener(Protocol):
+    def on_batch(self, batch: BatchTokenOut) -> Any: ...
+    def on_request_error(self, error: RequestError) -> None: ...
+    def on_engine_death(self) -> None: ...
+
+
+class EngineClient:
+    def __init__(self, server_args: ServerArgs, listener: EngineListener) -> None:
+        self.args = server_args
+        self.listener = listener
+        self.ipc_dir = tempfile.mkdtemp(prefix="sglang-ipc-")
+        self.ctx = zmq.asyncio.Context()
+        self.send_sock = self.ctx.socket(zmq.PUSH)
+        self.send_sock.bind(f"ipc://{self.ipc_dir}/to_engine")
+        self.recv_sock = self.ctx.socket(zmq.PULL)
+        self.recv_sock.bind(f"ipc://{self.ipc_dir}/from_engine")
+        self.proc, self.info = self._spawn()
+        self.dead = False
+        self.last_receive = time.time()
+        self.pending_replies: dict[type, asyncio.Queue] = {}
+        self.tasks: list[asyncio.Task] = []
+        self._closed = False
+
+    # ---- process lifecycle -----------------------------------------------------------------------
+    def _spawn(self) -> tuple[mp.Process, EngineReady]:
+        """Starts the engine process and waits (blocking) for its EngineReady."""
+        from sglang.srt.managers.engine_process import run_engine_process
+
+        ctx = mp.get_context("spawn")
+        reader, writer = ctx.Pipe(duplex=False)
+        proc = ctx.Process(
+            target=run_engine_process,
+            args=(self.args, f"ipc://{self.ipc_dir}/to_engine",
+                  f"ipc://{self.ipc_dir}/from_engine", writer),
+            daemon=True,
+        )
+        proc.start()
+        writer.close()
+        deadline = time.time() + ENGINE_START_TIMEOUT_S
+        while time.time() < deadline:
+            if reader.poll(0.5):
+                try:
+                    kind, payload = reader.recv()
+                except EOFError:
+                    break
+                if kind == "ready":
+                    return proc, payload
+                proc.join(10)
+                raise RuntimeError(f"The engine failed to start: {payload}")
+            if not proc.is_alive():
+                break
+        code = proc.exitcode
+        proc.kill()
+        raise RuntimeError(f"The engine process exited during start-up (exit code {code}).")
+
+    def start(self) -> None:
+        """Starts the receive and watchdog tasks on the running event loop (call once)."""
+        if self.tasks:
+            return
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(self._recv_loop()), loop.create_task(self._watchdog())]
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in self.tasks:
+            task.cancel()
+        if self.proc.is_alive():
+            # SIGTERM: shutdown may run outside the event loop that owns the sockets.
+            self.proc.terminate()
+            self.proc.join(5)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join(5)
+        self.send_sock.close(0)
+        self.recv_sock.close(0)
+        self.ctx.term()
+        shutil.rmtree(self.ipc_dir, ignore_errors=True)
+
+    # ---- I/O -------------------------------------------------------------------------------------
+    async def _recv_loop(self) -> None:
+        while True:
+            msg = await self.recv_sock.recv_pyobj()
+            self.last_receive = time.time()
+            if isinstance(msg, BatchTokenOut):
+                result = self.listener.on_batch(msg)
+                if asyncio.iscoroutine(result):
+                    await result
+            elif isinstance(msg, RequestError):
+                self.listener.on_request_error(msg)
+            else:
+                queue = self.pending_replies.get(type(msg))
+                if queue is not None:
+                    queue.put_nowait(msg)
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(WATCHDOG_PERIOD_S)
+            if not self.proc.is_alive():
+                self._mark_dead()
+                return
+
+    def _mark_dead(self) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        logger.error("the engine process died (exit code %s)", self.proc.exitcode)
+        for queue in self.pending_replies.values():
+            queue.put_nowait(None)
+        self.listener.on_engine_death()
+
+    def check_alive(self) -> None:
+        if self.dead:
+            raise EngineDeadError("The engine process is not running.")
+
+    async def send(self, msg: Any) -> None:
+        self.check_alive()
+        await self.send_sock.send_pyobj(msg)
+
+    async def request(self, msg: Any, reply_type: type, timeout: float = 60.0) -> Any:
+        """Sends ``msg`` and awaits the engine's reply of ``reply_type``."""
+        self.check_alive()
+        queue = self.pending_replies.setdefault(reply_type, asyncio.Queue())
+        await self.send_sock.send_pyobj(msg)
+        reply = await asyncio.wait_for(queue.get(), timeout)
+        if reply is None:
+            raise EngineDeadError("The engine process is not running.")
+        return reply
+
+    async def abort(self, rid: str = "", abort_all: bool = False) -> None:
+        if not self.dead:
+            await self.send_sock.send_pyobj(AbortReq(rid=rid, abort_all=abort_all))
