@@ -14,9 +14,11 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         sys.exit(f"error: {exc}")
     try:
-        launch_server(server_args)
+        code = launch_server(server_args)
     except (RuntimeError, ValueError) as exc:
         sys.exit(f"error: {exc}")
+    if code:
+        sys.exit("error: the engine process died; the server exits so that it can be restarted")
 
 
 if __name__ == "__main__":

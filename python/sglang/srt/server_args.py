@@ -18,6 +18,8 @@ DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 LOAD_FORMATS = ("auto", "pt", "safetensors", "gguf", "dummy")
 ATTENTION_BACKENDS = ("torch_native",)
 GRAMMAR_BACKENDS = ("xgrammar", "outlines", "none")
+SECRET_FIELDS = ("api_key", "admin_api_key")
+REDACTED = "<redacted>"
 
 
 @dataclasses.dataclass
@@ -75,6 +77,17 @@ class ServerArgs:
     tool_call_parser: str | None = None
     # embedding models (later issues)
     expert_distribution_recorder_mode: str | None = None
+    # limits of one request (a 4xx names the limit and its flag) and of the server's queue
+    max_request_body_bytes: int = 64 << 20
+    max_batch_size: int = 1024  # items of one /generate request (prompts x n)
+    max_n: int = 128
+    max_top_logprobs_num: int = 256
+    max_token_ids_logprob: int = 64
+    max_stop_strings: int = 32
+    max_stop_string_length: int = 512
+    max_queued_requests: int | None = 4096  # waiting requests in the engine; None: unbounded
+    # the engine process dying: exit non-zero (a supervisor restarts the server) or restart it
+    engine_restart: bool = False
 
     def __post_init__(self) -> None:
         if not self.model_path:
@@ -126,6 +139,13 @@ class ServerArgs:
             check(0 < self.mem_fraction_static < 1, "--mem-fraction-static must be in (0, 1)")
         if self.max_total_tokens is not None:
             check(self.max_total_tokens >= self.page_size, "--max-total-tokens is too small")
+        for name in ("max_request_body_bytes", "max_batch_size", "max_n", "max_stop_strings",
+                     "max_stop_string_length"):
+            check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("max_top_logprobs_num", "max_token_ids_logprob"):
+            check(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be at least 0")
+        if self.max_queued_requests is not None:
+            check(self.max_queued_requests >= 1, "--max-queued-requests must be at least 1")
         if self.preferred_sampling_params is not None:
             try:
                 parsed = json.loads(self.preferred_sampling_params)
@@ -183,6 +203,22 @@ class ServerArgs:
         a("--reasoning-parser", type=str, default=None)
         a("--tool-call-parser", type=str, default=None)
         a("--expert-distribution-recorder-mode", type=str, default=None)
+        a("--max-request-body-bytes", type=int, default=d["max_request_body_bytes"].default,
+          help="Largest request body accepted (413 beyond).")
+        a("--max-batch-size", type=int, default=d["max_batch_size"].default,
+          help="Most generation items in one request (prompts x n).")
+        a("--max-n", type=int, default=d["max_n"].default, help="Largest n (parallel samples).")
+        a("--max-top-logprobs-num", type=int, default=d["max_top_logprobs_num"].default)
+        a("--max-token-ids-logprob", type=int, default=d["max_token_ids_logprob"].default,
+          help="Most token ids in token_ids_logprob.")
+        a("--max-stop-strings", type=int, default=d["max_stop_strings"].default)
+        a("--max-stop-string-length", type=int, default=d["max_stop_string_length"].default,
+          help="Longest stop string, in characters.")
+        a("--max-queued-requests", type=_optional_int, default=d["max_queued_requests"].default,
+          help="Most requests waiting in the engine; more get 503 with Retry-After "
+               "('none': unbounded).")
+        a("--engine-restart", action="store_true",
+          help="Restart a dead engine process instead of exiting with an error.")
         for flag in ("trust-remote-code", "skip-tokenizer-init", "is-embedding", "enable-metrics",
                      "skip-server-warmup", "disable-radix-cache", "disable-cuda-graph",
                      "incremental-streaming-output", "allow-auto-truncate", "enable-cache-report",
@@ -196,7 +232,20 @@ class ServerArgs:
         return cls(**{k: v for k, v in vars(args).items() if k in names})
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The arguments as JSON, secrets redacted (for /get_server_info and logs)."""
+        out = dataclasses.asdict(self)
+        for name in SECRET_FIELDS:
+            if out[name] is not None:
+                out[name] = REDACTED
+        return out
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.to_json().items())
+        return f"ServerArgs({fields})"
+
+
+def _optional_int(value: str) -> int | None:
+    return None if value.lower() in ("none", "null", "") else int(value)
 
 
 def _default_device() -> str:

@@ -1,11 +1,13 @@
-"""Server lifecycle: a missing model fails at start with a clear error; a dead engine turns /health
-into 503 and fails in-flight requests without hanging; SIGTERM leaves no orphan processes.
+"""Server lifecycle: a missing model fails at start with a clear error; a dead engine fails in-flight
+requests without hanging (a server error event for streams) and the server exits non-zero, or
+restarts the engine with --engine-restart; SIGTERM leaves no orphan processes.
 
 Uses its own small server: a tiny random Llama with the demo model's tokenizer.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +19,9 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from server_utils import start_server, stop_server
+from server_utils import DEMO_MODEL, start_server, stop_server
+
+DEATH_ARGS = ["--max-total-tokens", "8192", "--skip-server-warmup", "--log-level", "warning"]
 
 
 @pytest.fixture()
@@ -44,32 +48,103 @@ def test_unknown_model_fails_at_start_with_the_path() -> None:
     assert missing in result.stderr
 
 
-def test_dead_engine_gives_503_and_fails_pending(tiny_server: tuple) -> None:
-    proc, url = tiny_server
-    assert requests.get(f"{url}/health").status_code == 200
-    result: dict = {}
+def wait_running(url: str, count: int, timeout: float = 120) -> None:
+    """Waits until the engine runs ``count`` requests (an event, not a delay)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = requests.get(f"{url}/get_server_info", timeout=30).json()["internal_states"][0]
+        if state.get("num_running_reqs", 0) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{count} requests never ran")
+
+
+LONG = {"text": "hello", "sampling_params": {"max_new_tokens": 3000, "ignore_eos": True,
+                                             "temperature": 0}}
+
+
+def sse_events(resp: requests.Response) -> Iterator[dict | str]:
+    for line in resp.iter_lines():
+        if line.startswith(b"data: "):
+            data = line[len(b"data: "):]
+            yield "[DONE]" if data == b"[DONE]" else json.loads(data)
+
+
+def kill_engine_mid_request(proc: subprocess.Popen, url: str) -> tuple[dict, list]:
+    """Starts a plain and a streamed request, kills the engine once both run; returns the plain
+    reply (status, body) and the stream's events after the first chunk."""
+    plain: dict = {}
 
     def long_request() -> None:
-        result["r"] = requests.post(f"{url}/generate", json={
-            "text": "hello", "sampling_params": {"max_new_tokens": 400, "ignore_eos": True,
-                                                 "temperature": 0}}, timeout=120)
+        r = requests.post(f"{url}/generate", json=LONG, timeout=300)
+        plain["status"], plain["body"] = r.status_code, r.json()
 
     t = threading.Thread(target=long_request)
     t.start()
-    time.sleep(0.5)
-    for child in engine_children(proc):
-        child.kill()
-    t.join(60)
+    with requests.post(f"{url}/generate", json={**LONG, "stream": True}, stream=True,
+                       timeout=300) as r:
+        events = sse_events(r)
+        first = next(events)
+        assert first["meta_info"]["finish_reason"] is None
+        wait_running(url, 2)
+        for child in engine_children(proc):
+            child.kill()
+        rest = list(events)
+    t.join(120)
     assert not t.is_alive(), "the pending request hung"
-    assert result["r"].status_code >= 500
-    deadline = time.time() + 10
-    while time.time() < deadline and requests.get(f"{url}/health").status_code != 503:
-        time.sleep(0.2)
-    assert requests.get(f"{url}/health").status_code == 503
-    assert requests.get(f"{url}/health_generate").status_code == 503
-    r = requests.post(f"{url}/generate", json={"text": "hi"}, timeout=30)
-    assert r.status_code == 503
-    assert proc.poll() is None  # the HTTP server itself keeps answering
+    return plain, rest
+
+
+@pytest.fixture()
+def demo_server() -> Iterator[tuple[subprocess.Popen, str]]:
+    """The demo model: slow enough that a 3000-token request is still running when killed."""
+    proc, url = start_server(DEMO_MODEL, DEATH_ARGS)
+    try:
+        yield proc, url
+    finally:
+        stop_server(proc)
+
+
+def test_dead_engine_fails_pending_and_the_server_exits(demo_server: tuple) -> None:
+    proc, url = demo_server
+    assert requests.get(f"{url}/health").status_code == 200
+    plain, rest = kill_engine_mid_request(proc, url)
+    assert plain["status"] == 500
+    assert "engine process died" in plain["body"]["message"]
+    # The stream ends with a server error event (retryable), then [DONE].
+    assert rest[-1] == "[DONE]"
+    error = rest[-2]["error"]
+    assert error["type"] == "server_error" and error["code"] == 500 and error["retryable"]
+    # No zombie server answering 503 forever: it exits non-zero so a supervisor restarts it.
+    assert proc.wait(60) != 0
+
+
+def test_engine_restart_serves_again() -> None:
+    proc, url = start_server(DEMO_MODEL, [*DEATH_ARGS, "--engine-restart"])
+    try:
+        old_engine = engine_children(proc)
+        plain, rest = kill_engine_mid_request(proc, url)
+        assert plain["status"] == 500 and rest[-2]["error"]["code"] == 500
+        statuses = set()
+        deadline = time.time() + 300
+        info: dict = {}
+        while time.time() < deadline:
+            info = requests.get(f"{url}/get_server_info", timeout=30).json()
+            statuses.add(info["status"])
+            if info["status"] == "ready" and info["engine_restarts"] == 1:
+                break
+            r = requests.post(f"{url}/generate", json={"text": "hi"}, timeout=30)
+            assert r.status_code == 503 and r.headers["Retry-After"]  # refused, not hung
+            time.sleep(0.1)
+        assert info["status"] == "ready" and info["engine_restarts"] == 1, info
+        assert requests.get(f"{url}/health").status_code == 200
+        r = requests.post(f"{url}/generate", json={
+            "text": "hi", "sampling_params": {"max_new_tokens": 4}}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["output_ids"]) == 4
+        assert proc.poll() is None
+        assert {p.pid for p in engine_children(proc)}.isdisjoint(p.pid for p in old_engine)
+    finally:
+        stop_server(proc)
 
 
 def test_sigterm_leaves_no_orphans(tiny_server: tuple) -> None:

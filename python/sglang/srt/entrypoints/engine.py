@@ -24,6 +24,9 @@ _END = object()
 class Engine:
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("log_level", "error")
+        # Offline use has no clients to protect from each other: no queue or batch limit.
+        kwargs.setdefault("max_queued_requests", None)
+        kwargs.setdefault("max_batch_size", 1 << 30)
         self.server_args = ServerArgs(**kwargs)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,

@@ -1,14 +1,17 @@
 """The HTTP server (FastAPI + uvicorn): the native API of the contract (sections 1-2).
 
-Requests go to the ``TokenizerManager`` (validation, tokenization, engine I/O, detokenization);
-this module only maps routes to it and shapes the replies and errors exactly as the contract says
-(E1: ``{"error": {"message"}}`` 400; E2: pydantic/JSON errors rewritten to 400; E4: HTTPException).
+Every request first passes the guards of ``http_guards`` (API keys, body size). Routes parse their
+body into a typed request (``io_struct``), hand it to the ``TokenizerManager`` (validation,
+tokenization, engine I/O, detokenization) and shape the reply and the errors exactly as the
+contract says (E1: ``{"error": {"message"}}`` 400; E2: parse errors rewritten to a bounded 400;
+E4: HTTPException; a 503 carries ``Retry-After``). Nothing a client sends reaches a plain-text 500:
+an unexpected exception is a JSON 500 and the server keeps serving. When the engine process dies
+the server exits non-zero (a supervisor restarts it) or, with ``--engine-restart``, restarts it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import threading
@@ -22,9 +25,21 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from sglang.srt.managers.io_struct import GenerateReqInput
+from sglang.srt.entrypoints.http_guards import (
+    ApiKeyGuard,
+    BodyLimitGuard,
+    admin_optional,
+    error_body,
+)
+from sglang.srt.entrypoints.openapi import body_schema, generate_body_schema
+from sglang.srt.managers.io_struct import (
+    AbortReqInput,
+    DetokenizeReqInput,
+    GenerateReqInput,
+    TokenizeReqInput,
+)
 from sglang.srt.managers.tokenizer_manager import (
     EngineDeadError,
     ReqState,
@@ -40,6 +55,10 @@ FLUSH_CACHE_TEXT = (
     "waiting requests, the operation will not be performed.)\n"
 )
 HEALTH_CHECK_TIMEOUT = float(os.environ.get("SGLANG_HEALTH_CHECK_TIMEOUT", "20"))
+RETRY_AFTER_S = "1"
+MAX_ERROR_MESSAGE_CHARS = 2000
+MAX_ERROR_INPUT_CHARS = 200
+GRACEFUL_SHUTDOWN_S = 5
 
 
 class ORJSONResponse(Response):
@@ -52,14 +71,22 @@ class ORJSONResponse(Response):
 class _Globals:
     tm: TokenizerManager | None = None
     args: ServerArgs | None = None
+    server: Any = None  # the uvicorn.Server
+    exit_code: int = 0
     created: int = int(time.time())
 
 
 G = _Globals()
 
 
+# ---- error replies -------------------------------------------------------------------------------
+def _retry_headers(status_code: int) -> dict[str, str] | None:
+    return {"Retry-After": RETRY_AFTER_S} if status_code == 503 else None
+
+
 def e1(message: str, status_code: int = 400) -> ORJSONResponse:
-    return ORJSONResponse({"error": {"message": message}}, status_code=status_code)
+    return ORJSONResponse({"error": {"message": message}}, status_code=status_code,
+                          headers=_retry_headers(status_code))
 
 
 def e3(message: str, kind: str = "BadRequestError", code: int = 400) -> ORJSONResponse:
@@ -69,35 +96,88 @@ def e3(message: str, kind: str = "BadRequestError", code: int = 400) -> ORJSONRe
     )
 
 
+def e4(message: str, code: int) -> ORJSONResponse:
+    return ORJSONResponse(error_body(message, code), status_code=code,
+                          headers=_retry_headers(code))
+
+
+def failed_reply(exc: RequestFailed) -> ORJSONResponse:
+    """A request that failed: E1 for a 400, E4 otherwise (with Retry-After for a 503)."""
+    return e1(exc.message) if exc.status_code == 400 else e4(exc.message, exc.status_code)
+
+
+def stream_error(message: str, status_code: int) -> dict[str, Any]:
+    """The E8 event of a stream that fails after its headers were sent."""
+    client_fault = status_code < 500
+    return {"error": {"message": message,
+                      "type": "invalid_request_error" if client_fault else "server_error",
+                      "code": status_code, "retryable": not client_fault}}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= MAX_ERROR_INPUT_CHARS else text[:MAX_ERROR_INPUT_CHARS] + "..."
+
+
+def validation_message(errors: list[dict[str, Any]]) -> str:
+    """A bounded description of parse errors: each error's location, message and (cut) input,
+    so a huge or deeply nested body is never echoed back."""
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        part = f"{loc}: {err.get('msg', '')}" if loc else str(err.get("msg", ""))
+        if "input" in err:
+            part += f" (input: {_short(err['input'])})"
+        parts.append(part)
+    if len(errors) > 5:
+        parts.append(f"... and {len(errors) - 5} more errors")
+    message = f"{len(errors)} validation error(s): " + "; ".join(parts)
+    return message[:MAX_ERROR_MESSAGE_CHARS]
+
+
+# ---- app -----------------------------------------------------------------------------------------
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     assert G.tm is not None
     G.tm.start_loops()
+    G.tm.on_engine_death_hooks.append(_on_engine_death)
     yield
     G.tm.shutdown()
 
 
 app = FastAPI(lifespan=lifespan)
-app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_credentials=True,
-                   allow_methods=["*"], allow_headers=["*"])
+
+
+def configure_app(args: ServerArgs) -> None:
+    """Installs the guards (outermost last: CORS, then keys, then the body limit)."""
+    app.add_middleware(BodyLimitGuard, max_bytes=args.max_request_body_bytes)
+    app.add_middleware(ApiKeyGuard, api_key=args.api_key, admin_api_key=args.admin_api_key,
+                       routes=lambda: app.router.routes)
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_credentials=True,
+                       allow_methods=["*"], allow_headers=["*"])
+    if args.enable_metrics:
+        app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=True)
 
 
 @app.exception_handler(RequestValidationError)
 async def validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:
     return ORJSONResponse(
-        {"object": "error", "message": f"{exc} {exc.errors()}", "type": "Bad Request",
-         "param": None, "code": 400},
+        {"object": "error", "message": validation_message(list(exc.errors())),
+         "type": "Bad Request", "param": None, "code": 400},
         status_code=400,
     )
 
 
 @app.exception_handler(HTTPException)
 async def http_error(_: Request, exc: HTTPException) -> ORJSONResponse:
-    return ORJSONResponse(
-        {"object": "error", "message": exc.detail, "type": str(exc.status_code), "param": None,
-         "code": exc.status_code},
-        status_code=exc.status_code,
-    )
+    return e4(str(exc.detail), exc.status_code)
+
+
+@app.exception_handler(Exception)
+async def internal_error(request: Request, exc: Exception) -> ORJSONResponse:
+    logger.exception("unexpected error in %s %s", request.method, request.url.path)
+    return e3(f"Internal server error: {type(exc).__name__}: {exc}"[:MAX_ERROR_MESSAGE_CHARS],
+              "InternalServerError", 500)
 
 
 def _tm() -> TokenizerManager:
@@ -105,30 +185,42 @@ def _tm() -> TokenizerManager:
     return G.tm
 
 
-# ---- generation ----------------------------------------------------------------------------------
-@app.api_route("/generate", methods=["POST", "PUT"])
-async def generate(request: Request) -> Response:
-    # Native routes take JSON whatever the Content-Type says (curl -d sends form encoding).
+async def parse_body(request: Request, model: type[BaseModel],
+                     context: dict[str, Any] | None = None) -> Any:
+    """The JSON body as ``model``, whatever the Content-Type (curl -d sends form encoding);
+    RequestValidationError (E2) for bad JSON or wrong types."""
     try:
-        obj = GenerateReqInput.model_validate_json(await request.body())
+        data = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",),
+                                       "msg": f"JSON decode error: {exc}"}]) from None
+    try:
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from exc
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
+# ---- generation ----------------------------------------------------------------------------------
+@app.api_route("/generate", methods=["POST", "PUT"],
+               openapi_extra={"requestBody": generate_body_schema()})
+async def generate(request: Request) -> Response:
     tm = _tm()
+    obj = await parse_body(request, GenerateReqInput,
+                           {"max_batch_size": tm.args.max_batch_size})
     try:
         states, is_list = await tm.generate(obj)
     except ValueError as exc:
         return e1(str(exc))
+    except RequestFailed as exc:
+        return failed_reply(exc)
     except EngineDeadError as exc:
-        raise HTTPException(status_code=503, detail=str(exc)) from exc
+        return e4(str(exc), 503)
     if obj.stream:
         return StreamingResponse(_stream(tm, states, is_list), media_type="text/event-stream")
     try:
         await _wait_all(tm, states, request)
     except RequestFailed as exc:
-        return e1(exc.message, exc.status_code) if exc.status_code == 400 else \
-            ORJSONResponse({"object": "error", "message": exc.message,
-                            "type": str(exc.status_code), "param": None,
-                            "code": exc.status_code}, status_code=exc.status_code)
+        return failed_reply(exc)
     finally:
         await _abort_unfinished(tm, states)
     results = [tm.response(s) for s in states]
@@ -155,7 +247,7 @@ async def _wait_all(tm: TokenizerManager, states: list[ReqState], request: Reque
 async def _abort_unfinished(tm: TokenizerManager, states: list[ReqState]) -> None:
     for s in states:
         if not s.finished:
-            await tm.abort_request(s.single.rid)
+            await tm.abort_request(s.rid)
         tm.release(s)
 
 
@@ -186,8 +278,7 @@ async def _stream(tm: TokenizerManager, states: list[ReqState], is_list: bool
             if item is None:
                 remaining -= 1
             elif isinstance(item, RequestFailed):
-                yield _sse({"error": {"message": item.message, "type": "invalid_request_error",
-                                      "code": item.status_code, "retryable": False}})
+                yield _sse(stream_error(item.message, item.status_code))
                 break
             else:
                 yield _sse(item)
@@ -202,26 +293,37 @@ async def _stream(tm: TokenizerManager, states: list[ReqState], is_list: bool
 @app.get("/health")
 @app.get("/health_generate")
 async def health() -> Response:
+    """200 once the engine answers a one-token request (a refusal for a full queue counts:
+    the engine is alive), 503 when it is down, restarting or silent for the timeout."""
     tm = _tm()
-    if tm.engine_dead:
-        return Response(status_code=503)
+    if tm.status != "ready" or tm.engine_dead:
+        return Response(status_code=503, headers=_retry_headers(503))
     start = time.time()
     obj = GenerateReqInput(input_ids=[0], sampling_params={"max_new_tokens": 1, "temperature": 0})
     try:
-        states, _ = await tm.generate(obj)
-    except (ValueError, EngineDeadError):
-        return Response(status_code=503)
+        states, _ = await tm.generate(obj, internal=True)
+    except (ValueError, EngineDeadError, RequestFailed):
+        return Response(status_code=503, headers=_retry_headers(503))
     state = states[0]
     try:
         while time.time() - start < HEALTH_CHECK_TIMEOUT:
             if state.finished or tm.last_receive > start:
-                return Response(status_code=503 if state.failed else 200)
+                broken = state.failed and state.finish_reason.status_code != 503
+                return Response(status_code=503 if broken else 200)
             if tm.engine_dead:
                 return Response(status_code=503)
             await asyncio.sleep(0.05)
         return Response(status_code=503)
     finally:
         await _abort_unfinished(tm, states)
+
+
+@app.get("/ready")
+async def ready() -> Response:
+    """200 while the engine can take requests (no generation), 503 otherwise."""
+    tm = _tm()
+    ok = tm.status == "ready" and not tm.engine_dead
+    return Response(status_code=200 if ok else 503, headers=None if ok else _retry_headers(503))
 
 
 def _model_info_old() -> dict[str, Any]:
@@ -265,24 +367,27 @@ async def get_server_info() -> ORJSONResponse:
 
 
 @app.api_route("/flush_cache", methods=["GET", "POST"])
+@admin_optional
 async def flush_cache() -> PlainTextResponse:
     try:
         ok = await _tm().flush_cache()
-    except EngineDeadError:
+    except (EngineDeadError, asyncio.TimeoutError):
         ok = False
     return PlainTextResponse(FLUSH_CACHE_TEXT, status_code=200 if ok else 400)
 
 
-@app.post("/abort_request")
+@app.post("/abort_request", openapi_extra={"requestBody": body_schema(AbortReqInput)})
+@admin_optional
 async def abort_request(request: Request) -> Response:
-    try:
-        body = await request.json()
-    except json.JSONDecodeError:
-        return e1("The request body is not valid JSON.")
-    if not isinstance(body, dict):
-        return e1("The request body must be a JSON object.")
-    await _tm().abort_request(str(body.get("rid", "")), bool(body.get("abort_all", False)))
+    body = await parse_body(request, AbortReqInput)
+    await _tm().abort_request(body.rid, body.abort_all)
     return Response(status_code=200)
+
+
+async def metrics() -> Response:
+    """Prometheus metrics (mounted with --enable-metrics)."""
+    data, content_type = await _tm().metrics_text()
+    return Response(data, media_type=content_type)
 
 
 # ---- tokenizer -----------------------------------------------------------------------------------
@@ -293,70 +398,67 @@ def _max_model_len(tm: TokenizerManager) -> int:
     return n
 
 
-async def _tokenizer_body(request: Request, tm: TokenizerManager) -> dict | ORJSONResponse:
-    """The JSON object of a /tokenize or /detokenize request, or the E3 error to answer with."""
-    try:
-        body = await request.json()
-    except json.JSONDecodeError:
-        return e3("The request body is not valid JSON.")
-    if not isinstance(body, dict):
-        return e3("The request body must be a JSON object.")
-    if tm.tokenizer is None:
-        return e3("The server runs with --skip-tokenizer-init: no tokenizer.")
-    return body
-
-
-@app.post("/tokenize")
-@app.post("/v1/tokenize")
+@app.post("/tokenize", openapi_extra={"requestBody": body_schema(TokenizeReqInput)})
+@app.post("/v1/tokenize", openapi_extra={"requestBody": body_schema(TokenizeReqInput)})
 async def tokenize(request: Request) -> ORJSONResponse:
     tm = _tm()
-    body = await _tokenizer_body(request, tm)
-    if isinstance(body, ORJSONResponse):
-        return body
-    prompt, messages = body.get("prompt"), body.get("messages")
-    if (prompt is None) == (messages is None):
-        return e3("Exactly one of 'prompt' or 'messages' must be provided.")
-    add_special = bool(body.get("add_special_tokens", True))
-    if messages is not None:
-        tokens: Any = tm.tokenizer.apply_chat_template(
-            messages, tokenize=True, add_generation_prompt=body.get("add_generation_prompt", True))
-        if isinstance(tokens, dict) or hasattr(tokens, "input_ids"):
-            tokens = list(tokens["input_ids"])
-        count: Any = len(tokens)
-    elif isinstance(prompt, str):
-        tokens = tm.tokenizer.encode(prompt, add_special_tokens=add_special)
-        count = len(tokens)
-    elif isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
-        tokens = [tm.tokenizer.encode(p, add_special_tokens=add_special) for p in prompt]
-        count = [len(t) for t in tokens]
-    else:
-        return e3("'prompt' must be a string or a list of strings.")
+    body = await parse_body(request, TokenizeReqInput)
+    if tm.tokenizer is None:
+        return e3("The server runs with --skip-tokenizer-init: no tokenizer.")
+    try:
+        body.check()
+        for text in body.texts():
+            tm.validator.check_text(text)
+        tokens, count = await tm.run_tokenizer(_tokenize, tm.tokenizer, body)
+    except ValueError as exc:
+        return e3(str(exc))
     return ORJSONResponse({"tokens": tokens, "count": count, "max_model_len": _max_model_len(tm)})
 
 
-@app.post("/detokenize")
-@app.post("/v1/detokenize")
+def _tokenize(tokenizer: Any, body: TokenizeReqInput) -> tuple[Any, Any]:
+    """(tokens, count) of a /tokenize request; ValueError for a chat the template rejects."""
+    if body.messages is not None:
+        try:
+            tokens: Any = tokenizer.apply_chat_template(
+                body.chat(), tokenize=True, add_generation_prompt=body.add_generation_prompt)
+        except Exception as exc:  # jinja errors, missing keys: the client's messages
+            raise ValueError(f"The chat template cannot render these messages: "
+                             f"{type(exc).__name__}: {exc}") from None
+        if isinstance(tokens, dict) or hasattr(tokens, "input_ids"):
+            tokens = list(tokens["input_ids"])
+        return tokens, len(tokens)
+    if isinstance(body.prompt, str):
+        tokens = tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        return tokens, len(tokens)
+    lists = [tokenizer.encode(p, add_special_tokens=body.add_special_tokens)
+             for p in body.prompt]
+    return lists, [len(t) for t in lists]
+
+
+@app.post("/detokenize", openapi_extra={"requestBody": body_schema(DetokenizeReqInput)})
+@app.post("/v1/detokenize", openapi_extra={"requestBody": body_schema(DetokenizeReqInput)})
 async def detokenize(request: Request) -> ORJSONResponse:
     tm = _tm()
-    body = await _tokenizer_body(request, tm)
-    if isinstance(body, ORJSONResponse):
-        return body
-    tokens = body.get("tokens")
-    skip = bool(body.get("skip_special_tokens", True))
-    if not isinstance(tokens, list):
-        return e3("Invalid input: 'tokens' must be a list of integers.")
-    if tokens and isinstance(tokens[0], list):
-        texts = []
-        for sub in tokens:
-            if not isinstance(sub, list) or not all(isinstance(t, int) for t in sub):
-                return e3(f"Invalid input: Sublist in 'tokens' must contain only integers. "
-                          f"Found: {sub}")
-            texts.append(tm.tokenizer.decode(sub, skip_special_tokens=skip))
-        return ORJSONResponse({"text": texts})
-    if not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
-        return e3("Invalid input: 'tokens' must be a list of integers.")
-    text = tm.tokenizer.decode(tokens, skip_special_tokens=skip) if tokens else ""
-    return ORJSONResponse({"text": text})
+    try:
+        body = await parse_body(request, DetokenizeReqInput)
+    except RequestValidationError as exc:
+        if any("tokens" in str(e.get("loc", ())) + str(e.get("msg", "")) for e in exc.errors()):
+            return e3("Invalid input: 'tokens' must be a list of integers.")
+        raise
+    if tm.tokenizer is None:
+        return e3("The server runs with --skip-tokenizer-init: no tokenizer.")
+    try:
+        for ids in body.token_lists():
+            tm.validator.check_token_ids("tokens: token id", ids)
+    except ValueError as exc:
+        return e3(str(exc))
+
+    def decode() -> Any:
+        texts = [tm.tokenizer.decode(ids, skip_special_tokens=body.skip_special_tokens)
+                 if ids else "" for ids in body.token_lists()]
+        return texts if body.is_batch() else texts[0]
+
+    return ORJSONResponse({"text": await tm.run_detokenizer(decode)})
 
 
 # ---- OpenAI model list ---------------------------------------------------------------------------
@@ -385,14 +487,45 @@ async def get_model(model: str) -> ORJSONResponse:
     return ORJSONResponse(card)
 
 
+# ---- engine death --------------------------------------------------------------------------------
+def _on_engine_death() -> None:
+    """Pending requests have failed; restart the engine (--engine-restart) or shut down with an
+    error, so that a supervisor (systemd, Kubernetes) restarts the server."""
+    if G.args is not None and G.args.engine_restart:
+        logger.error("the engine process died; restarting it (--engine-restart)")
+        asyncio.ensure_future(_restart_engine())
+    else:
+        logger.error("the engine process died; the server exits (use --engine-restart to "
+                     "restart the engine instead)")
+        _shut_down(1)
+
+
+async def _restart_engine() -> None:
+    try:
+        await _tm().restart_engine()
+        logger.info("the engine process was restarted (%d restart(s) so far)",
+                    _tm().engine_restarts)
+    except Exception:
+        logger.exception("the engine could not be restarted; the server exits")
+        _shut_down(1)
+
+
+def _shut_down(exit_code: int) -> None:
+    G.exit_code = exit_code
+    if G.server is not None:
+        G.server.should_exit = True
+
+
 # ---- start-up ------------------------------------------------------------------------------------
 def _warmup(args: ServerArgs) -> None:
     import requests
 
     url = f"http://{args.host}:{args.port}"
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     for _ in range(600):
         try:
-            if requests.get(f"{url}/get_model_info", timeout=5).status_code == 200:
+            if requests.get(f"{url}/get_model_info", headers=headers,
+                            timeout=5).status_code == 200:
                 break
         except requests.RequestException:
             time.sleep(0.5)
@@ -402,13 +535,14 @@ def _warmup(args: ServerArgs) -> None:
             payload["input_ids"] = [10, 11, 12]
         else:
             payload["text"] = "The capital city of France is"
-        requests.post(f"{url}/generate", json=payload, timeout=600)
+        requests.post(f"{url}/generate", json=payload, headers=headers, timeout=600)
         logger.info("The server is fired up and ready to roll!")
     except requests.RequestException as exc:
         logger.warning("warm-up request failed: %s", exc)
 
 
-def launch_server(server_args: ServerArgs) -> None:
+def launch_server(server_args: ServerArgs) -> int:
+    """Serves until stopped; returns the process exit code (1 when the engine died)."""
     import uvicorn
 
     logging.basicConfig(
@@ -417,10 +551,15 @@ def launch_server(server_args: ServerArgs) -> None:
     )
     G.args = server_args
     G.tm = TokenizerManager(server_args)
+    configure_app(server_args)
     if not server_args.skip_server_warmup:
         threading.Thread(target=_warmup, args=(server_args,), daemon=True).start()
+    config = uvicorn.Config(app, host=server_args.host, port=server_args.port,
+                            log_level=server_args.log_level_http, timeout_keep_alive=5,
+                            loop="asyncio", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    G.server = uvicorn.Server(config)
     try:
-        uvicorn.run(app, host=server_args.host, port=server_args.port,
-                    log_level=server_args.log_level_http, timeout_keep_alive=5, loop="asyncio")
+        G.server.run()
     finally:
         G.tm.shutdown()
+    return G.exit_code

@@ -1,7 +1,7 @@
 """The HTTP process's connection to the engine process: its lifecycle and its message I/O.
 
-``EngineClient`` spawns the engine process (``engine_process.run_engine_process``), waits for its
-``EngineReady``, and talks to it over two ZMQ sockets (requests out, token batches and replies in).
+``EngineClient`` spawns the engine process (``engine_process.run_engine_process``, ``spawn``),
+waits for its ``EngineReady``, and talks to it over two ZMQ sockets (requests out, token batches and replies in).
 A receive task hands every ``BatchTokenOut`` / ``RequestError`` to the ``EngineListener`` (the
 tokenizer manager) and routes replies to the coroutine awaiting them (``request``); a watchdog
 task notices when the process dies and tells the listener once. It knows nothing of requests,
@@ -50,7 +50,8 @@ class EngineClient:
         self.send_sock.bind(f"ipc://{self.ipc_dir}/to_engine")
         self.recv_sock = self.ctx.socket(zmq.PULL)
         self.recv_sock.bind(f"ipc://{self.ipc_dir}/from_engine")
-        self.proc, self.info = self._spawn()
+        self.proc: mp.Process | None = None
+        self.info: EngineReady | None = None
         self.dead = False
         self.last_receive = time.time()
         self.pending_replies: dict[type, asyncio.Queue] = {}
@@ -58,8 +59,13 @@ class EngineClient:
         self._closed = False
 
     # ---- process lifecycle -----------------------------------------------------------------------
+    def spawn(self) -> EngineReady:
+        """Starts the engine process and waits (blocking: off the event loop when one runs) for
+        its EngineReady. RuntimeError when it fails to start."""
+        self.proc, self.info = self._spawn()
+        return self.info
+
     def _spawn(self) -> tuple[mp.Process, EngineReady]:
-        """Starts the engine process and waits (blocking) for its EngineReady."""
         from sglang.srt.managers.engine_process import run_engine_process
 
         ctx = mp.get_context("spawn")
@@ -102,7 +108,7 @@ class EngineClient:
         self._closed = True
         for task in self.tasks:
             task.cancel()
-        if self.proc.is_alive():
+        if self.proc is not None and self.proc.is_alive():
             # SIGTERM: shutdown may run outside the event loop that owns the sockets.
             self.proc.terminate()
             self.proc.join(5)

@@ -28,8 +28,13 @@ from sglang.srt.constrained.base_grammar_backend import (
 )
 from sglang.srt.constrained.grammar_manager import GrammarManager
 from sglang.srt.managers.finish_reason import FinishKind, FinishReason
-from sglang.srt.managers.io_struct import EngineReady, ReqOutput, TokenizedGenerateReq
-from sglang.srt.managers.stop_checker import StopChecker
+from sglang.srt.managers.io_struct import (
+    EngineReady,
+    ReqOutput,
+    RequestError,
+    TokenizedGenerateReq,
+)
+from sglang.srt.managers.stop_checker import StopChecker, StopCheckError
 from sglang.srt.sampling.custom_logit_processor import ReqView
 from sglang.srt.sampling.sampler import BatchSampler, RowSampling
 from sglang.srt.server_args import ServerArgs
@@ -39,6 +44,8 @@ logger = logging.getLogger(__name__)
 CPU_DEFAULT_MAX_TOTAL_TOKENS = 65536
 CPU_KV_MEMORY_FRACTION = 0.25
 GRAMMAR_COMPILE_TIMEOUT_S = float(os.environ.get("SGLANG_GRAMMAR_COMPILE_TIMEOUT", "60"))
+MAX_FAILED_STEPS = 3  # consecutive failed steps before the engine gives up
+QUEUE_FULL = "The request queue is full."
 
 
 @dataclasses.dataclass
@@ -99,6 +106,7 @@ class EngineCore:
         self.seed_counter = 0
         self.grammars: GrammarManager | None = None  # created by the first grammar request
         self.forward_ct = 0
+        self.failed_steps = 0  # consecutive steps whose forward or sampling raised
         self.last_gen_throughput = 0.0
         self._tput_window: tuple[float, int] = (time.perf_counter(), 0)
 
@@ -160,18 +168,24 @@ class EngineCore:
         )
 
     # ---- requests --------------------------------------------------------------------------------
-    def add_request(self, req: TokenizedGenerateReq) -> str | None:
-        """Queues a request; returns an error message for a request the core refuses.
+    def add_request(self, req: TokenizedGenerateReq) -> RequestError | None:
+        """Queues a request; returns the error of a request that is refused: 400 when the core
+        refuses it, 503 when ``--max-queued-requests`` requests already wait.
 
         A request with a grammar first waits for it to compile (``self.grammars``); ``step``
         admits it to the core once the compiled grammar is there."""
         if req.rid in self.rid_to_handle or (self.grammars and self.grammars.has_rid(req.rid)):
-            return f"Duplicate request ID: {req.rid}"
+            return RequestError(req.rid, f"Duplicate request ID: {req.rid}")
+        limit = self.args.max_queued_requests
+        if limit is not None and self.num_queued() >= limit:
+            return RequestError(req.rid, QUEUE_FULL, 503)
         key = grammar_key(req.sampling)
         if key is None:
-            return self._admit(req, None)
+            error = self._admit(req, None)
+            return None if error is None else RequestError(req.rid, error)
         if self.tokenizer is None or self.args.grammar_backend == "none":
-            return "Constrained decoding needs a tokenizer and a grammar backend."
+            return RequestError(req.rid,
+                                "Constrained decoding needs a tokenizer and a grammar backend.")
         if self.grammars is None:
             self.grammars = GrammarManager(self._create_grammar_backend, GRAMMAR_COMPILE_TIMEOUT_S)
         self.grammars.submit(req, key)
@@ -279,6 +293,11 @@ class EngineCore:
             num_retractions=ereq.num_retractions,
         )
 
+    def num_queued(self) -> int:
+        """Requests waiting: in the core's queue or for their grammar."""
+        return self.core.stats().num_waiting + (len(self.grammars.waiting) if self.grammars
+                                                else 0)
+
     def flush_cache(self) -> bool:
         return self.core.flush_cache()
 
@@ -314,15 +333,35 @@ class EngineCore:
 
     # ---- one step --------------------------------------------------------------------------------
     def step(self) -> list[ReqOutput] | None:
-        """Runs one scheduled batch; None when there was nothing to run or report."""
+        """Runs one scheduled batch; None when there was nothing to run or report.
+
+        A step whose forward pass or sampling raises ends the requests of its batch with a 500
+        (the core drops the step's KV) and the engine goes on; MAX_FAILED_STEPS such steps in a
+        row re-raise (the device is likely broken: the process exits and is restarted)."""
         refused = self._poll_grammars()
         plan = self.core.schedule()
         if plan.mode == _core.ForwardMode.IDLE:
             return refused or None
-        outs = self._run(plan)
+        try:
+            step = self._forward_and_sample(plan)
+        except Exception as exc:
+            self.failed_steps += 1
+            if self.failed_steps >= MAX_FAILED_STEPS:
+                raise
+            logger.exception("a step failed; its requests end with an error")
+            outs = self._cancel_plan(f"{type(exc).__name__}: {exc}")
+        else:
+            self.failed_steps = 0
+            outs = self._commit(*step)
         return refused + outs if refused else outs
 
-    def _run(self, plan: Any) -> list[ReqOutput]:
+    def _cancel_plan(self, reason: str) -> list[ReqOutput]:
+        finish = FinishReason.error(f"Internal error while running the request: {reason}", 500)
+        return [self._final(self.reqs[h], finish, [])
+                for h in self.core.cancel_plan().tolist() if h in self.reqs]
+
+    def _forward_and_sample(self, plan: Any) -> tuple:
+        """The forward pass and sampling of a plan (nothing committed yet)."""
         from sglang.srt.model_executor.forward_batch import ForwardBatch
 
         req_ids = plan.req_ids
@@ -364,6 +403,10 @@ class EngineCore:
         sampled = self.sampler.sample(sample_logits.float().contiguous(),
                                       [e.sampling for e in sample_reqs], offsets, penalty, ban,
                                       bitmask)
+        return plan, sample_reqs, sampled, hidden_out
+
+    def _commit(self, plan: Any, sample_reqs: list[EngineReq], sampled: Any,
+                hidden_out: dict[int, list[Any]]) -> list[ReqOutput]:
         rids, tokens, reasons, _ = self.core.commit(sampled.next_ids)
         self.forward_ct += 1
         for h in plan.retracted.tolist():
@@ -485,19 +528,14 @@ class EngineCore:
             new_ids = [tok] if tok >= 0 else []
             e.output_ids.extend(new_ids)
             n_tokens += len(new_ids)
-            finish = self._finish_reason(e, tok, reason)
-            if h in failed:  # its custom logit processor raised: end it with that error
-                if finish is None:
-                    self.core.abort(h)
-                finish = FinishReason.error(failed[h], 400)
-            if e.grammar is not None and new_ids and (finish is None
-                                                      or finish.kind is FinishKind.STOP):
-                finish = self._advance_grammar(e, tok, finish)
-            if finish is None and new_ids and len(e.output_ids) >= e.req.sampling.min_new_tokens:
-                matched = e.stop.check(e.output_ids)
-                if matched is not None:
-                    self.core.abort(h)
-                    finish = FinishReason.stop_text(matched)
+            try:
+                finish = self._decide_finish(e, tok, reason, failed.get(h), bool(new_ids))
+            except StopCheckError as exc:  # the request's own stop regex is at fault
+                finish = self._end_failed(e, str(exc), 400)
+            except Exception as exc:  # a bug met by this request alone: it ends, the rest goes on
+                logger.exception("request %s failed after its step", e.req.rid)
+                finish = self._end_failed(e, f"Internal error while running the request: "
+                                             f"{type(exc).__name__}: {exc}", 500)
             out = self._output(e, new_ids, finish)
             k = row_of.get(h)
             if k is not None and new_ids and e.req.return_logprob:
@@ -519,6 +557,32 @@ class EngineCore:
             outs.append(out)
         self._update_throughput(n_tokens)
         return outs
+
+    def _decide_finish(self, e: EngineReq, tok: int, reason: int, processor_error: str | None,
+                       got_token: bool) -> FinishReason | None:
+        """Whether a request ends with this step's token: the core's token-level verdict, its
+        logit processor's failure, its grammar, then its stop strings and regexes. A finish
+        decided here (not by the core) aborts the request in the core."""
+        h = e.handle
+        finish = self._finish_reason(e, tok, reason)
+        if processor_error is not None:  # its custom logit processor raised: end it with that
+            if finish is None:
+                self.core.abort(h)
+            finish = FinishReason.error(processor_error, 400)
+        if e.grammar is not None and got_token and (finish is None
+                                                    or finish.kind is FinishKind.STOP):
+            finish = self._advance_grammar(e, tok, finish)
+        if finish is None and got_token and len(e.output_ids) >= e.req.sampling.min_new_tokens:
+            matched = e.stop.check(e.output_ids)
+            if matched is not None:
+                self.core.abort(h)
+                finish = FinishReason.stop_text(matched)
+        return finish
+
+    def _end_failed(self, e: EngineReq, message: str, status: int) -> FinishReason:
+        if self.core.has_request(e.handle):
+            self.core.abort(e.handle)
+        return FinishReason.error(message, status)
 
     def _advance_grammar(self, e: EngineReq, tok: int,
                          finish: FinishReason | None) -> FinishReason | None:

@@ -109,9 +109,14 @@ def _handle(engine: Any, msg: Any, send: zmq.Socket) -> None:
         for m in msg:
             _handle(engine, m, send)
     elif isinstance(msg, TokenizedGenerateReq):
-        error = engine.add_request(msg)
+        try:
+            error = engine.add_request(msg)
+        except Exception as exc:  # one bad request must not end the engine
+            logger.exception("adding request %s failed", msg.rid)
+            error = RequestError(msg.rid, f"Internal error while adding the request: "
+                                          f"{type(exc).__name__}: {exc}", 500)
         if error is not None:
-            send.send_pyobj(RequestError(msg.rid, error))
+            send.send_pyobj(error)
     elif isinstance(msg, AbortReq):
         outs = engine.abort(msg.rid, msg.abort_all, msg.message)
         if outs:

@@ -13,32 +13,120 @@ import dataclasses
 import uuid
 from typing import Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Tag,
+    ValidationInfo,
+    model_validator,
+)
+from typing_extensions import Annotated
 
 from sglang.srt.managers.finish_reason import FinishReason
 from sglang.srt.sampling.sampling_params import SamplingParams
+
+
+def _one_or_batch(value: Any) -> str:
+    """'batch' for a list of lists (one list per prompt), else 'one'."""
+    return "batch" if isinstance(value, list) and value and isinstance(value[0], list) else "one"
+
+
+def _embeds_one_or_batch(value: Any) -> str:
+    """'batch' for [prompts][tokens][hidden], else 'one' ([tokens][hidden])."""
+    first = value[0] if isinstance(value, list) and value else None
+    return _one_or_batch(first) if isinstance(first, list) else "one"
+
+
+def _either(one: Any, batch: Any, shape: Any = _one_or_batch) -> Any:
+    """A single-or-batch field: the branch is chosen by the value's shape, so a bad value is
+    checked against one type only (pydantic's plain unions try every branch)."""
+    return Annotated[Union[Annotated[one, Tag("one")], Annotated[batch, Tag("batch")]],
+                     Discriminator(shape)]
+
+
+TokenIds = _either(list[int], list[list[int]])
+Embeds = _either(list[list[float]], list[list[list[float]]], _embeds_one_or_batch)
+
+# Fields of SGLang's /generate that this server does not implement yet: a request that sets one
+# is refused (400) rather than served without it. Value: what the field would need.
+UNSUPPORTED_FIELDS = {
+    "image_data": "image inputs (no multimodal model is supported yet)",
+    "video_data": "video inputs (no multimodal model is supported yet)",
+    "audio_data": "audio inputs (no multimodal model is supported yet)",
+    "lora_path": "LoRA adapters",
+    "session_params": "sessions",
+    "priority": "priority scheduling",
+    "bootstrap_host": "prefill/decode disaggregation",
+    "bootstrap_port": "prefill/decode disaggregation",
+    "bootstrap_room": "prefill/decode disaggregation",
+    "routed_dp_rank": "data parallelism",
+    "data_parallel_rank": "data parallelism",
+}
 
 
 class GenerateReqInput(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     text: Optional[Union[list[str], str]] = None
-    input_ids: Optional[Union[list[list[int]], list[int]]] = None
-    input_embeds: Optional[Union[list[list[list[float]]], list[list[float]]]] = None
+    input_ids: Optional[TokenIds] = None
+    input_embeds: Optional[Embeds] = None
     sampling_params: Optional[Union[list[Optional[dict[str, Any]]], dict[str, Any]]] = None
     rid: Optional[Union[list[str], str]] = None
     stream: bool = False
     return_logprob: Optional[Union[list[bool], bool]] = None
     logprob_start_len: Optional[Union[list[int], int]] = None
     top_logprobs_num: Optional[Union[list[int], int]] = None
-    token_ids_logprob: Optional[Union[list[list[int]], list[int]]] = None
+    token_ids_logprob: Optional[TokenIds] = None
     return_text_in_logprobs: bool = False
     return_hidden_states: Union[list[Union[bool, str, None]], bool, str, None] = False
     custom_logit_processor: Optional[Union[list[Optional[str]], str]] = None
-    image_data: Optional[Any] = None
-    lora_path: Optional[Union[list[Optional[str]], str]] = None
     log_metrics: bool = True
     return_prompt_token_ids: bool = False
+    # Not supported yet (UNSUPPORTED_FIELDS): declared so that setting one is a clear 400.
+    image_data: Optional[Any] = None
+    video_data: Optional[Any] = None
+    audio_data: Optional[Any] = None
+    lora_path: Optional[Any] = None
+    session_params: Optional[Any] = None
+    priority: Optional[Any] = None
+    bootstrap_host: Optional[Any] = None
+    bootstrap_port: Optional[Any] = None
+    bootstrap_room: Optional[Any] = None
+    routed_dp_rank: Optional[Any] = None
+    data_parallel_rank: Optional[Any] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_large_lists(cls, data: Any, info: ValidationInfo) -> Any:
+        """Fail-fast checks of the fields that can hold millions of values, before pydantic, which
+        would report (and build a message for) every bad element. With a ``max_batch_size`` in
+        the validation context, a batch larger than that is refused before it is parsed."""
+        if isinstance(data, dict):
+            limit = (info.context or {}).get("max_batch_size")
+            if limit is not None:
+                _check_batch_size(data, limit)
+            for name in ("input_ids", "token_ids_logprob"):
+                _check_nested(data.get(name), name, _is_int, "an integer", depth=2)
+            _check_nested(data.get("input_embeds"), "input_embeds", _is_number, "a number",
+                          depth=3)
+            text = data.get("text")
+            if isinstance(text, list):
+                _check_nested(text, "text", lambda v: isinstance(v, str), "a string", depth=1)
+        return data
+
+    def batch_size(self) -> int:
+        """Prompts in the request (1 for a single prompt)."""
+        if self.input_embeds is not None:
+            embeds = self.input_embeds  # [tokens][hidden], or [prompts][tokens][hidden]
+            return len(embeds) if _embeds_one_or_batch(embeds) == "batch" else 1
+        if self.input_ids is not None:
+            return len(self.input_ids) if _one_or_batch(self.input_ids) == "batch" else 1
+        return len(self.text) if isinstance(self.text, list) else 1
+
+    def unsupported_fields(self) -> list[str]:
+        """The UNSUPPORTED_FIELDS this request sets (null, [] and {} count as unset)."""
+        return [name for name in UNSUPPORTED_FIELDS if _is_set(getattr(self, name))]
 
     def normalize(self) -> tuple[list[SingleGenerateReq], bool]:
         """The flat list of requests (prompt-major for n > 1) and whether the reply is a list."""
@@ -142,6 +230,49 @@ class GenerateReqInput(BaseModel):
         return list(self.rid)
 
 
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _is_number(v: Any) -> bool:
+    return type(v) is int or type(v) is float
+
+
+def _is_set(value: Any) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, (list, dict)):
+        return any(_is_set(v) for v in (value.values() if isinstance(value, dict) else value))
+    return True
+
+
+def _check_batch_size(data: dict[str, Any], limit: int) -> None:
+    for name in ("text", "input_ids", "input_embeds"):
+        value = data.get(name)
+        depth = {"text": 0, "input_ids": 1, "input_embeds": 2}[name]
+        is_batch = isinstance(value, list) and (
+            depth == 0 or (bool(value) and isinstance(value[0], list) and (
+                depth == 1 or (bool(value[0]) and isinstance(value[0][0], list)))))
+        if is_batch and len(value) > limit:
+            raise ValueError(f"{name} holds a batch of {len(value)} prompts, more than the "
+                             f"server's limit of {limit} (--max-batch-size).")
+
+
+def _check_nested(value: Any, name: str, ok: Any, kind: str, depth: int) -> None:
+    """Raises ValueError at the first leaf of a list nested up to ``depth`` levels that is not
+    ``ok`` (or a list where a leaf is due). Lists of lists are walked one level deeper."""
+    if not isinstance(value, list) or not value:
+        return
+    nested = isinstance(value[0], list) and depth > 1
+    for i, v in enumerate(value):
+        if nested:
+            if not isinstance(v, list):
+                raise ValueError(f"{name}[{i}] must be a list, got {type(v).__name__}.")
+            _check_nested(v, f"{name}[{i}]", ok, kind, depth - 1)
+        elif not ok(v):
+            raise ValueError(f"{name}[{i}] must be {kind}, got {type(v).__name__}.")
+
+
 def _item(value: Any, i: int, batch_size: int, default: Any) -> Any:
     if value is None:
         return default
@@ -171,6 +302,69 @@ def _token_ids_item(value: Any, i: int, batch_size: int) -> list[int] | None:
             raise ValueError("The length of token_ids_logprob should be equal to the batch size.")
         return list(value[i])
     return list(value)
+
+
+class AbortReqInput(BaseModel):
+    """The /abort_request body."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    rid: str = ""
+    abort_all: bool = False
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: Optional[Union[str, list[dict[str, Any]]]] = None
+
+
+class TokenizeReqInput(BaseModel):
+    """The /tokenize body: a prompt (or several), or chat messages rendered by the template."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: Optional[str] = None
+    prompt: Optional[Union[str, list[str]]] = None
+    messages: Optional[list[ChatMessage]] = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+
+    def check(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("Exactly one of 'prompt' or 'messages' must be provided.")
+
+    def texts(self) -> list[str]:
+        """Every string the tokenizer will see (for the size check)."""
+        if self.messages is not None:
+            return [str(m.content) for m in self.messages if m.content is not None]
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt or [])
+
+    def chat(self) -> list[dict[str, Any]]:
+        return [m.model_dump(exclude_none=True) for m in self.messages or []]
+
+
+class DetokenizeReqInput(BaseModel):
+    """The /detokenize body: token ids, or a list of token-id lists."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    tokens: TokenIds
+    skip_special_tokens: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_large_lists(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            _check_nested(data.get("tokens"), "tokens", _is_int, "an integer", depth=2)
+        return data
+
+    def is_batch(self) -> bool:
+        return _one_or_batch(self.tokens) == "batch"
+
+    def token_lists(self) -> list[list[int]]:
+        return list(self.tokens) if self.is_batch() else [self.tokens]
 
 
 @dataclasses.dataclass(kw_only=True)

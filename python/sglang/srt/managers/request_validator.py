@@ -17,27 +17,105 @@ import numpy as np
 
 from sglang import _core
 from sglang.srt.constrained.base_grammar_backend import check_grammar_supported, grammar_key
-from sglang.srt.managers.io_struct import EngineReady, SingleGenerateReq
+from sglang.srt.managers.io_struct import (
+    UNSUPPORTED_FIELDS,
+    EngineReady,
+    GenerateReqInput,
+    SingleGenerateReq,
+)
 from sglang.srt.managers.stop_checker import compile_stop_regex
 from sglang.srt.sampling.custom_logit_processor import load_custom_logit_processor
-from sglang.srt.sampling.sampling_params import SamplingParams
+from sglang.srt.sampling.sampling_params import SamplingLimits, SamplingParams
 from sglang.srt.server_args import ServerArgs
 
 
+RID_MAX_CHARS = 1024
+# Text reaching the tokenizer is at most this many times (context length x longest token) long:
+# longer text cannot fit the context (the factor leaves room for normalizers that merge characters).
+PROMPT_CHARS_SLACK = 2
+
+
 class RequestValidator:
-    def __init__(self, args: ServerArgs, info: EngineReady) -> None:
+    def __init__(self, args: ServerArgs, info: EngineReady, tokenizer: Any = None) -> None:
         self.args = args
         self.info = info
         self.limits = _core.RequestLimits(info.context_length, info.max_sequence_len,
                                           info.vocab_size)
+        self.sampling_limits = SamplingLimits(args.max_stop_strings, args.max_stop_string_length)
         self.preferred = args.preferred_sampling_params_dict
+        self.max_prompt_chars = None
+        if tokenizer is not None:
+            longest = max_token_chars(tokenizer)
+            self.max_prompt_chars = info.context_length * longest * PROMPT_CHARS_SLACK
 
+    # ---- the request as a whole (before it is split into items) -------------------------------
+    def check_request(self, obj: GenerateReqInput) -> None:
+        """Rules on the whole body: fields not supported yet, one input kind, request ids, n and
+        the batch size (so that nothing large is built for a request that is refused)."""
+        unsupported = obj.unsupported_fields()
+        if unsupported:
+            name = unsupported[0]
+            raise ValueError(f"{name} is not supported by this server yet: it needs "
+                             f"{UNSUPPORTED_FIELDS[name]}. Remove the field.")
+        given = [n for n in ("text", "input_ids", "input_embeds") if getattr(obj, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"Only one of text, input_ids or input_embeds may be provided, "
+                             f"got {' and '.join(given)}.")
+        for rid in obj.rid if isinstance(obj.rid, list) else [obj.rid]:
+            if rid is not None and not 0 < len(rid) <= RID_MAX_CHARS:
+                raise ValueError(f"rid must be a non-empty string of at most {RID_MAX_CHARS} "
+                                 f"characters, got {len(rid)} characters.")
+        params = obj.sampling_params
+        n = 1
+        for sp in params if isinstance(params, list) else [params]:
+            value = (sp or {}).get("n") if isinstance(sp, dict) else None
+            if isinstance(value, int) and not isinstance(value, bool):
+                if value > self.args.max_n:
+                    raise ValueError(f"n must be at most {self.args.max_n} (--max-n), got "
+                                     f"{value}.")
+                n = max(n, value)
+        items = obj.batch_size() * n
+        if items > self.args.max_batch_size:
+            raise ValueError(f"The request asks for {items} generations (prompts x n), more than "
+                             f"the server's limit of {self.args.max_batch_size} "
+                             "(--max-batch-size).")
+
+    def check_text(self, text: str) -> None:
+        """Refuses, without tokenizing it, text too long to fit the context in any tokenization."""
+        if self.max_prompt_chars is not None and len(text) > self.max_prompt_chars:
+            raise ValueError(f"The input ({len(text)} characters) is longer than the model's "
+                             f"context length ({self.info.context_length} tokens) can hold.")
+
+    # ---- one item ------------------------------------------------------------------------------
     def check_prompt(self, input_ids: list[int]) -> None:
         """The core's prompt rules (empty, context, KV pool, vocabulary)."""
         ids = _int_array(input_ids, "input_ids")
         if ids.size:
             core_check(self.limits.check_token_ids, "Input token id", ids)
         core_check(self.limits.check_prompt, ids.astype(np.int32))
+
+    def check_token_ids(self, label: str, ids: list[int]) -> None:
+        """Every id inside the vocabulary (the core's rule): "<label> <id> is out of ..."."""
+        if ids:
+            core_check(self.limits.check_token_ids, label, _int_array(ids, label.split(":")[0]))
+
+    def check_logprob_options(self, single: SingleGenerateReq, prompt_len: int) -> None:
+        start = single.logprob_start_len
+        if start < -1:
+            raise ValueError(f"logprob_start_len must be -1 (no prompt logprobs) or at least 0, "
+                             f"got {start}.")
+        if single.return_logprob and start >= prompt_len:
+            raise ValueError(f"logprob_start_len={start} is higher than the number of input "
+                             f"tokens ({prompt_len}). Please use a smaller logprob_start_len.")
+        top = single.top_logprobs_num
+        if not 0 <= top <= self.args.max_top_logprobs_num:
+            raise ValueError(f"top_logprobs_num must be in [0, {self.args.max_top_logprobs_num}] "
+                             f"(--max-top-logprobs-num), got {top}.")
+        ids = single.token_ids_logprob or []
+        if len(ids) > self.args.max_token_ids_logprob:
+            raise ValueError(f"token_ids_logprob may hold at most {self.args.max_token_ids_logprob}"
+                             f" token ids (--max-token-ids-logprob), got {len(ids)}.")
+        self.check_token_ids("token_ids_logprob: token id", ids)
 
     def sampling_params(self, single: SingleGenerateReq, prompt_len: int) -> SamplingParams:
         """The request's validated, normalised sampling parameters (``--preferred-sampling-params``
@@ -46,7 +124,8 @@ class RequestValidator:
         raw.update(single.sampling_params)
         raw.pop("n", None)
         sampling = SamplingParams.from_dict(raw)
-        sampling.verify(self.info.vocab_size)
+        sampling.verify(self.info.vocab_size, self.sampling_limits)
+        self.check_token_ids("stop_token_ids: token id", sampling.stop_token_ids or [])
         compile_stop_regex(sampling.stop_regex_list)
         sampling.normalize()
         self._check_gates(single, sampling)
@@ -75,6 +154,16 @@ class RequestValidator:
                 "The server is not configured to return hidden states. Please set "
                 "`--enable-return-hidden-states` to enable this feature."
             )
+
+
+def max_token_chars(tokenizer: Any) -> int:
+    """The longest token of the vocabulary, in characters of its vocabulary string (at least
+    as long as its text: byte-level and sentencepiece pieces map one byte or piece to one char)."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except (AttributeError, NotImplementedError):
+        return 1 << 10
+    return max((len(token) for token in vocab), default=1 << 10)
 
 
 def core_check(check: Any, *args: Any) -> Any:

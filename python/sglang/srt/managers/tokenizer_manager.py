@@ -10,6 +10,7 @@ the replies. Used by the HTTP server and by the offline ``sgl.Engine``; runs on 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -50,8 +51,24 @@ class TokenizerManager:
             self.tokenizer = get_tokenizer(server_args.tokenizer_path)
         self.rid_to_state: dict[str, ReqState] = {}
         self.engine = EngineClient(server_args, self)
-        self.info = self.engine.info
-        self.validator = RequestValidator(server_args, self.info)
+        self.info = self.engine.spawn()
+        self.status = "ready"  # "ready" | "restarting" | "dead"
+        self.engine_restarts = 0
+        # Called once the engine process is found dead (after its requests failed): the HTTP
+        # server restarts the engine (--engine-restart) or shuts down with an error.
+        self.on_engine_death_hooks: list[Any] = []
+        self.metrics = None
+        if server_args.enable_metrics:
+            from sglang.srt.metrics.collector import MetricsCollector
+
+            self.metrics = MetricsCollector(server_args.served_model_name)
+        self.validator = RequestValidator(server_args, self.info, self.tokenizer)
+        # Tokenization and detokenization run off the event loop (one thread each: the tokenizer
+        # releases the GIL), so a large prompt never stalls health checks or other clients.
+        self.tokenize_pool = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="sglang-tokenize")
+        self.detokenize_pool = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="sglang-detokenize")
         self.builder = ResponseBuilder(server_args.weight_version, self.tokenizer)
         # Defaults of the keys a /v1/chat/completions request omits (--sampling-defaults).
         self.chat_sampling_defaults = chat_sampling_defaults(server_args.sampling_defaults,
@@ -66,12 +83,47 @@ class TokenizerManager:
     def engine_dead(self) -> bool:
         return self.engine.dead
 
+    def check_serving(self) -> None:
+        """Raises EngineDeadError (HTTP 503) unless the engine can take requests."""
+        if self.status == "restarting":
+            raise EngineDeadError("The engine is restarting after a failure; retry shortly.")
+        self.engine.check_alive()
+
+    async def restart_engine(self) -> None:
+        """Replaces the dead engine process with a new one (--engine-restart). Requests are
+        refused with 503 meanwhile. RuntimeError when the new engine fails to start."""
+        self.status = "restarting"
+        self.engine.shutdown()
+        client = EngineClient(self.args, self)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, client.spawn)
+        except Exception:
+            self.status = "dead"
+            client.shutdown()
+            raise
+        self.engine = client
+        client.start()
+        self.engine_restarts += 1
+        if self.metrics is not None:
+            self.metrics.on_engine_restart()
+        self.status = "ready"
+
     @property
     def last_receive(self) -> float:
         return self.engine.last_receive
 
     def shutdown(self) -> None:
         self.engine.shutdown()
+        self.tokenize_pool.shutdown(wait=False, cancel_futures=True)
+        self.detokenize_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def run_tokenizer(self, fn: Any, *args: Any) -> Any:
+        """Runs a tokenizer call on the tokenize thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.tokenize_pool, fn, *args)
+
+    async def run_detokenizer(self, fn: Any, *args: Any) -> Any:
+        """Runs a detokenizer call on the detokenize thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.detokenize_pool, fn, *args)
 
     async def flush_cache(self) -> bool:
         reply: FlushCacheResp = await self.engine.request(FlushCacheReq(), FlushCacheResp)
@@ -93,17 +145,57 @@ class TokenizerManager:
             state = {}
         internal = {**args, **state, "memory_usage": self.info.memory_usage,
                     "chat_sampling_defaults": self.chat_sampling_defaults}
-        return {**args, "status": "ready", "max_total_num_tokens": self.info.max_total_num_tokens,
+        return {**args, "status": self.status, "engine_restarts": self.engine_restarts,
+                "max_total_num_tokens": self.info.max_total_num_tokens,
                 "max_req_input_len": self.info.max_req_input_len, "internal_states": [internal],
                 "version": sglang.__version__}
+
+    async def metrics_text(self) -> tuple[bytes, str]:
+        """The /metrics page: the engine's gauges as of now, then every metric."""
+        assert self.metrics is not None
+        try:
+            self.metrics.set_engine_state(await self.get_internal_state())
+        except (EngineDeadError, asyncio.TimeoutError):
+            pass  # the last values stay
+        return self.metrics.render()
 
     async def abort_request(self, rid: str = "", abort_all: bool = False) -> None:
         await self.engine.abort(rid, abort_all)
 
     # ---- engine listener -------------------------------------------------------------------------
-    def on_batch(self, batch: BatchTokenOut) -> None:
+    async def on_batch(self, batch: BatchTokenOut) -> None:
+        """Applies one engine step. The new text is computed on the detokenize thread first; then
+        tokens, logprobs, text and finish reasons are applied together, so no reader sees ids
+        without their text or a finished request whose text is not final."""
+        live = []
         for out in batch.outputs:
-            self._on_output(out)
+            state = self.rid_to_state.get(out.rid)
+            if state is None or state.finished:
+                continue
+            if out.finish_reason is not None and out.finish_reason.is_error:
+                # The engine refused the request mid-way (e.g. its logit processor raised).
+                state.finish_reason = out.finish_reason
+                state.event.set()
+                continue
+            live.append((state, out))
+        texts: list[str | None] = [None] * len(live)
+        if any(state.detok is not None for state, _ in live):
+            texts = await self.run_detokenizer(_detokenize, live)
+        now = time.time()
+        for (state, out), text in zip(live, texts):
+            if state.finished:  # failed while the text was computed (the engine died)
+                continue
+            if out.new_token_ids:
+                if self.metrics is not None and not state.internal:
+                    self.metrics.on_tokens(state, len(out.new_token_ids), now)
+                if state.first_token_time is None:
+                    state.first_token_time = now
+                state.last_token_time = now
+            _apply_output(state, out)
+            if text is not None:
+                state.text = text
+            state.finish_reason = out.finish_reason
+            state.event.set()
 
     def on_request_error(self, error: RequestError) -> None:
         state = self.rid_to_state.get(error.rid)
@@ -111,48 +203,16 @@ class TokenizerManager:
             state.fail(error.message, error.status_code)
 
     def on_engine_death(self) -> None:
+        self.status = "dead"
         for state in self.rid_to_state.values():
             state.fail(ENGINE_DIED, 500)
-
-    def _on_output(self, out: ReqOutput) -> None:
-        state = self.rid_to_state.get(out.rid)
-        if state is None or state.finished:
-            return
-        state.cached_tokens = out.cached_tokens
-        state.num_retractions = out.num_retractions
-        state.output_ids.extend(out.new_token_ids)
-        if out.output_token_logprobs:
-            state.output_token_logprobs.extend(out.output_token_logprobs)
-        if out.output_top_logprobs:
-            state.output_top_logprobs.extend(out.output_top_logprobs)
-        if out.output_token_ids_logprobs:
-            state.output_token_ids_logprobs.extend(out.output_token_ids_logprobs)
-        if out.hidden_states:
-            state.hidden_states.extend(out.hidden_states)
-        finish = out.finish_reason
-        if finish is not None and finish.is_error:
-            # The engine refused the request mid-way (e.g. its logit processor raised): an error.
-            state.finish_reason = finish
-            state.event.set()
-            return
-        if out.input_token_logprobs:
-            state.input_token_logprobs = out.input_token_logprobs
-            state.input_top_logprobs = out.input_top_logprobs or []
-            state.input_token_ids_logprobs = out.input_token_ids_logprobs or []
-        if state.detok is not None:
-            feed = out.new_token_ids
-            if finish is not None and finish.stopped_on_token and feed \
-                    and not state.sampling.no_stop_trim:
-                feed = feed[:-1]  # a matched stop token is not part of the text
-            state.text = state.detok.add(feed)
-            if finish is not None:
-                state.text = state.detok.finish(finish.stop_string, state.sampling.no_stop_trim)
-        state.finish_reason = finish
-        state.event.set()
+        for hook in self.on_engine_death_hooks:
+            hook()
 
     # ---- requests --------------------------------------------------------------------------------
     def _tokenize(self, single: SingleGenerateReq) -> tuple[list[int], str]:
-        """The prompt's token ids and its radix-cache namespace ('' for token prompts)."""
+        """The prompt's token ids and its radix-cache namespace ('' for token prompts). Runs on
+        the tokenize thread."""
         if single.input_ids is not None:
             return list(single.input_ids), ""
         if single.input_embeds is not None:
@@ -167,11 +227,20 @@ class TokenizerManager:
                              "--skip-tokenizer-init, send input_ids instead.")
         return self.tokenizer.encode(single.text), ""
 
-    def _make_state(self, single: SingleGenerateReq) -> tuple[ReqState, TokenizedGenerateReq]:
+    def _tokenize_prompts(self, singles: list[SingleGenerateReq]) -> dict[int, tuple]:
+        """Each distinct prompt's (ids, namespace), by prompt index (n samples share one)."""
+        out: dict[int, tuple] = {}
+        for single in singles:
+            if single.prompt_index not in out:
+                out[single.prompt_index] = self._tokenize(single)
+        return out
+
+    def _make_state(self, single: SingleGenerateReq, input_ids: list[int],
+                    namespace: str) -> tuple[ReqState, TokenizedGenerateReq]:
         if single.rid in self.rid_to_state:
             raise ValueError(f"Duplicate request ID: {single.rid}")
-        input_ids, namespace = self._tokenize(single)
         self.validator.check_prompt(input_ids)
+        self.validator.check_logprob_options(single, len(input_ids))
         sampling = self.validator.sampling_params(single, len(input_ids))
         detok = None
         if self.tokenizer is not None:
@@ -194,11 +263,22 @@ class TokenizerManager:
         )
         return state, req
 
-    async def generate(self, obj: GenerateReqInput) -> tuple[list[ReqState], bool]:
-        """Validates and submits every item of a /generate request; returns their states."""
-        self.engine.check_alive()
+    async def generate(self, obj: GenerateReqInput,
+                       internal: bool = False) -> tuple[list[ReqState], bool]:
+        """Validates and submits every item of a /generate request; returns their states.
+        ValueError (HTTP 400) for an invalid request, before anything is sent; EngineDeadError
+        (503) while the engine cannot serve; RequestFailed when the n > 1 prefill fails.
+        ``internal``: the server's own request (health checks), left out of the metrics."""
+        self.check_serving()
+        self.validator.check_request(obj)
         singles, is_list = obj.normalize()
-        prepared = [self._make_state(s) for s in singles]  # validate all before sending any
+        for single in singles:
+            if single.text is not None:
+                self.validator.check_text(single.text)
+        prompts = await self.run_tokenizer(self._tokenize_prompts, singles)
+        prepared = [self._make_state(s, *prompts[s.prompt_index]) for s in singles]
+        for state, _ in prepared:
+            state.internal = internal
         if singles and singles[0].parallel_sample_num > 1:
             await self._prefill_shared_prompts(prepared)
         for state, _ in prepared:
@@ -220,7 +300,7 @@ class TokenizerManager:
             sampling = SamplingParams(max_new_tokens=0)
             single = SingleGenerateReq(rid=rid, input_ids=ids)
             state = ReqState(single=single, sampling=sampling, prompt_tokens=len(ids), detok=None,
-                             created=time.time())
+                             created=time.time(), internal=True)
             self.rid_to_state[rid] = state
             warm.append(state)
             await self.engine.send(TokenizedGenerateReq(
@@ -229,6 +309,8 @@ class TokenizerManager:
         for state in warm:
             await self.wait(state)
             self.rid_to_state.pop(state.rid, None)
+        for state in warm:
+            state.raise_if_failed()
 
     async def wait(self, state: ReqState) -> None:
         while not state.finished:
@@ -236,11 +318,14 @@ class TokenizerManager:
             await state.event.wait()
 
     def release(self, state: ReqState) -> None:
-        self.rid_to_state.pop(state.rid, None)
+        """Forgets a request the route is done with (once per request: it is counted here)."""
+        if self.rid_to_state.pop(state.rid, None) is not None and self.metrics is not None \
+                and not state.internal:
+            self.metrics.on_release(state)
 
     async def stream(self, state: ReqState) -> AsyncIterator[dict[str, Any]]:
         """Yields response chunks every stream_interval tokens, the last one with finish_reason."""
-        interval = state.sampling.stream_interval or self.args.stream_interval
+        interval = max(1, state.sampling.stream_interval or self.args.stream_interval)
         sent = SentSoFar()
         while True:
             state.event.clear()
@@ -258,3 +343,44 @@ class TokenizerManager:
 
     def response(self, state: ReqState) -> dict[str, Any]:
         return self.builder.response(state)
+
+
+def _apply_output(state: ReqState, out: ReqOutput) -> None:
+    """Adds one engine output's tokens, logprobs and hidden states to its request."""
+    state.cached_tokens = out.cached_tokens
+    state.num_retractions = out.num_retractions
+    state.output_ids.extend(out.new_token_ids)
+    if out.output_token_logprobs:
+        state.output_token_logprobs.extend(out.output_token_logprobs)
+    if out.output_top_logprobs:
+        state.output_top_logprobs.extend(out.output_top_logprobs)
+    if out.output_token_ids_logprobs:
+        state.output_token_ids_logprobs.extend(out.output_token_ids_logprobs)
+    if out.hidden_states:
+        state.hidden_states.extend(out.hidden_states)
+    if out.input_token_logprobs:
+        state.input_token_logprobs = out.input_token_logprobs
+        state.input_top_logprobs = out.input_top_logprobs or []
+        state.input_token_ids_logprobs = out.input_token_ids_logprobs or []
+
+
+def _detokenize(live: list[tuple[ReqState, ReqOutput]]) -> list[str | None]:
+    """The text of each request after its new tokens (None without a detokenizer). Runs on the
+    detokenize thread, the only user of the requests' IncrementalDetokenizers: a matched stop
+    token is not part of the text; a finished request's text is flushed and trimmed at its stop
+    string."""
+    texts: list[str | None] = []
+    for state, out in live:
+        if state.detok is None:
+            texts.append(None)
+            continue
+        finish = out.finish_reason
+        feed = out.new_token_ids
+        if finish is not None and finish.stopped_on_token and feed \
+                and not state.sampling.no_stop_trim:
+            feed = feed[:-1]
+        text = state.detok.add(feed)
+        if finish is not None:
+            text = state.detok.finish(finish.stop_string, state.sampling.no_stop_trim)
+        texts.append(text)
+    return texts

@@ -12,10 +12,17 @@ import math
 from typing import Any
 
 TOP_K_ALL = 1 << 30
-MAX_STOP_STRINGS = 32
 MAX_STOP_REGEX = 32
 MAX_STOP_REGEX_BYTES = 256
 GREEDY_EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingLimits:
+    """Server limits on the size of sampling parameters (flags of the same names)."""
+
+    max_stop_strings: int = 32
+    max_stop_string_length: int = 512
 
 
 @dataclasses.dataclass
@@ -157,7 +164,7 @@ class SamplingParams:
     def stop_strings(self) -> list[str]:
         if self.stop is None:
             return []
-        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
     @property
     def stop_regex_list(self) -> list[str]:
@@ -189,19 +196,31 @@ class SamplingParams:
             if getattr(self, name) == "":
                 setattr(self, name, None)
 
-    def verify(self, vocab_size: int) -> None:
+    def verify(self, vocab_size: int, limits: SamplingLimits = SamplingLimits()) -> None:
         """Raises ValueError with the contract's message for the first invalid field."""
         stops = self.stop_strings
-        if len(stops) > MAX_STOP_STRINGS:
+        if len(stops) > limits.max_stop_strings:
             raise ValueError(
-                f"at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(stops)}"
+                f"at most {limits.max_stop_strings} stop strings are allowed, got {len(stops)}"
             )
+        for stop in stops:
+            if not stop:
+                raise ValueError("Invalid 'stop': empty string. Expected a string with minimum "
+                                 "length 1, but got an empty string instead.")
+            if len(stop) > limits.max_stop_string_length:
+                raise ValueError(
+                    f"stop strings must be at most {limits.max_stop_string_length} characters "
+                    f"(--max-stop-string-length), got one of {len(stop)}"
+                )
         regexes = self.stop_regex_list
         if len(regexes) > MAX_STOP_REGEX:
             raise ValueError(
                 f"at most {MAX_STOP_REGEX} stop_regex patterns are allowed, got {len(regexes)}"
             )
         for pattern in regexes:
+            if not pattern:
+                raise ValueError("Invalid 'stop_regex': empty pattern. Expected a pattern with "
+                                 "minimum length 1.")
             size = len(pattern.encode("utf-8"))
             if size > MAX_STOP_REGEX_BYTES:
                 raise ValueError(
@@ -238,8 +257,13 @@ class SamplingParams:
             raise ValueError(
                 f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}."
             )
+        if self.stream_interval is not None and self.stream_interval < 1:
+            raise ValueError(f"stream_interval must be at least 1, got {self.stream_interval}.")
         if self.logit_bias is not None:
-            for key in self.logit_bias:
+            for key, bias in self.logit_bias.items():
+                if math.isnan(bias) or bias == math.inf:
+                    raise ValueError(f"logit_bias values must be finite numbers (or -inf to ban "
+                                     f"a token), got {bias} for token {key}.")
                 try:
                     token = int(key)
                 except (TypeError, ValueError):
