@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -23,19 +24,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, extra: list[str], timeout: float = 600.0
+def start_server(model: str, extra: list[str], timeout: float = 600.0,
+                 headers: dict[str, str] | None = None, log_path: str | None = None
                  ) -> tuple[subprocess.Popen, str]:
+    """Starts a server and waits until it answers; ``headers`` for a server with an API key,
+    ``log_path`` to capture its output."""
     port = free_port()
     cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", model,
            "--port", str(port), *extra]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out = open(log_path, "wb") if log_path else None  # noqa: SIM115 (the child writes to it)
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=out,
+                            stderr=subprocess.STDOUT if out else None)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with code {proc.returncode}")
         try:
-            if requests.get(f"{url}/v1/models", timeout=2).status_code == 200:
+            if requests.get(f"{url}/v1/models", headers=headers, timeout=2).status_code == 200:
                 return proc, url
         except requests.RequestException:
             pass
@@ -53,24 +59,50 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait(10)
 
 
-def wait_idle(url: str, timeout: float = 30.0) -> dict:
+def server_state(url: str, headers: dict[str, str] | None = None) -> dict:
+    """The engine's internal state (from /get_server_info)."""
+    info = requests.get(f"{url}/get_server_info", headers=headers, timeout=30).json()
+    return info["internal_states"][0]
+
+
+def wait_idle(url: str, timeout: float = 30.0, headers: dict[str, str] | None = None) -> dict:
     """The engine's internal state once it is idle with no KV held (or the last one seen)."""
     deadline = time.time() + timeout
     state: dict = {}
     while time.time() < deadline:
-        state = requests.get(f"{url}/get_server_info", timeout=10).json()["internal_states"][0]
+        state = server_state(url, headers)
         if state.get("idle") and state.get("num_used_tokens") == 0:
             return state
         time.sleep(0.2)
     return state
 
 
-def assert_engine_clean(url: str) -> None:
+def wait_running(url: str, count: int, timeout: float = 120.0,
+                 headers: dict[str, str] | None = None) -> dict:
+    """Waits until the engine runs at least ``count`` requests (an event, not a delay)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = server_state(url, headers)
+        if state.get("num_running_reqs", 0) >= count:
+            return state
+        time.sleep(0.02)
+    raise AssertionError(f"{count} requests never ran")
+
+
+def assert_engine_clean(url: str, headers: dict[str, str] | None = None) -> None:
     """Idle, core integrity check passing, no KV held by requests."""
-    state = wait_idle(url)
+    state = wait_idle(url, headers=headers)
     assert state.get("idle"), f"engine not idle: {state}"
     assert state.get("integrity_ok"), f"core integrity check failed: {state}"
     assert state.get("num_used_tokens") == 0, f"KV still held by requests: {state}"
+
+
+def sse_events(resp: requests.Response) -> Iterator[dict | str]:
+    """The events of an SSE response: parsed JSON objects, and "[DONE]"."""
+    for line in resp.iter_lines():
+        if line.startswith(b"data: "):
+            data = line[len(b"data: "):]
+            yield "[DONE]" if data == b"[DONE]" else json.loads(data)
 
 
 @contextmanager

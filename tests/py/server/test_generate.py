@@ -8,6 +8,7 @@ import threading
 import time
 
 import requests
+from server_utils import wait_running
 
 CHAT = (
     "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -193,7 +194,7 @@ def test_abort_request_by_rid(server: str) -> None:
 
     t = threading.Thread(target=run)
     t.start()
-    time.sleep(1.5)
+    wait_running(server, 1)  # the request runs: the abort finds it (an event, not a delay)
     assert requests.post(f"{server}/abort_request", json={"rid": "to-abort"}).status_code == 200
     t.join(60)
     out = result["r"].json()

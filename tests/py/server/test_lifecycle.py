@@ -7,7 +7,6 @@ Uses its own small server: a tiny random Llama with the demo model's tokenizer.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from server_utils import DEMO_MODEL, start_server, stop_server
+from server_utils import DEMO_MODEL, sse_events, start_server, stop_server, wait_running
 
 DEATH_ARGS = ["--max-total-tokens", "8192", "--skip-server-warmup", "--log-level", "warning"]
 
@@ -48,26 +47,8 @@ def test_unknown_model_fails_at_start_with_the_path() -> None:
     assert missing in result.stderr
 
 
-def wait_running(url: str, count: int, timeout: float = 120) -> None:
-    """Waits until the engine runs ``count`` requests (an event, not a delay)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        state = requests.get(f"{url}/get_server_info", timeout=30).json()["internal_states"][0]
-        if state.get("num_running_reqs", 0) >= count:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{count} requests never ran")
-
-
 LONG = {"text": "hello", "sampling_params": {"max_new_tokens": 3000, "ignore_eos": True,
                                              "temperature": 0}}
-
-
-def sse_events(resp: requests.Response) -> Iterator[dict | str]:
-    for line in resp.iter_lines():
-        if line.startswith(b"data: "):
-            data = line[len(b"data: "):]
-            yield "[DONE]" if data == b"[DONE]" else json.loads(data)
 
 
 def kill_engine_mid_request(proc: subprocess.Popen, url: str) -> tuple[dict, list]:

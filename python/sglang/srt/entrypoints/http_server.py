@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import reprlib
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -21,19 +22,26 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
+import pydantic_core
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+import sglang
 from sglang.srt.entrypoints.http_guards import (
     ApiKeyGuard,
     BodyLimitGuard,
     admin_optional,
     error_body,
 )
-from sglang.srt.entrypoints.openapi import body_schema, generate_body_schema
+from sglang.srt.entrypoints.openapi import (
+    body_schema,
+    generate_body_schema,
+    specialize_for_model,
+)
 from sglang.srt.managers.io_struct import (
     AbortReqInput,
     DetokenizeReqInput,
@@ -114,8 +122,13 @@ def stream_error(message: str, status_code: int) -> dict[str, Any]:
                       "code": status_code, "retryable": not client_fault}}
 
 
+_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 5, 5, 60, 60
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    """A bounded repr, cheap whatever the size or depth of ``value``."""
+    text = _REPR.repr(value)
     return text if len(text) <= MAX_ERROR_INPUT_CHARS else text[:MAX_ERROR_INPUT_CHARS] + "..."
 
 
@@ -157,6 +170,16 @@ def configure_app(args: ServerArgs) -> None:
                        allow_methods=["*"], allow_headers=["*"])
     if args.enable_metrics:
         app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=True)
+    app.openapi = _openapi
+
+
+def _openapi() -> dict[str, Any]:
+    """FastAPI's schema, with the served model's vocabulary and hidden size in /generate's."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title="sglang", version=sglang.__version__, routes=app.routes)
+        specialize_for_model(schema, _tm().info.vocab_size, _tm().info.hidden_size)
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 @app.exception_handler(RequestValidationError)
@@ -188,10 +211,11 @@ def _tm() -> TokenizerManager:
 async def parse_body(request: Request, model: type[BaseModel],
                      context: dict[str, Any] | None = None) -> Any:
     """The JSON body as ``model``, whatever the Content-Type (curl -d sends form encoding);
-    RequestValidationError (E2) for bad JSON or wrong types."""
+    RequestValidationError (E2) for bad JSON (nesting deeper than the
+    parser's limit of about 200 levels included) or wrong types."""
     try:
-        data = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
+        data = pydantic_core.from_json(await request.body(), allow_inf_nan=False)
+    except ValueError as exc:
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body",),
                                        "msg": f"JSON decode error: {exc}"}]) from None
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 from pydantic import (
     BaseModel,
@@ -21,7 +21,6 @@ from pydantic import (
     ValidationInfo,
     model_validator,
 )
-from typing_extensions import Annotated
 
 from sglang.srt.managers.finish_reason import FinishReason
 from sglang.srt.sampling.sampling_params import SamplingParams
@@ -205,13 +204,17 @@ class GenerateReqInput(BaseModel):
 
     @staticmethod
     def _parallel_sample_num(params_list: list[dict[str, Any] | None]) -> int:
-        values = {1 if (p or {}).get("n") is None else p["n"] for p in params_list}
+        values = set()
+        for p in params_list:
+            n = (p or {}).get("n")
+            n = 1 if n is None else n
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ValueError(f"n must be a positive integer, got {n!r}.")
+            values.add(n)
         if len(values) > 1:
-            raise ValueError("The parallel_sample_num should be the same for all samples in sample params.")
-        n = values.pop()
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}.")
-        return n
+            raise ValueError(
+                "The parallel_sample_num should be the same for all samples in sample params.")
+        return values.pop()
 
     def _rids(self, batch_size: int, is_batch: bool, n: int) -> list[str]:
         total = batch_size * n
