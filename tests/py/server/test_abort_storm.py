@@ -1,4 +1,4 @@
-"""Abort storm: 64 streaming clients on the demo server, half of them killed mid-stream, then
+"""Abort storm: 64 streaming clients on the demo model, half of them killed mid-stream, then
 ``abort_all``. Everything is freed within two engine steps of the abort (the engine's own step
 counter, not a clock), every surviving stream ends, and what each survivor received is exactly
 its undisturbed greedy output (computed afterwards, without aborts). Issue #9, acceptance 4.
@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
+import pytest
 import requests
-from server_utils import assert_engine_clean, server_state, sse_events
+from server_utils import DEMO_MODEL, assert_engine_clean, server_state, serving, sse_events
 
 CLIENTS = 64
 CHUNKS_BEFORE_KILL = 3
@@ -47,14 +49,24 @@ class Client(threading.Thread):
             self.error = exc
 
 
-def wait_for(condition, what: str, timeout: float = 300) -> None:
+def wait_for(condition, what, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while not condition():
-        assert time.time() < deadline, what
+        assert time.time() < deadline, what() if callable(what) else what
         time.sleep(0.05)
 
 
-def test_abort_storm(server: str) -> None:
+@pytest.fixture(scope="module")
+def storm_server() -> Iterator[str]:
+    """Room for every client at once: the victims never wait behind the survivors."""
+    with serving(DEMO_MODEL, ["--max-running-requests", str(CLIENTS), "--max-total-tokens",
+                              "40000", "--random-seed", "5", "--skip-server-warmup",
+                              "--log-level", "warning"]) as url:
+        yield url
+
+
+def test_abort_storm(storm_server: str) -> None:
+    server = storm_server
     clients = [Client(server, i) for i in range(CLIENTS)]
     for c in clients:
         c.start()
@@ -63,8 +75,15 @@ def test_abort_storm(server: str) -> None:
     wait_for(lambda: all(not c.is_alive() for c in victims), "victims never disconnected")
     assert all(c.error is None for c in clients), [c.error for c in clients if c.error]
     # The server noticed every disconnect: only the survivors are left in the engine.
-    wait_for(lambda: (lambda s: s["num_running_reqs"] + s["num_waiting_reqs"])(
-        server_state(server)) == len(survivors), "disconnected requests were not freed")
+    seen: list = []
+
+    def only_survivors_left() -> bool:
+        state = server_state(server)
+        seen.append((state["num_running_reqs"], state["num_waiting_reqs"]))
+        return sum(seen[-1]) == len(survivors)
+
+    wait_for(only_survivors_left, lambda: f"disconnected requests were not freed: {seen[-5:]}, "
+             f"{[(c.i, len(c.chunks), c.error) for c in survivors if not c.is_alive()]}")
     wait_for(lambda: all(len(c.chunks) >= SURVIVOR_CHUNKS for c in survivors),
              "survivors stalled")
 

@@ -28,6 +28,14 @@ class ResponseBuilder:
     def __init__(self, weight_version: str, tokenizer: Any) -> None:
         self.weight_version = weight_version
         self.tokenizer = tokenizer
+        self._token_text: dict[int, str] = {}  # bounded by the vocabulary
+
+    def token_text(self, token: int) -> str:
+        """The text of one token (return_text_in_logprobs), decoded once per token id."""
+        text = self._token_text.get(token)
+        if text is None:
+            text = self._token_text[token] = self.tokenizer.decode([token])
+        return text
 
     def response(self, state: ReqState, since: SentSoFar | None = None) -> dict[str, Any]:
         """The reply object of a request as of now; ``since`` gives an incremental chunk."""
@@ -68,7 +76,7 @@ class ResponseBuilder:
         with_text = single.return_text_in_logprobs and self.tokenizer is not None
 
         def entry(lp: float | None, tok: int) -> list[Any]:
-            text = self.tokenizer.decode([tok]) if with_text else None
+            text = self.token_text(tok) if with_text else None
             return [lp, tok, text]
 
         def entries(items: list[Any] | None) -> list[Any] | None:

@@ -283,7 +283,12 @@ class TokenizerManager:
             await self._prefill_shared_prompts(prepared)
         for state, _ in prepared:
             self.rid_to_state[state.rid] = state
-        await self.engine.send([req for _, req in prepared])
+        try:
+            await self.engine.send([req for _, req in prepared])
+        except EngineDeadError:
+            for state, _ in prepared:
+                self.rid_to_state.pop(state.rid, None)
+            raise
         return [state for state, _ in prepared], is_list
 
     async def _prefill_shared_prompts(
