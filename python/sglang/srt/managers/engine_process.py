@@ -1,11 +1,13 @@
 """The engine process: loads the model, then loops receive -> step -> send over ZMQ.
 
-Started by the tokenizer manager (spawned, one per GPU/rank). Reads pickled messages from
-``ipc_in`` (requests, aborts, cache flushes, state queries), runs ``EngineCore.step`` whenever
-there is work, and pushes ``BatchTokenOut`` / replies to ``ipc_out``. It reports its start-up
-through ``ready_conn`` (``("ready", EngineReady)`` or ``("error", message)``), dies with its parent
-(PR_SET_PDEATHSIG), and exits on ``ShutdownReq``. A crash in a step is logged and ends the process;
-the HTTP side then reports 503 and fails pending requests.
+Started by the engine client (spawned, one per GPU/rank). Reads pickled messages from ``ipc_in``
+(requests, aborts, cache flushes, state queries), runs ``EngineCore.step`` whenever there is work,
+and pushes ``BatchTokenOut`` / replies to ``ipc_out``. It reports its start-up through
+``ready_conn`` (``("ready", EngineReady)`` or ``("error", message)``), dies with its parent
+(PR_SET_PDEATHSIG), and exits on ``ShutdownReq``. A request whose ``add_request`` raises is refused
+with a 500 and the loop goes on; a failing step ends its batch inside ``EngineCore.step``. What
+still escapes (steps failing again and again, a core check) is logged and ends the process: the
+HTTP side fails pending requests and exits or restarts the engine.
 """
 
 from __future__ import annotations
