@@ -27,8 +27,8 @@ def free_port() -> int:
 def start_server(model: str, extra: list[str], timeout: float = 600.0,
                  headers: dict[str, str] | None = None, log_path: str | None = None
                  ) -> tuple[subprocess.Popen, str]:
-    """Starts a server and waits until it answers; ``headers`` for a server with an API key,
-    ``log_path`` to capture its output."""
+    """Starts a server and waits until its health check passes (after the warm-up request,
+    if any); ``headers`` for a server with an API key, ``log_path`` to capture its output."""
     port = free_port()
     cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", model,
            "--port", str(port), *extra]
@@ -41,7 +41,7 @@ def start_server(model: str, extra: list[str], timeout: float = 600.0,
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with code {proc.returncode}")
         try:
-            if requests.get(f"{url}/v1/models", headers=headers, timeout=2).status_code == 200:
+            if requests.get(f"{url}/health", headers=headers, timeout=5).status_code == 200:
                 return proc, url
         except requests.RequestException:
             pass

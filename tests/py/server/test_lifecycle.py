@@ -18,7 +18,14 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from server_utils import DEMO_MODEL, sse_events, start_server, stop_server, wait_running
+from server_utils import (
+    DEMO_MODEL,
+    free_port,
+    sse_events,
+    start_server,
+    stop_server,
+    wait_running,
+)
 
 DEATH_ARGS = ["--max-total-tokens", "8192", "--skip-server-warmup", "--log-level", "warning"]
 
@@ -145,3 +152,39 @@ def test_ctrl_c_stops_everything(tiny_model: Path) -> None:
     proc.wait(30)
     _, alive = psutil.wait_procs(children, timeout=15)
     assert not alive
+
+
+def test_health_fails_until_the_warm_up_request_is_done(tiny_model: Path, tmp_path: Path) -> None:
+    """Health checks pass only after the warm-up request ended, so a client (or a test) that
+    waits for /health never finds the warm-up still running in the engine."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sglang.launch_server", "--model-path", str(tiny_model),
+             "--port", str(port), "--max-total-tokens", "4096", "--log-level", "info"],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    # (/health, /ready, status) in the order observed; read in this order, a passing health
+    # check must be followed by "ready" in the other two (the status never goes back).
+    seen: list[tuple[int, int, str]] = []
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and (not seen or seen[-1][0] != 200):
+            assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
+            try:
+                health = requests.get(f"{url}/health", timeout=30).status_code
+                ready = requests.get(f"{url}/ready", timeout=30).status_code
+                status = requests.get(f"{url}/get_server_info", timeout=30).json()["status"]
+            except requests.ConnectionError:
+                time.sleep(0.01)  # polls faster than the warm-up thread, so it sees the start
+                continue
+            seen.append((health, ready, status))
+        assert seen[0] == (503, 503, "starting"), seen
+        assert seen[-1] == (200, 200, "ready"), seen
+        # Once healthy, the engine holds nothing: the warm-up request is over.
+        info = requests.get(f"{url}/get_server_info", timeout=30).json()
+        assert info["internal_states"][0]["num_running_reqs"] == 0, info["internal_states"]
+        assert "ready to roll" in log.read_text(errors="replace")
+    finally:
+        stop_server(proc)

@@ -318,7 +318,8 @@ async def _stream(tm: TokenizerManager, states: list[ReqState], is_list: bool
 @app.get("/health_generate")
 async def health() -> Response:
     """200 once the engine answers a one-token request (a refusal for a full queue counts:
-    the engine is alive), 503 when it is down, restarting or silent for the timeout."""
+    the engine is alive), 503 while the server warms up, and when the engine is down,
+    restarting or silent for the timeout."""
     tm = _tm()
     if tm.status != "ready" or tm.engine_dead:
         return Response(status_code=503, headers=_retry_headers(503))
@@ -344,7 +345,8 @@ async def health() -> Response:
 
 @app.get("/ready")
 async def ready() -> Response:
-    """200 while the engine can take requests (no generation), 503 otherwise."""
+    """200 while the engine can take requests (no generation), 503 while the server warms up
+    and while the engine is down or restarting."""
     tm = _tm()
     ok = tm.status == "ready" and not tm.engine_dead
     return Response(status_code=200 if ok else 503, headers=None if ok else _retry_headers(503))
@@ -559,10 +561,15 @@ def _warmup(args: ServerArgs) -> None:
             payload["input_ids"] = [10, 11, 12]
         else:
             payload["text"] = "The capital city of France is"
-        requests.post(f"{url}/generate", json=payload, headers=headers, timeout=600)
-        logger.info("The server is fired up and ready to roll!")
+        r = requests.post(f"{url}/generate", json=payload, headers=headers, timeout=600)
+        if r.status_code == 200:
+            logger.info("The server is fired up and ready to roll!")
+        else:
+            logger.warning("warm-up request failed: HTTP %d %s", r.status_code, r.text[:200])
     except requests.RequestException as exc:
         logger.warning("warm-up request failed: %s", exc)
+    finally:
+        G.tm.warm()  # health checks pass from now on
 
 
 def launch_server(server_args: ServerArgs) -> int:
@@ -577,6 +584,7 @@ def launch_server(server_args: ServerArgs) -> int:
     G.tm = TokenizerManager(server_args)
     configure_app(server_args)
     if not server_args.skip_server_warmup:
+        G.tm.warming_up()
         threading.Thread(target=_warmup, args=(server_args,), daemon=True).start()
     config = uvicorn.Config(app, host=server_args.host, port=server_args.port,
                             log_level=server_args.log_level_http, timeout_keep_alive=5,

@@ -52,7 +52,9 @@ class TokenizerManager:
         self.rid_to_state: dict[str, ReqState] = {}
         self.engine = EngineClient(server_args, self)
         self.info = self.engine.spawn()
-        self.status = "ready"  # "ready" | "restarting" | "dead"
+        # "starting" (the HTTP server's warm-up request has not finished) | "ready" |
+        # "restarting" | "dead". Health checks pass only when "ready".
+        self.status = "ready"
         self.engine_restarts = 0
         # Called once the engine process is found dead (after its requests failed): the HTTP
         # server restarts the engine (--engine-restart) or shuts down with an error.
@@ -107,6 +109,15 @@ class TokenizerManager:
         if self.metrics is not None:
             self.metrics.on_engine_restart()
         self.status = "ready"
+
+    def warming_up(self) -> None:
+        """The HTTP server sends a warm-up request before it reports ready."""
+        self.status = "starting"
+
+    def warm(self) -> None:
+        """The warm-up request ended (an engine that died meanwhile keeps its status)."""
+        if self.status == "starting":
+            self.status = "ready"
 
     @property
     def last_receive(self) -> float:
