@@ -1,6 +1,6 @@
 // Plain helpers shared by the kernel bindings (CPU in _core, CUDA in _cuda): raw pointers cross
 // from Python as integers (tensor.data_ptr(), 0 = null), dtypes as DType ints, and a non-ok
-// Status becomes sglang::Error (sglang.CoreError in _core, RuntimeError in _cuda).
+// Status becomes sglang::Error (sglang.CoreError) in _core; _cuda returns Status codes instead.
 #pragma once
 
 #include <cstdint>

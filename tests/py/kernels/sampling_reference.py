@@ -235,6 +235,21 @@ def check_ban_and_bias(device: str, dtype: torch.dtype) -> None:
     assert torch.equal(got.cpu(), ref_token_list(logits, indptr, token_ids, bias))
 
 
+def check_empty_lists_change_nothing(device: str) -> None:
+    """Per-row lists with no entries at all (a request's first penalty step: nothing generated
+    yet). An empty CUDA tensor has a null data pointer; the adapter must not pass it on."""
+    rows, vocab = 4, 300
+    logits = make_logits(rows, vocab, seed=8).to(device)
+    before = logits.clone()
+    indptr = torch.zeros(rows + 1, dtype=torch.int32, device=device)
+    empty = torch.empty(0, dtype=torch.int32, device=device)
+    ones = torch.ones(rows, device=device)
+    kernels.apply_penalties(logits, indptr, empty, empty, ones, ones, ones * 2)
+    kernels.apply_token_ban(logits, indptr, empty)
+    kernels.apply_logit_bias(logits, indptr, empty, torch.empty(0, device=device))
+    assert torch.equal(logits, before)
+
+
 def check_bitmask(device: str, dtype: torch.dtype) -> None:
     rows, vocab = 6, 1000
     words = (vocab + 31) // 32

@@ -28,6 +28,10 @@ def test_ban_and_bias_exact(dtype: torch.dtype) -> None:
     ref.check_ban_and_bias(DEVICE, dtype)
 
 
+def test_empty_lists_change_nothing() -> None:
+    ref.check_empty_lists_change_nothing(DEVICE)
+
+
 @pytest.mark.parametrize("dtype", ref.DTYPES)
 def test_bitmask_exact(dtype: torch.dtype) -> None:
     ref.check_bitmask(DEVICE, dtype)

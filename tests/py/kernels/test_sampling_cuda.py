@@ -35,6 +35,31 @@ def test_ban_and_bias_exact(dtype: torch.dtype) -> None:
     ref.check_ban_and_bias(DEVICE, dtype)
 
 
+def test_empty_lists_change_nothing() -> None:
+    ref.check_empty_lists_change_nothing(DEVICE)
+
+
+def test_launcher_errors_are_statuses_and_core_errors() -> None:
+    """sglang._cuda returns a failed check as a Status (it never throws: a C++ exception thrown
+    there killed the process on the GPU image); the adapter raises CoreError. Logits untouched."""
+    from sglang import _core
+
+    logits = ref.make_logits(2, 100, seed=23).cuda()
+    before = logits.clone()
+    rows, vocab = logits.shape
+    stream = torch.cuda.current_stream().cuda_stream
+    cuda = kernels._cuda()
+    for dtype in (0, 7):  # a null indptr; an unknown dtype code
+        status = cuda.apply_token_ban_cuda(logits.data_ptr(), dtype, rows, vocab, vocab, 0, 0,
+                                           stream)
+        assert cuda.status_string(status) == "invalid argument"
+    indptr = torch.tensor([0, 1, 2], dtype=torch.int32, device="cuda")
+    with pytest.raises(_core.CoreError, match="apply_token_ban_cuda: invalid argument"):
+        kernels._run(logits, "apply_token_ban", logits.data_ptr(), 0, rows, vocab, vocab,
+                     indptr.data_ptr(), 0)
+    assert torch.equal(logits, before)
+
+
 @pytest.mark.parametrize("dtype", ref.DTYPES)
 def test_bitmask_exact(dtype: torch.dtype) -> None:
     ref.check_bitmask(DEVICE, dtype)

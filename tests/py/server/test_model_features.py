@@ -32,7 +32,8 @@ def feature_server(tiny_model: Path) -> Iterator[str]:
             "--max-total-tokens", "4096", "--chunked-prefill-size", str(CHUNK),
             "--enable-custom-logit-processor", "--enable-return-hidden-states",
             "--preferred-sampling-params", json.dumps(PREFERRED),
-            "--random-seed", "7", "--skip-server-warmup", "--log-level", "warning"]) as url:
+            "--random-seed", "7", "--dtype", "float32", "--skip-server-warmup",
+            "--log-level", "warning"]) as url:
         yield url
 
 

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-import schemathesis
-from hypothesis import HealthCheck, settings
 from server_utils import DEMO_MODEL, assert_engine_clean, start_server, stop_server
+
+schemathesis = pytest.importorskip("schemathesis")  # a test dependency (absent on GPU images)
+from hypothesis import HealthCheck, settings  # schemathesis brings hypothesis
 
 EXAMPLES = 40
 MIN_CASES = 1000

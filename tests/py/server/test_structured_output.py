@@ -200,3 +200,23 @@ def test_compiling_a_grammar_does_not_stall_other_requests(outlines_server: str)
     assert len(seen) >= 2, seen
     assert seen[-1][0] > seen[0][0], seen  # the engine kept stepping
     assert seen[-1][1] > seen[0][1], seen  # and the stream kept receiving tokens
+
+class _PlainTokenizer:
+    """A tokenizer whose EOS is not among its special ids (as some transformers versions convert
+    the demo GGUF's tokenizer)."""
+
+    all_special_ids = ()
+
+    def get_vocab(self) -> dict[str, int]:
+        return {"a": 0, "b": 1, "</s>": 2}
+
+
+def test_outlines_vocabulary_leaves_out_eos_even_when_not_special() -> None:
+    from sglang.srt.constrained.base_grammar_backend import GrammarKey
+    from sglang.srt.constrained.outlines_backend import OutlinesBackend, token_bytes
+
+    assert token_bytes(_PlainTokenizer(), 3, exclude=[2]) == {b"a": [0], b"b": [1]}
+    # outlines refuses a vocabulary holding the EOS token ("EOS token should not be inserted")
+    backend = OutlinesBackend(_PlainTokenizer(), 3, [2])
+    matcher = backend.matcher(backend.compile(GrammarKey("regex", "a|b")))
+    assert matcher.accept_token(0) and matcher.accept_token(2) and matcher.is_terminated()

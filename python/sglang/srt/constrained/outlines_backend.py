@@ -9,6 +9,7 @@ allows EOS; accepting EOS there terminates it.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -50,9 +51,11 @@ def _is_byte_level(tokenizer: Any) -> bool:
     return "Ġthe" in vocab or "Ġ" in vocab
 
 
-def token_bytes(tokenizer: Any, vocab_size: int) -> dict[bytes, list[int]]:
-    """bytes -> token ids for every ordinary token below ``vocab_size``."""
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+def token_bytes(tokenizer: Any, vocab_size: int,
+                exclude: Iterable[int] = ()) -> dict[bytes, list[int]]:
+    """bytes -> token ids for every ordinary token below ``vocab_size``: not a special token
+    and not in ``exclude`` (the EOS ids, which some tokenizers do not list as special)."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or []) | set(exclude)
     byte_level = _is_byte_level(tokenizer)
     table = _unicode_to_byte()
     out: dict[bytes, list[int]] = {}
@@ -120,7 +123,8 @@ class OutlinesBackend(GrammarBackend):
         if not eos_token_ids:
             raise ValueError("the outlines grammar backend needs the model's EOS token id")
         self._vocab = outlines_core.Vocabulary(int(eos_token_ids[0]),
-                                               token_bytes(tokenizer, vocab_size))
+                                               token_bytes(tokenizer, vocab_size,
+                                                           exclude=eos_token_ids))
 
     def compile(self, key: GrammarKey) -> Any:
         if key.kind == "json_schema":

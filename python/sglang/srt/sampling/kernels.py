@@ -121,9 +121,12 @@ def _run(logits: torch.Tensor, name: str, *args: int, num_threads: int | None = 
         else:
             fn(*args, num_threads)
     elif logits.device.type == "cuda":
-        fn = getattr(_cuda(), f"{name}_cuda")
+        cuda = _cuda()
         with torch.cuda.device(logits.device):
-            fn(*args, torch.cuda.current_stream(logits.device).cuda_stream)
+            status = getattr(cuda, f"{name}_cuda")(
+                *args, torch.cuda.current_stream(logits.device).cuda_stream)
+        if status != 0:  # sglang._cuda returns its Status rather than throwing
+            raise _core().CoreError(f"{name}_cuda: {cuda.status_string(status)}")
     else:
         raise ValueError(f"logits must be on a CPU or CUDA device, got {logits.device}")
 
@@ -151,6 +154,8 @@ def apply_penalties(
     _check_csr(logits, indptr, token_ids, {"counts": (counts, torch.int32)})
     for name, t in (("frequency", frequency), ("presence", presence), ("repetition", repetition)):
         _check_vector(t, name, (torch.float32,), logits.device, rows)
+    if token_ids.numel() == 0:
+        return  # no entries: nothing to change (an empty CUDA tensor has no data pointer)
     ptrs = (indptr, token_ids, counts, frequency, presence, repetition)
     _run(logits, "apply_penalties", *args, *(_ptr(t) for t in ptrs), num_threads=num_threads)
 
@@ -159,6 +164,8 @@ def apply_token_ban(logits: torch.Tensor, indptr: torch.Tensor, token_ids: torch
     """In place: sets row r's tokens ``token_ids[indptr[r]:indptr[r + 1]]`` to -inf."""
     args = _logits_args(logits, in_place=True)
     _check_csr(logits, indptr, token_ids, {})
+    if token_ids.numel() == 0:
+        return
     _run(logits, "apply_token_ban", *args, _ptr(indptr), _ptr(token_ids))
 
 
@@ -171,6 +178,8 @@ def apply_logit_bias(
     if bias is None:
         raise ValueError("bias must be a float32 tensor parallel to token_ids")
     _check_csr(logits, indptr, token_ids, {"bias": (bias, torch.float32)})
+    if token_ids.numel() == 0:
+        return
     _run(logits, "apply_logit_bias", *args, _ptr(indptr), _ptr(token_ids), _ptr(bias))
 
 
