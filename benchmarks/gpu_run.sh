@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The GPU checks in one run on a CUDA machine; every result goes under $OUT (default ./gpu_out).
+#
+#   build         pip install . with the CUDA kernels for this GPU's architecture
+#   gpu-tests     every `gpu`-marked test (CUDA sampling kernels vs the CPU ones, models on CUDA)
+#   bench         benchmarks/bench_sampling.py: the sampling kernels on the CPU and CUDA, same run
+#   server-tests  the server's sampling, model-feature and structured-output tests on CUDA (the
+#                 server picks CUDA when there is one); needs the demo model in the sglang cache
+#                 ($SGLANG_CACHE_DIR, default ~/.cache/sglang), skipped when it is not there
+#   hf-baseline   ../shared/gpu/hf_baseline.py (or .whl/hf_baseline.py): HF transformers on the
+#                 same GPU, the baseline of model benchmarks
+#
+# Usage: bash benchmarks/gpu_run.sh [stage ...]     (no stage: all, in the order above)
+# Wheels in .whl/ (an offline machine) are installed into /tmp/site first. Exit status 1 when any
+# stage failed; $OUT/summary.txt has one line per stage.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu_out}
+mkdir -p "$OUT"
+stages=("$@")
+[ ${#stages[@]} -gt 0 ] || stages=(build gpu-tests bench server-tests hf-baseline)
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site \
+    .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+failed=0
+# run NAME CMD...: runs CMD with its output in $OUT/NAME.log and a line in $OUT/summary.txt
+run() {
+  local name=$1 start rc
+  shift
+  start=$(date +%s)
+  echo "== $name: $*"
+  "$@" > "$OUT/$name.log" 2>&1
+  rc=$?
+  tail -n 25 "$OUT/$name.log"
+  echo "$name rc=$rc $(( $(date +%s) - start ))s" | tee -a "$OUT/summary.txt"
+  [ "$rc" -eq 0 ] || failed=1
+}
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  nvcc --version | tail -n 1
+  git log -1 --format='git %h %s' 2>/dev/null
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+for stage in "${stages[@]}"; do
+  case $stage in
+    build)
+      arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d '.')
+      run build env SGLANG_ENABLE_CUDA=ON CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=${arch:-90}" \
+        python3 -m pip install --no-build-isolation --no-deps . ;;
+    gpu-tests)
+      run gpu_tests python3 -m pytest tests/py -m gpu -q -p no:cacheprovider -rfE ;;
+    bench)
+      run bench_sampling python3 benchmarks/bench_sampling.py ;;
+    server-tests)
+      cache=${SGLANG_CACHE_DIR:-$HOME/.cache/sglang}
+      if compgen -G "$cache/smollm2-135m-instruct/*.gguf" >/dev/null; then
+        run server_tests python3 -m pytest -q -p no:cacheprovider -rfE \
+          tests/py/server/test_sampling_params.py tests/py/server/test_model_features.py \
+          tests/py/server/test_structured_output.py
+      else
+        echo "server_tests skipped: no demo model in $cache" | tee -a "$OUT/summary.txt"
+      fi ;;
+    hf-baseline)
+      script=../shared/gpu/hf_baseline.py
+      [ -f "$script" ] || script=.whl/hf_baseline.py
+      run hf_baseline python3 "$script" ;;
+    *)
+      echo "unknown stage: $stage" >&2
+      exit 2 ;;
+  esac
+done
+exit $failed
