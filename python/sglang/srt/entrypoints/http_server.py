@@ -31,12 +31,26 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 import sglang
-from sglang.srt.entrypoints.http_guards import (
-    ApiKeyGuard,
-    BodyLimitGuard,
-    admin_optional,
-    error_body,
+from sglang.srt.entrypoints.http_common import (
+    MAX_ERROR_MESSAGE_CHARS,
+    SSE_DONE,
+    ORJSONResponse,
+    abort_unfinished,
+    e1,
+    e3,
+    e4,
+    failed_reply,
+    merged,
+    parse_body,
+    retry_headers,
+    sse,
+    stream_error,
+    validation_message,
+    wait_all,
 )
+from sglang.srt.entrypoints.anthropic import messages as anthropic_messages
+from sglang.srt.entrypoints.http_guards import ApiKeyGuard, BodyLimitGuard, admin_optional
+from sglang.srt.entrypoints.openai import routes as openai_routes
 from sglang.srt.entrypoints.openapi import (
     body_schema,
     generate_body_schema,
@@ -63,17 +77,7 @@ FLUSH_CACHE_TEXT = (
     "waiting requests, the operation will not be performed.)\n"
 )
 HEALTH_CHECK_TIMEOUT = float(os.environ.get("SGLANG_HEALTH_CHECK_TIMEOUT", "20"))
-RETRY_AFTER_S = "1"
-MAX_ERROR_MESSAGE_CHARS = 2000
-MAX_ERROR_INPUT_CHARS = 200
 GRACEFUL_SHUTDOWN_S = 5
-
-
-class ORJSONResponse(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class _Globals:
@@ -85,67 +89,6 @@ class _Globals:
 
 
 G = _Globals()
-
-
-# ---- error replies -------------------------------------------------------------------------------
-def _retry_headers(status_code: int) -> dict[str, str] | None:
-    return {"Retry-After": RETRY_AFTER_S} if status_code == 503 else None
-
-
-def e1(message: str, status_code: int = 400) -> ORJSONResponse:
-    return ORJSONResponse({"error": {"message": message}}, status_code=status_code,
-                          headers=_retry_headers(status_code))
-
-
-def e3(message: str, kind: str = "BadRequestError", code: int = 400) -> ORJSONResponse:
-    return ORJSONResponse(
-        {"object": "error", "message": message, "type": kind, "param": None, "code": code},
-        status_code=code,
-    )
-
-
-def e4(message: str, code: int) -> ORJSONResponse:
-    return ORJSONResponse(error_body(message, code), status_code=code,
-                          headers=_retry_headers(code))
-
-
-def failed_reply(exc: RequestFailed) -> ORJSONResponse:
-    """A request that failed: E1 for a 400, E4 otherwise (with Retry-After for a 503)."""
-    return e1(exc.message) if exc.status_code == 400 else e4(exc.message, exc.status_code)
-
-
-def stream_error(message: str, status_code: int) -> dict[str, Any]:
-    """The E8 event of a stream that fails after its headers were sent."""
-    client_fault = status_code < 500
-    return {"error": {"message": message,
-                      "type": "invalid_request_error" if client_fault else "server_error",
-                      "code": status_code, "retryable": not client_fault}}
-
-
-_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 5, 5, 60, 60
-
-
-def _short(value: Any) -> str:
-    """A bounded repr, cheap whatever the size or depth of ``value``."""
-    text = _REPR.repr(value)
-    return text if len(text) <= MAX_ERROR_INPUT_CHARS else text[:MAX_ERROR_INPUT_CHARS] + "..."
-
-
-def validation_message(errors: list[dict[str, Any]]) -> str:
-    """A bounded description of parse errors: each error's location, message and (cut) input,
-    so a huge or deeply nested body is never echoed back."""
-    parts = []
-    for err in errors[:5]:
-        loc = ".".join(str(x) for x in err.get("loc", ()))
-        part = f"{loc}: {err.get('msg', '')}" if loc else str(err.get("msg", ""))
-        if "input" in err:
-            part += f" (input: {_short(err['input'])})"
-        parts.append(part)
-    if len(errors) > 5:
-        parts.append(f"... and {len(errors) - 5} more errors")
-    message = f"{len(errors)} validation error(s): " + "; ".join(parts)
-    return message[:MAX_ERROR_MESSAGE_CHARS]
 
 
 # ---- app -----------------------------------------------------------------------------------------
@@ -208,22 +151,6 @@ def _tm() -> TokenizerManager:
     return G.tm
 
 
-async def parse_body(request: Request, model: type[BaseModel],
-                     context: dict[str, Any] | None = None) -> Any:
-    """The JSON body as ``model``, whatever the Content-Type (curl -d sends form encoding);
-    RequestValidationError (E2) for bad JSON (nesting deeper than the
-    parser's limit of about 200 levels included) or wrong types."""
-    try:
-        data = pydantic_core.from_json(await request.body(), allow_inf_nan=False)
-    except ValueError as exc:
-        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",),
-                                       "msg": f"JSON decode error: {exc}"}]) from None
-    try:
-        return model.model_validate(data, context=context)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from None
-
-
 # ---- generation ----------------------------------------------------------------------------------
 @app.api_route("/generate", methods=["POST", "PUT"],
                openapi_extra={"requestBody": generate_body_schema()})
@@ -242,75 +169,27 @@ async def generate(request: Request) -> Response:
     if obj.stream:
         return StreamingResponse(_stream(tm, states, is_list), media_type="text/event-stream")
     try:
-        await _wait_all(tm, states, request)
+        await wait_all(tm, states, request)
     except RequestFailed as exc:
         return failed_reply(exc)
     finally:
-        await _abort_unfinished(tm, states)
+        await abort_unfinished(tm, states)
     results = [tm.response(s) for s in states]
     return ORJSONResponse(results if is_list else results[0])
 
 
-async def _wait_all(tm: TokenizerManager, states: list[ReqState], request: Request) -> None:
-    waiter = asyncio.ensure_future(asyncio.gather(*(tm.wait(s) for s in states)))
-    try:
-        while not waiter.done():
-            await asyncio.wait({waiter}, timeout=0.5)
-            if not waiter.done() and await request.is_disconnected():
-                logger.info("client disconnected; aborting %d request(s)", len(states))
-                waiter.cancel()
-                return
-        waiter.result()
-    finally:
-        if not waiter.done():
-            waiter.cancel()
-    for s in states:
-        s.raise_if_failed()
-
-
-async def _abort_unfinished(tm: TokenizerManager, states: list[ReqState]) -> None:
-    for s in states:
-        if not s.finished:
-            await tm.abort_request(s.rid)
-        tm.release(s)
-
-
-def _sse(data: Any) -> bytes:
-    return b"data: " + orjson.dumps(data) + b"\n\n"
-
-
 async def _stream(tm: TokenizerManager, states: list[ReqState], is_list: bool
                   ) -> AsyncIterator[bytes]:
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def pump(state: ReqState) -> None:
-        try:
-            async for chunk in tm.stream(state):
-                if is_list:
-                    chunk["index"] = state.single.index
-                await queue.put(chunk)
-        except RequestFailed as exc:
-            await queue.put(exc)
-        finally:
-            await queue.put(None)
-
-    tasks = [asyncio.ensure_future(pump(s)) for s in states]
     try:
-        remaining = len(tasks)
-        while remaining:
-            item = await queue.get()
-            if item is None:
-                remaining -= 1
-            elif isinstance(item, RequestFailed):
-                yield _sse(stream_error(item.message, item.status_code))
-                break
-            else:
-                yield _sse(item)
-        yield b"data: [DONE]\n\n"
+        async for state, chunk in merged(tm, states):
+            if is_list:
+                chunk["index"] = state.single.index
+            yield sse(chunk)
+    except RequestFailed as exc:
+        yield sse(stream_error(exc.message, exc.status_code))
     finally:
-        for t in tasks:
-            t.cancel()
-        await _abort_unfinished(tm, states)
+        await abort_unfinished(tm, states)
+    yield SSE_DONE
 
 
 # ---- health, info, cache -------------------------------------------------------------------------
@@ -322,13 +201,13 @@ async def health() -> Response:
     restarting or silent for the timeout."""
     tm = _tm()
     if tm.status != "ready" or tm.engine_dead:
-        return Response(status_code=503, headers=_retry_headers(503))
+        return Response(status_code=503, headers=retry_headers(503))
     start = time.time()
     obj = GenerateReqInput(input_ids=[0], sampling_params={"max_new_tokens": 1, "temperature": 0})
     try:
         states, _ = await tm.generate(obj, internal=True)
     except (ValueError, EngineDeadError, RequestFailed):
-        return Response(status_code=503, headers=_retry_headers(503))
+        return Response(status_code=503, headers=retry_headers(503))
     state = states[0]
     try:
         while time.time() - start < HEALTH_CHECK_TIMEOUT:
@@ -340,7 +219,7 @@ async def health() -> Response:
             await asyncio.sleep(0.05)
         return Response(status_code=503)
     finally:
-        await _abort_unfinished(tm, states)
+        await abort_unfinished(tm, states)
 
 
 @app.get("/ready")
@@ -349,7 +228,7 @@ async def ready() -> Response:
     and while the engine is down or restarting."""
     tm = _tm()
     ok = tm.status == "ready" and not tm.engine_dead
-    return Response(status_code=200 if ok else 503, headers=None if ok else _retry_headers(503))
+    return Response(status_code=200 if ok else 503, headers=None if ok else retry_headers(503))
 
 
 def _model_info_old() -> dict[str, Any]:
@@ -513,6 +392,10 @@ async def get_model(model: str) -> ORJSONResponse:
     return ORJSONResponse(card)
 
 
+app.include_router(openai_routes.router)
+app.include_router(anthropic_messages.router)
+
+
 # ---- engine death --------------------------------------------------------------------------------
 def _on_engine_death() -> None:
     """Pending requests have failed; restart the engine (--engine-restart) or shut down with an
@@ -582,6 +465,7 @@ def launch_server(server_args: ServerArgs) -> int:
     )
     G.args = server_args
     G.tm = TokenizerManager(server_args)
+    app.state.tm = G.tm
     configure_app(server_args)
     if not server_args.skip_server_warmup:
         G.tm.warming_up()

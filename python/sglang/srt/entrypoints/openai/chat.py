@@ -1,0 +1,5 @@
+"""Placeholder: being written (issue 10)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

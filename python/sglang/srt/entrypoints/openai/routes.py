@@ -1,0 +1,11 @@
+"""The OpenAI routes: each serving module owns its ``router``; this one includes them all."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from sglang.srt.entrypoints.openai import chat, completions, embeddings
+
+router = APIRouter()
+for module in (completions, chat, embeddings):
+    router.include_router(module.router)
