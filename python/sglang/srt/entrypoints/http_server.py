@@ -14,23 +14,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import reprlib
 import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
-import pydantic_core
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
 
 import sglang
+from sglang.srt.entrypoints.anthropic import messages as anthropic_messages
 from sglang.srt.entrypoints.http_common import (
     MAX_ERROR_MESSAGE_CHARS,
     SSE_DONE,
@@ -48,7 +45,6 @@ from sglang.srt.entrypoints.http_common import (
     validation_message,
     wait_all,
 )
-from sglang.srt.entrypoints.anthropic import messages as anthropic_messages
 from sglang.srt.entrypoints.http_guards import ApiKeyGuard, BodyLimitGuard, admin_optional
 from sglang.srt.entrypoints.openai import routes as openai_routes
 from sglang.srt.entrypoints.openapi import (
