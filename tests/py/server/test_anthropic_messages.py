@@ -7,6 +7,7 @@ official ``anthropic`` client against the session server (deterministic: tempera
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -18,6 +19,7 @@ from sglang.srt.entrypoints.anthropic.translate import (
     anthropic_message,
     openai_body,
 )
+from sglang.srt.entrypoints.http_guards import ApiKeyGuard
 
 WEATHER_TOOL = {"name": "get_weather", "description": "The weather of a city.",
                 "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -200,3 +202,35 @@ def test_empty_stream_still_has_a_text_block() -> None:
     assert [e["type"] for e in events][2:] == ["content_block_start", "content_block_stop",
                                                "message_delta", "message_stop"]
     assert events[-2]["delta"]["stop_reason"] == "max_tokens"
+
+
+# ---- x-api-key -----------------------------------------------------------------------------------
+def guarded_status(guard: ApiKeyGuard, path: str, headers: dict[str, str]) -> int:
+    """The status ``guard`` gives a POST to ``path`` (an app behind it answers 200)."""
+    sent: list[dict] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "query_string": b"",
+             "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+    guard.app = app
+    asyncio.run(guard(scope, receive, send))
+    return sent[0]["status"]
+
+
+def test_anthropic_routes_take_x_api_key() -> None:
+    guard = ApiKeyGuard(None, "k-123", None, list)
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        assert guarded_status(guard, path, {"x-api-key": "k-123"}) == 200
+        assert guarded_status(guard, path, {"authorization": "Bearer k-123"}) == 200
+        assert guarded_status(guard, path, {"x-api-key": "k-12"}) == 401
+        assert guarded_status(guard, path, {}) == 401
+    assert guarded_status(guard, "/generate", {"x-api-key": "k-123"}) == 401

@@ -8,7 +8,8 @@ OpenAI and Anthropic layers included), inherits them without doing anything:
   ``/ready`` and ``/metrics`` are always open. A route marked ``admin_optional`` needs the admin
   key when one is set (the user key is then refused), else the user key when one is set; every
   other route needs the user key when one is set. Refusals are 401 ``{"error": "Unauthorized"}``.
-  Keys never appear in a reply or a log line.
+  Keys never appear in a reply or a log line. The Anthropic routes (``ANTHROPIC_PREFIX``) also
+  take the key in ``x-api-key``, the header Anthropic clients send.
 * ``BodyLimitGuard``: a body larger than ``--max-request-body-bytes`` is refused with 413 before it
   is read whole (by its Content-Length, or as it streams in).
 """
@@ -26,6 +27,7 @@ Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
 OPEN_PREFIXES = ("/health", "/ready", "/metrics")
 ADMIN_OPTIONAL = "_sglang_admin_optional"
+ANTHROPIC_PREFIX = "/v1/messages"
 
 
 def admin_optional(endpoint: Callable) -> Callable:
@@ -75,6 +77,8 @@ class ApiKeyGuard:
             expected = self.api_key
         if expected is None:
             return True
+        if token is None and path.startswith(ANTHROPIC_PREFIX):
+            token = _header(scope, b"x-api-key")
         return token is not None and secrets.compare_digest(token, expected)
 
     def _is_admin_route(self, scope: Scope) -> bool:
@@ -92,6 +96,13 @@ def _bearer_token(scope: Scope) -> bytes | None:
             if scheme.lower() == b"bearer" and token:
                 return token
             return None
+    return None
+
+
+def _header(scope: Scope, wanted: bytes) -> bytes | None:
+    for name, value in scope.get("headers", []):
+        if name == wanted:
+            return value or None
     return None
 
 
