@@ -13,6 +13,9 @@ import os
 import random
 from typing import Any
 
+from sglang.srt.parser.reasoning_parser import REASONING_PARSERS
+from sglang.srt.parser.tool_call_parser import TOOL_CALL_PARSERS
+
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 LOAD_FORMATS = ("auto", "pt", "safetensors", "gguf", "dummy")
@@ -133,6 +136,14 @@ class ServerArgs:
         check(self.stream_interval >= 1, "--stream-interval must be at least 1")
         check(self.tp_size == 1 and self.dp_size == 1,
               "tensor and data parallelism (--tp-size/--dp-size > 1) are not supported yet")
+        if self.reasoning_parser is not None:
+            check(self.reasoning_parser in REASONING_PARSERS,
+                  f"--reasoning-parser must be one of {', '.join(REASONING_PARSERS)}, "
+                  f"got {self.reasoning_parser!r}")
+        if self.tool_call_parser is not None:
+            check(self.tool_call_parser in TOOL_CALL_PARSERS,
+                  f"--tool-call-parser must be one of {', '.join(TOOL_CALL_PARSERS)}, "
+                  f"got {self.tool_call_parser!r}")
         check(self.sampling_defaults in ("model", "openai"),
               "--sampling-defaults must be 'model' or 'openai'")
         if self.mem_fraction_static is not None:
