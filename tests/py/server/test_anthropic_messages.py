@@ -11,7 +11,10 @@ import asyncio
 import json
 from typing import Any
 
+import anthropic
+import jsonschema
 import pytest
+import requests
 from pydantic import ValidationError
 from sglang.srt.entrypoints.anthropic.protocol import MessagesRequest
 from sglang.srt.entrypoints.anthropic.translate import (
@@ -234,3 +237,188 @@ def test_anthropic_routes_take_x_api_key() -> None:
         assert guarded_status(guard, path, {"x-api-key": "k-12"}) == 401
         assert guarded_status(guard, path, {}) == 401
     assert guarded_status(guard, "/generate", {"x-api-key": "k-123"}) == 401
+
+
+# ---- through the anthropic client ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def client(server: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=server, api_key="x", max_retries=0, timeout=60)
+
+
+def create(client: anthropic.Anthropic, **fields: Any) -> Any:
+    """messages.create at temperature 0 (the client takes sampling fields in ``extra_body``)."""
+    params = {"model": "default", "max_tokens": 16, "extra_body": {"temperature": 0},
+              "messages": [{"role": "user", "content": "Say hello."}]}
+    return client.messages.create(**{**params, **fields})
+
+
+def token_count(server: str, text: str) -> int:
+    r = requests.post(f"{server}/tokenize", json={"prompt": text, "add_special_tokens": False},
+                      timeout=30)
+    return r.json()["count"]
+
+
+def test_create_text_and_usage(client: anthropic.Anthropic, server: str) -> None:
+    msg = create(client)
+    assert msg.type == "message" and msg.role == "assistant" and msg.model == "default"
+    assert msg.id.startswith("msg_")
+    [block] = msg.content
+    assert block.type == "text" and block.text
+    counted = client.messages.count_tokens(
+        model="default", messages=[{"role": "user", "content": "Say hello."}])
+    assert msg.usage.input_tokens == counted.input_tokens > 0
+    assert 0 < msg.usage.output_tokens <= 16
+    if msg.stop_reason == "max_tokens":
+        assert msg.usage.output_tokens == 16
+    assert msg.stop_reason in ("end_turn", "max_tokens")
+
+
+def test_stop_reasons_against_the_server(client: anthropic.Anthropic) -> None:
+    short = create(client, max_tokens=2)
+    assert (short.stop_reason, short.stop_sequence, short.usage.output_tokens) == \
+        ("max_tokens", None, 2)
+    ended = create(client, max_tokens=200,
+                   messages=[{"role": "user", "content": "Reply with the single word: yes"}])
+    assert ended.stop_reason == "end_turn" and ended.stop_sequence is None
+    text = create(client, max_tokens=24).content[0].text
+    word = text.split()[1] if len(text.split()) > 1 else text.split()[0]
+    stopped = create(client, max_tokens=24, stop_sequences=[word])
+    assert (stopped.stop_reason, stopped.stop_sequence) == ("stop_sequence", word)
+    assert word not in stopped.content[0].text
+
+
+def test_stream_matches_create(client: anthropic.Anthropic) -> None:
+    fields = {"model": "default", "max_tokens": 24, "extra_body": {"temperature": 0},
+              "messages": [{"role": "user", "content": "Tell me about the sea."}]}
+    whole = client.messages.create(**fields)
+    with client.messages.stream(**fields) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == whole.content[0].text == final.content[0].text
+    assert final.usage.input_tokens == whole.usage.input_tokens
+    assert final.usage.output_tokens == whole.usage.output_tokens
+    assert final.stop_reason == whole.stop_reason
+
+
+def test_raw_stream_events(server: str) -> None:
+    body = {"model": "default", "max_tokens": 4, "stream": True,
+            "messages": [{"role": "user", "content": "Hi"}]}
+    with requests.post(f"{server}/v1/messages", json=body, stream=True, timeout=60) as r:
+        assert r.status_code == 200
+        lines = [line for line in r.iter_lines(decode_unicode=True) if line]
+    names = [line.split(": ", 1)[1] for line in lines if line.startswith("event: ")]
+    assert names[:2] == ["message_start", "ping"] and names[-2:] == ["message_delta",
+                                                                     "message_stop"]
+    datas = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    assert [d["type"] for d in datas] == names
+    assert datas[0]["message"]["usage"]["input_tokens"] > 0
+
+
+def test_system_as_string_and_blocks(client: anthropic.Anthropic) -> None:
+    system = "You are a pirate. Answer briefly."
+    as_string = create(client, system=system, max_tokens=4)
+    as_blocks = create(client, system=[{"type": "text", "text": system}], max_tokens=4)
+    assert as_string.content[0].text == as_blocks.content[0].text
+    assert as_string.usage.input_tokens == as_blocks.usage.input_tokens
+    plain = client.messages.count_tokens(model="default", messages=[
+        {"role": "user", "content": "Say hello."}]).input_tokens
+    assert as_string.usage.input_tokens != plain  # the template's default system was replaced
+
+
+def test_multi_turn(client: anthropic.Anthropic) -> None:
+    first = create(client, messages=[{"role": "user", "content": "My name is Ada."}],
+                   max_tokens=4)
+    second = create(client, messages=[
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": first.content[0].text},
+        {"role": "user", "content": [{"type": "text", "text": "What is my name?"}]}],
+        max_tokens=4)
+    assert second.content[0].text
+    assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+
+
+def test_forced_tool_round_trip(client: anthropic.Anthropic) -> None:
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    msg = create(client, max_tokens=64, messages=ask, tools=[WEATHER_TOOL],
+                 tool_choice={"type": "tool", "name": "get_weather"})
+    assert msg.stop_reason == "tool_use"
+    [use] = [b for b in msg.content if b.type == "tool_use"]
+    assert use.id.startswith("toolu_") and use.name == "get_weather"
+    jsonschema.validate(use.input, WEATHER_TOOL["input_schema"])
+    reply = create(client, max_tokens=16, tools=[WEATHER_TOOL], messages=[
+        *ask, {"role": "assistant", "content": [b.model_dump() for b in msg.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
+                                      "content": "Sunny, 21 degrees."}]}])
+    assert reply.content and reply.stop_reason in ("end_turn", "max_tokens", "tool_use")
+
+
+def test_streaming_tool_use(client: anthropic.Anthropic) -> None:
+    with client.messages.stream(
+            model="default", max_tokens=64, extra_body={"temperature": 0}, tools=[WEATHER_TOOL],
+            tool_choice={"type": "tool", "name": "get_weather"},
+            messages=[{"role": "user", "content": "Weather in Rome?"}]) as stream:
+        pieces = [e.delta.partial_json for e in stream
+                  if e.type == "content_block_delta" and e.delta.type == "input_json_delta"]
+        final = stream.get_final_message()
+    assert len(pieces) >= 1
+    data = json.loads("".join(pieces))
+    jsonschema.validate(data, WEATHER_TOOL["input_schema"])
+    [use] = [b for b in final.content if b.type == "tool_use"]
+    assert use.input == data and final.stop_reason == "tool_use"
+
+
+def test_count_tokens_with_system_and_tools(client: anthropic.Anthropic) -> None:
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    plain = client.messages.count_tokens(model="default", messages=messages).input_tokens
+    system = client.messages.count_tokens(model="default", messages=messages,
+                                          system="Be brief.").input_tokens
+    assert system > plain > 0
+    msg = create(client, messages=messages, system="Be brief.", max_tokens=2)
+    assert msg.usage.input_tokens == system
+
+
+BAD_BODIES = [
+    ({"messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
+    ({"max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
+    ({"max_tokens": 4, "messages": []}, "messages"),
+    ({"max_tokens": 4, "messages": [{"role": "robot", "content": "x"}]}, "role"),
+    ({"max_tokens": 4, "messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                     "data": "AAAA"}}]}]}, "not supported yet"),
+    ({"max_tokens": 4, "messages": [{"role": "user", "content": "x"}], "tools": [WEATHER_TOOL],
+      "tool_choice": {"type": "tool", "name": "nope"}}, "nope"),
+    ({"max_tokens": 4, "messages": [{"role": "user", "content": "x"}],
+      "tool_choice": {"type": "sometimes"}}, "tool_choice"),
+    ({"max_tokens": 4, "messages": [{"role": "user", "content": "x"}], "best_of": 2}, "best_of"),
+    ({"max_tokens": 4, "messages": [{"role": "user", "content": "x"}],
+      "thinking": {"type": "enabled", "budget_tokens": 2000}}, "thinking"),
+]
+
+
+@pytest.mark.parametrize(("fields", "needle"), BAD_BODIES)
+def test_bad_requests(client: anthropic.Anthropic, server: str, fields: dict,
+                      needle: str) -> None:
+    body = {"model": "default", **fields}
+    r = requests.post(f"{server}/v1/messages", json=body, timeout=30)
+    assert r.status_code == 400
+    error = r.json()
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert needle in error["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.create(**body)
+
+
+
+def test_bad_json_and_engine_refusals_have_the_anthropic_shape(client: anthropic.Anthropic,
+                                                               server: str) -> None:
+    assert create(client, max_tokens=2).usage.output_tokens == 2  # still serving
+    r = requests.post(f"{server}/v1/messages", data=b"{not json", timeout=30,
+                      headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["type"] == "error"
+    r = requests.post(f"{server}/v1/messages/count_tokens", json={"model": "m"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = requests.post(f"{server}/v1/messages", timeout=30, json={
+        "model": "default", "max_tokens": 10_000_000,
+        "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"

@@ -119,8 +119,8 @@ async def serve_message(tm: TokenizerManager, req: MessagesRequest, raw_request:
     """The message (non-streaming) or the SSE stream of its events."""
     chat_req = chat_request(openai_body(req))
     if req.stream:
-        chunks = await chat.start_chat_stream(tm, chat_req, raw_request)
         translator = StreamTranslator(req, await prompt_tokens(tm, chat_req))
+        chunks = await chat.start_chat_stream(tm, chat_req, raw_request)
         return StreamingResponse(stream_events(translator, chunks),
                                  media_type="text/event-stream")
     reply = await chat.create_chat_completion(tm, chat_req, raw_request)
@@ -164,7 +164,7 @@ async def serve_count(tm: TokenizerManager, req: CountTokensRequest, raw_request
 
 
 async def prompt_tokens(tm: TokenizerManager, chat_req: Any) -> int:
-    """The number of tokens of the prompt the chat layer makes of ``chat_req``."""
-    ids = await chat.prompt_ids(tm, chat_req)
-    return len(ids)
-
+    """The number of tokens of the prompt the chat layer makes of ``chat_req`` (its own
+    validation, template and tokenization; nothing is submitted)."""
+    prepared = await chat.prepare(tm, chat_req)
+    return len(prepared.obj.input_ids)
