@@ -1,5 +1,161 @@
-"""Placeholder: being written (issue 10)."""
+"""``/v1/embeddings`` (contract 5.3).
 
-from fastapi import APIRouter
+The body (``EmbeddingRequest``) is checked with SGLang's messages (empty input, whitespace-only
+text, list item types), then turned into ``EmbeddingInput``: the texts or token-id lists to encode.
+A generation model (no ``--is-embedding``) answers SGLang's is-embedding 400. No embedding model
+is served yet: a server started with ``--is-embedding`` answers a 400 saying so. When the engine
+gains ``tm.encode(inputs) -> list[(vector, prompt_tokens)]``, ``create_embedding`` calls it and
+shapes the reply with ``embedding_reply`` (already written to the contract's shape).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from sglang.srt.entrypoints.openai.common import OpenAIError, serve
+from sglang.srt.entrypoints.openapi import body_schema
+from sglang.srt.managers.tokenizer_manager import TokenizerManager
 
 router = APIRouter()
+
+NOT_EMBEDDING_MODEL = (
+    "This model does not appear to be an embedding model by default. Please add "
+    "`--is-embedding` when launching the server or try another model.")
+EMBEDDING_NOT_SERVED = ("embedding models are not supported yet: this server cannot compute "
+                        "embeddings (--is-embedding).")
+# Fields the engine path does not support yet: a request that sets one is refused.
+UNSUPPORTED = {"lora_path": "LoRA adapters", "priority": "priority scheduling"}
+
+
+class EmbeddingRequest(BaseModel):
+    """The body of ``/v1/embeddings``; unknown fields are ignored (contract 5)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[Any]
+    model: str = "default"
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+    rid: str | list[str] | None = None
+    priority: Any | None = None
+    lora_path: Any | None = None
+
+    @field_validator("dimensions")
+    @classmethod
+    def _dimensions_positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("dimensions must be at least 1")
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingInput:
+    """What to encode: one text or one token-id list per output vector."""
+
+    texts: list[str] | None = None
+    token_ids: list[list[int]] | None = None
+    dimensions: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts if self.texts is not None else self.token_ids or [])
+
+
+# ---- checks ----------------------------------------------------------------------------------------
+def _check_texts(items: list[Any]) -> list[str]:
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise OpenAIError("All items in input list must be strings")
+        if not item.strip():
+            raise OpenAIError(f"Input at index {i} cannot be empty or whitespace only")
+    return items
+
+
+def _check_ids(items: list[Any], name: str) -> list[int]:
+    for i, item in enumerate(items):
+        if type(item) is not int:
+            raise OpenAIError(f"All items in {name} must be integers (token ids)")
+        if item < 0:
+            raise OpenAIError(f"Token ID at index {i} of {name} must be non-negative")
+    return items
+
+
+def to_embedding_input(req: EmbeddingRequest) -> EmbeddingInput:
+    """The checked input (OpenAIError with SGLang's messages otherwise)."""
+    value = req.input
+    if not value:
+        raise OpenAIError("Input cannot be empty")
+    if isinstance(value, str):
+        if not value.strip():
+            raise OpenAIError("Input cannot be empty or whitespace only")
+        return EmbeddingInput(texts=[value], dimensions=req.dimensions)
+    first = value[0]
+    if isinstance(first, str):
+        return EmbeddingInput(texts=_check_texts(value), dimensions=req.dimensions)
+    if isinstance(first, list):
+        lists = []
+        for i, ids in enumerate(value):
+            if not isinstance(ids, list) or not ids:
+                raise OpenAIError(f"Input at index {i} must be a non-empty list of token ids")
+            lists.append(_check_ids(ids, f"input[{i}]"))
+        return EmbeddingInput(token_ids=lists, dimensions=req.dimensions)
+    if isinstance(first, dict):
+        raise OpenAIError("Multimodal embedding inputs ({text, image, video}) are not supported "
+                          "by this server yet.")
+    return EmbeddingInput(token_ids=[_check_ids(value, "input")], dimensions=req.dimensions)
+
+
+def check_request(tm: TokenizerManager, req: EmbeddingRequest) -> EmbeddingInput:
+    """Fields not supported, the input, then whether this server computes embeddings."""
+    for name, needs in UNSUPPORTED.items():
+        if getattr(req, name) is not None:
+            raise OpenAIError(f"{name} is not supported by this server yet: it needs {needs}. "
+                              "Remove the field.")
+    inputs = to_embedding_input(req)
+    if not tm.args.is_embedding:
+        raise OpenAIError(NOT_EMBEDDING_MODEL)
+    return inputs
+
+
+# ---- reply -----------------------------------------------------------------------------------------
+def encode_vector(vector: Any, encoding_format: str) -> list[float] | str:
+    """A vector as floats, or as base64 of its little-endian float32 bytes."""
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    return [float(x) for x in vector]
+
+
+def embedding_reply(model_path: str, vectors: list[Any], prompt_tokens: int,
+                    encoding_format: str) -> dict[str, Any]:
+    """The contract's reply for the encoded vectors (``model`` is the server's model path)."""
+    data = [{"embedding": encode_vector(v, encoding_format), "index": i, "object": "embedding"}
+            for i, v in enumerate(vectors)]
+    return {"data": data, "model": model_path, "object": "list",
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens,
+                      "completion_tokens": 0, "prompt_tokens_details": None}}
+
+
+async def create_embedding(tm: TokenizerManager, req: EmbeddingRequest,
+                           raw_request: Request) -> dict[str, Any]:
+    check_request(tm, req)
+    # The engine has no encode path yet; with one: results = await tm.encode(inputs), then
+    # embedding_reply(tm.args.model_path, [v for v, _ in results], sum(n for _, n in results),
+    # req.encoding_format).
+    raise OpenAIError(EMBEDDING_NOT_SERVED)
+
+
+async def start_embedding_stream(tm: TokenizerManager, req: EmbeddingRequest,
+                                 raw_request: Request) -> AsyncIterator[dict[str, Any]]:
+    raise OpenAIError("/v1/embeddings does not stream.")  # EmbeddingRequest has no stream
+
+
+@router.post("/v1/embeddings", openapi_extra={"requestBody": body_schema(EmbeddingRequest)})
+async def embeddings(raw_request: Request) -> Any:
+    return await serve(raw_request, EmbeddingRequest, create_embedding, start_embedding_stream)

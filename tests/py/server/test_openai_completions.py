@@ -1,0 +1,323 @@
+"""``/v1/completions`` and ``/v1/embeddings`` (contract 5.1, 5.3) through the official ``openai``
+client (sync and async) and raw ``requests`` for the error shapes, on the session demo server.
+
+Greedy requests (temperature 0) are compared with ``/generate``'s reply for the same request;
+sampled ones use a seed. Every bad request is a 400 in the E2 (parse) or E3 (handler) shape whose
+message names the field, and the server keeps serving after them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import jsonschema
+import openai
+import pytest
+import requests
+
+PROMPT = "The capital of France is"
+CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+CAPITAL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "pattern": "^[\\w]+$"},
+        "population": {"type": "integer", "maximum": 99999999},
+    },
+    "required": ["name", "population"],
+}
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="x", max_retries=0)
+
+
+def generate(server: str, body: dict) -> dict:
+    r = requests.post(f"{server}/generate", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def tokenize(server: str, text: str) -> list[int]:
+    r = requests.post(f"{server}/tokenize", json={"prompt": text}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["tokens"]
+
+
+def complete_raw(server: str, body: dict) -> requests.Response:
+    return requests.post(f"{server}/v1/completions", json=body, timeout=120)
+
+
+# ---- replies ---------------------------------------------------------------------------------------
+def test_str_prompt_reply_shape(server: str, client: openai.OpenAI) -> None:
+    out = client.completions.create(model="my-model", prompt=PROMPT, max_tokens=8,
+                                    temperature=0)
+    assert out.object == "text_completion" and out.model == "my-model"
+    assert len(out.id) == 32
+    (choice,) = out.choices
+    assert choice.index == 0 and choice.logprobs is None
+    native = generate(server, {"text": PROMPT, "sampling_params": {
+        "temperature": 0, "max_new_tokens": 8}})
+    assert choice.text == native["text"]
+    assert choice.finish_reason == native["meta_info"]["finish_reason"]["type"]
+    assert out.usage.prompt_tokens == native["meta_info"]["prompt_tokens"]
+    assert out.usage.completion_tokens == native["meta_info"]["completion_tokens"]
+    assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+    raw = complete_raw(server, {"prompt": PROMPT, "max_tokens": 2}).json()
+    assert raw["model"] == "default" and raw["metadata"] == {"weight_version": "default"}
+    assert raw["usage"]["prompt_tokens_details"] is None  # no --enable-cache-report
+    assert set(raw["choices"][0]) == {"index", "text", "logprobs", "finish_reason",
+                                      "matched_stop"}
+
+
+def test_prompts_times_n_in_prompt_major_order(client: openai.OpenAI) -> None:
+    prompts = [PROMPT, "One, two, three,"]
+    out = client.completions.create(model="m", prompt=prompts, n=2, max_tokens=6, temperature=0)
+    assert [c.index for c in out.choices] == [0, 1, 2, 3]
+    for i, prompt in enumerate(prompts):
+        single = client.completions.create(model="m", prompt=prompt, max_tokens=6,
+                                           temperature=0).choices[0].text
+        assert out.choices[2 * i].text == out.choices[2 * i + 1].text == single
+    first = client.completions.create(model="m", prompt=prompts[0], max_tokens=6, temperature=0)
+    second = client.completions.create(model="m", prompt=prompts[1], max_tokens=6, temperature=0)
+    # The prompt is counted once however many samples it has.
+    assert out.usage.prompt_tokens == first.usage.prompt_tokens + second.usage.prompt_tokens
+    assert out.usage.completion_tokens == 2 * (first.usage.completion_tokens
+                                               + second.usage.completion_tokens)
+
+
+def test_token_id_prompts(server: str, client: openai.OpenAI) -> None:
+    ids = tokenize(server, PROMPT)
+    text = client.completions.create(model="m", prompt=PROMPT, max_tokens=6,
+                                     temperature=0).choices[0].text
+    one = client.completions.create(model="m", prompt=ids, max_tokens=6, temperature=0)
+    assert one.choices[0].text == text and one.usage.prompt_tokens == len(ids)
+    other = tokenize(server, "Hello there")
+    two = client.completions.create(model="m", prompt=[ids, other], max_tokens=6, temperature=0)
+    assert len(two.choices) == 2 and two.choices[0].text == text
+    assert two.usage.prompt_tokens == len(ids) + len(other)
+
+
+def test_stop_string_and_length(client: openai.OpenAI) -> None:
+    full = client.completions.create(model="m", prompt=PROMPT, max_tokens=8, temperature=0)
+    assert full.choices[0].finish_reason == "length"
+    assert full.usage.completion_tokens == 8
+    assert full.choices[0].matched_stop is None
+    text = full.choices[0].text
+    stop = text.strip().split()[1] if len(text.split()) > 1 else text.strip()[1:]
+    out = client.completions.create(model="m", prompt=PROMPT, max_tokens=8, temperature=0,
+                                    stop=[stop])
+    choice = out.choices[0]
+    assert choice.finish_reason == "stop" and choice.matched_stop == stop
+    assert choice.text == text[:text.index(stop)]
+
+
+def test_seed_reproducible_at_temperature_one(client: openai.OpenAI) -> None:
+    def sample(seed: int) -> str:
+        return client.completions.create(model="m", prompt="Once upon a time", max_tokens=12,
+                                         temperature=1.0, seed=seed).choices[0].text
+    a, b = sample(11), sample(11)
+    assert a == b
+    assert any(sample(s) != a for s in (12, 13, 14))
+
+
+def test_logprobs_match_generate(server: str, client: openai.OpenAI) -> None:
+    out = client.completions.create(model="m", prompt=PROMPT, max_tokens=5, temperature=0,
+                                    logprobs=3)
+    lp = out.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
+    assert all(len(top) == 3 for top in lp.top_logprobs)
+    assert "".join(lp.tokens) == out.choices[0].text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(5)]
+    native = generate(server, {"text": PROMPT, "return_logprob": True, "top_logprobs_num": 3,
+                               "return_text_in_logprobs": True,
+                               "sampling_params": {"temperature": 0, "max_new_tokens": 5}})
+    meta = native["meta_info"]
+    assert lp.token_logprobs == pytest.approx([e[0] for e in meta["output_token_logprobs"]])
+    assert lp.tokens == [e[2] for e in meta["output_token_logprobs"]]
+    for top, entries in zip(lp.top_logprobs, meta["output_top_logprobs"], strict=True):
+        assert top == pytest.approx({e[2]: e[0] for e in entries})
+    zero = client.completions.create(model="m", prompt=PROMPT, max_tokens=2, temperature=0,
+                                     logprobs=0).choices[0].logprobs
+    assert len(zero.tokens) == 2 and zero.top_logprobs == [None, None]
+
+
+def test_echo_with_and_without_logprobs(server: str, client: openai.OpenAI) -> None:
+    plain = client.completions.create(model="m", prompt=PROMPT, max_tokens=4, temperature=0)
+    echo = client.completions.create(model="m", prompt=PROMPT, max_tokens=4, temperature=0,
+                                     echo=True)
+    assert echo.choices[0].text == PROMPT + plain.choices[0].text
+    ids = tokenize(server, PROMPT)
+    out = client.completions.create(model="m", prompt=ids, max_tokens=4, temperature=0,
+                                    echo=True, logprobs=1)
+    lp = out.choices[0].logprobs
+    assert out.choices[0].text == PROMPT + plain.choices[0].text
+    assert len(lp.tokens) == len(ids) + 4
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert all(v is not None for v in lp.token_logprobs[1:])
+    assert "".join(lp.tokens) == out.choices[0].text
+
+
+# ---- streaming -------------------------------------------------------------------------------------
+def test_stream_joins_to_the_non_streamed_text(client: openai.OpenAI) -> None:
+    args = {"model": "m", "prompt": ["Once upon a time", PROMPT], "max_tokens": 12,
+            "temperature": 1.0, "seed": 5, "n": 2}
+    full = client.completions.create(**args)
+    texts = ["", "", "", ""]
+    finishes: dict[int, list] = {i: [] for i in range(4)}
+    usage = None
+    for chunk in client.completions.create(**args, stream=True,
+                                           stream_options={"include_usage": True}):
+        assert chunk.object == "text_completion"
+        if not chunk.choices:
+            usage = chunk.usage
+            continue
+        (choice,) = chunk.choices
+        texts[choice.index] += choice.text
+        finishes[choice.index].append(choice.finish_reason)
+    assert texts == [c.text for c in full.choices]
+    for i in range(4):  # the finish reason comes once, in the choice's last chunk
+        assert finishes[i][-1] == full.choices[i].finish_reason
+        assert all(f is None for f in finishes[i][:-1])
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (
+        full.usage.prompt_tokens, full.usage.completion_tokens, full.usage.total_tokens)
+
+
+def test_stream_continuous_usage_and_logprobs(client: openai.OpenAI) -> None:
+    full = client.completions.create(model="m", prompt=PROMPT, max_tokens=6, temperature=0,
+                                     logprobs=2, echo=True)
+    chunks = list(client.completions.create(
+        model="m", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2, echo=True,
+        stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True}))
+    assert all(c.usage is not None for c in chunks)
+    counts = [c.usage.completion_tokens for c in chunks]
+    assert counts == sorted(counts) and counts[-1] == 6
+    assert all(c.usage.prompt_tokens == full.usage.prompt_tokens for c in chunks)
+    pieces = [c.choices[0] for c in chunks if c.choices]
+    assert "".join(p.text for p in pieces) == full.choices[0].text
+    expected = full.choices[0].logprobs
+    def joined(name: str) -> list:
+        return [v for p in pieces for v in getattr(p.logprobs, name)]
+    assert joined("tokens") == expected.tokens
+    assert joined("text_offset") == expected.text_offset
+    assert joined("token_logprobs") == pytest.approx(expected.token_logprobs)
+
+
+def test_async_client_stream(server: str) -> None:
+    async def run() -> tuple[str, str]:
+        client = openai.AsyncOpenAI(base_url=f"{server}/v1", api_key="x", max_retries=0)
+        full = await client.completions.create(model="m", prompt=PROMPT, max_tokens=6,
+                                               temperature=0)
+        stream = await client.completions.create(model="m", prompt=PROMPT, max_tokens=6,
+                                                 temperature=0, stream=True)
+        joined = "".join([c.choices[0].text async for c in stream])
+        await client.close()
+        return full.choices[0].text, joined
+
+    full, joined = asyncio.run(run())
+    assert joined == full
+
+
+def test_usage_chunk_by_server_default_is_off(server: str) -> None:
+    r = requests.post(f"{server}/v1/completions", json={
+        "prompt": PROMPT, "max_tokens": 3, "stream": True}, stream=True, timeout=60)
+    lines = [x for x in r.iter_lines() if x]
+    assert lines[-1] == b"data: [DONE]"
+    events = [json.loads(x[6:]) for x in lines[:-1]]
+    assert all(e["choices"] for e in events)  # no usage chunk without include_usage
+
+
+# ---- constrained output ----------------------------------------------------------------------------
+def test_json_schema_extra_and_response_format(client: openai.OpenAI) -> None:
+    prompt = CHAT.format("Give the capital of France and its population as JSON.")
+    out = client.completions.create(model="m", prompt=prompt, max_tokens=64, temperature=0,
+                                    extra_body={"json_schema": json.dumps(CAPITAL_SCHEMA)})
+    assert out.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(out.choices[0].text), CAPITAL_SCHEMA)
+    fmt = {"type": "json_schema", "json_schema": {"name": "capital", "schema": CAPITAL_SCHEMA}}
+    out = client.completions.create(model="m", prompt=prompt, max_tokens=64, temperature=0,
+                                    extra_body={"response_format": fmt})
+    jsonschema.validate(json.loads(out.choices[0].text), CAPITAL_SCHEMA)
+
+
+# ---- errors ----------------------------------------------------------------------------------------
+BAD_REQUESTS = [
+    ({"max_tokens": 0}, "E2", "max_tokens must be positive"),
+    ({"n": 0}, "E2", "n must be at least 1"),
+    ({"suffix": "!"}, "E3", "suffix"),
+    ({"prompt": ""}, "E3", "Prompt cannot be empty"),
+    ({"prompt": []}, "E3", "Prompt cannot be empty"),
+    ({"prompt": [1, "a"]}, "E2", "prompt[1]"),
+    ({"prompt": [[1, 2], 3]}, "E2", "prompt[1]"),
+    ({"prompt": {"text": "a"}}, "E2", "prompt"),
+    ({"temperature": -1}, "E3", "temperature"),
+    ({"top_p": 2}, "E3", "top_p"),
+    ({"stream_options": {"include_usage": True}}, "E3",
+     "Stream options can only be defined when `stream=True`."),
+    ({"logprobs": 1000}, "E3", "logprobs"),
+    ({"logprobs": -1}, "E3", "logprobs"),
+    ({"lora_path": "adapter"}, "E3", "lora_path"),
+    ({"session_params": {"id": "s"}}, "E3", "session_params"),
+    ({"priority": 1}, "E3", "priority"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "E3",
+     "schema_ is required"),
+    ({"response_format": {"type": "xml"}}, "E2", "response_format"),
+    ({"max_tokens": "many"}, "E2", "max_tokens"),
+]
+
+
+@pytest.mark.parametrize(("extra", "shape", "needle"), BAD_REQUESTS,
+                         ids=[json.dumps(b[0])[:40] for b in BAD_REQUESTS])
+@pytest.mark.parametrize("stream", [False, True])
+def test_bad_requests_are_400s(server: str, extra: dict, shape: str, needle: str,
+                               stream: bool) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 4, **extra}
+    if stream and "stream_options" in extra:
+        pytest.skip("stream_options are valid with stream=True")
+    if stream:
+        body["stream"] = True
+    r = complete_raw(server, body)
+    assert r.status_code == 400, r.text
+    err = r.json()
+    assert err["object"] == "error" and err["code"] == 400 and err["param"] is None
+    assert err["type"] == ("Bad Request" if shape == "E2" else "BadRequestError"), err
+    assert needle in err["message"], err
+
+
+def test_openai_client_raises_bad_request(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="max_tokens must be positive"):
+        client.completions.create(model="m", prompt=PROMPT, max_tokens=0)
+    with pytest.raises(openai.BadRequestError, match="suffix"):
+        client.completions.create(model="m", prompt=PROMPT, suffix="x")
+
+
+def test_non_json_media_type_is_refused(server: str) -> None:
+    r = requests.post(f"{server}/v1/completions", data=json.dumps({"prompt": "a"}),
+                      headers={"Content-Type": "text/plain"}, timeout=30)
+    assert r.status_code == 400 and "Only 'application/json'" in r.json()["message"]
+
+
+def test_server_serves_after_bad_requests(server: str, client: openai.OpenAI) -> None:
+    for body in ({"prompt": [[]]}, {"prompt": ["a", ""]}, {"prompt": [10**12]},
+                 {"prompt": [[1], []]}):
+        r = complete_raw(server, {**body, "max_tokens": 2})
+        assert r.status_code == 400, r.text
+    out = client.completions.create(model="m", prompt=PROMPT, max_tokens=2, temperature=0)
+    assert out.usage.completion_tokens == 2
+
+
+# ---- embeddings ------------------------------------------------------------------------------------
+def test_embeddings_on_a_generation_model(server: str, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="--is-embedding"):
+        client.embeddings.create(model="m", input="hello")
+    for body, needle in (({"input": ""}, "Input cannot be empty"),
+                         ({"input": "   "}, "Input cannot be empty or whitespace only"),
+                         ({"input": ["a", 1]}, "must be strings"),
+                         ({"input": [1, -2]}, "non-negative"),
+                         ({"input": "a", "lora_path": "x"}, "lora_path"),
+                         ({"input": "a", "encoding_format": "hex"}, "encoding_format"),
+                         ({"input": "a", "dimensions": 0}, "dimensions")):
+        r = requests.post(f"{server}/v1/embeddings", json=body, timeout=30)
+        assert r.status_code == 400 and needle in r.json()["message"], r.text
