@@ -156,3 +156,130 @@ def append_jsonl(path: str | None, record: dict[str, Any]) -> None:
     if path:
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+# ---- the frontend language's HTTP client and media encoding ----------------------------------
+class HttpResponse:
+    """A non-streaming reply of ``http_request``: ``.json()``, ``.status_code``, ``.text``."""
+
+    def __init__(self, status_code: int, body: bytes) -> None:
+        self.status_code = status_code
+        self.body = body
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http_request(url: str, json: Any = None, stream: bool = False, api_key: str | None = None,
+                 verify: str | None = None, method: str | None = None) -> Any:
+    """One request of the frontend's wire protocol (JSON in, JSON or an SSE stream out).
+
+    Sends ``Authorization: Bearer <api_key>`` when a key is given (GETs too). ``verify`` is a CA
+    file for https. Any status but 200 raises ``RuntimeError`` with the reply's body. Streaming
+    returns the ``requests`` response (iterate ``iter_lines()``).
+    """
+    import json as _json
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json; charset=utf-8"}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
+    if stream:
+        response = requests.post(url, json=json, stream=True, headers=headers)
+        if response.status_code != 200:
+            raise RuntimeError(response.text)
+        return response
+    data = None if json is None else bytes(_json.dumps(json), encoding="utf-8")
+    request = urllib.request.Request(url, data=data, headers=headers,
+                                     method=method or ("GET" if data is None else "POST"))
+    context = ssl.create_default_context(cafile=verify) if verify else None
+    try:
+        with urllib.request.urlopen(request, context=context) as reply:
+            result = HttpResponse(reply.status, reply.read())
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(e.read().decode("utf-8", errors="replace")) from None
+    if result.status_code != 200:
+        raise RuntimeError(result.text)
+    return result
+
+
+def encode_image_base64(image: Any) -> str:
+    """Raw base64 of an image given as a file path, bytes, a PIL image or a CHW/HWC tensor."""
+    import base64
+    import io
+
+    if isinstance(image, str):
+        with open(image, "rb") as f:
+            return base64.b64encode(f.read()).decode("utf-8")
+    if isinstance(image, bytes):
+        return base64.b64encode(image).decode("utf-8")
+    if hasattr(image, "save"):  # a PIL image
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode("utf-8")
+    if hasattr(image, "cpu") and hasattr(image, "numpy"):  # a torch tensor
+        from PIL import Image
+
+        array = image.cpu().numpy()
+        if array.ndim == 3 and array.shape[0] in (1, 3, 4):
+            array = array.transpose(1, 2, 0)
+        if array.dtype != "uint8":
+            array = (array * 255).clip(0, 255).astype("uint8")
+        return encode_image_base64(Image.fromarray(array.squeeze()))
+    raise TypeError(f"cannot encode an image of type {type(image).__name__}")
+
+
+def encode_video_base64(video_path: str, num_frames: int = 16) -> str:
+    """``"video:"`` + base64 of ``num_frames`` evenly spaced PNG frames (needs opencv-python)."""
+    import base64
+
+    try:
+        import cv2
+    except ImportError:
+        raise ImportError("sgl.video needs opencv: pip install opencv-python") from None
+    capture = cv2.VideoCapture(video_path)
+    if not capture.isOpened():
+        raise OSError(f"Could not open video file: {video_path}")
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    wanted = {int(i * total / num_frames) for i in range(num_frames)} if total else set()
+    frames = []
+    for index in range(total):
+        ok, frame = capture.read()
+        if not ok:
+            break
+        if index in wanted:
+            frames.append(cv2.imencode(".png", frame)[1].tobytes())
+    capture.release()
+    return "video:" + base64.b64encode(b"".join(frames)).decode("utf-8")
+
+
+class LazyImport:
+    """A stand-in for ``module.name`` that imports it on first use (call or attribute)."""
+
+    def __init__(self, module_name: str, class_name: str) -> None:
+        self.module_name = module_name
+        self.class_name = class_name
+        self._module: Any = None
+
+    def _load(self) -> Any:
+        if self._module is None:
+            import importlib
+
+            module = importlib.import_module(self.module_name)
+            self._module = getattr(module, self.class_name)
+        return self._module
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._load(), name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._load()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"LazyImport({self.module_name}.{self.class_name})"
