@@ -56,6 +56,8 @@ class ToolUseBlock(BaseModel):
     name: str = Field(pattern=TOOL_NAME_PATTERN)
     input: dict[str, Any]
     cache_control: CacheControl | None = None
+    caller: None = None  # a reply's ``"caller": null`` / ``"toolset_name": null`` sent back as is
+    toolset_name: None = None
 
 
 class ToolResultBlock(BaseModel):

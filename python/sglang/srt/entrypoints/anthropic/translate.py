@@ -59,7 +59,8 @@ def openai_turn(message: Message) -> list[dict[str, Any]]:
                  for b in blocks if b.type == "tool_use"]
         if not calls:
             return [{"role": "assistant", "content": text}]
-        return [{"role": "assistant", "content": text or None, "tool_calls": calls}]
+        # content "" rather than null: many templates print ``message['content']`` as is
+        return [{"role": "assistant", "content": text, "tool_calls": calls}]
     out: list[dict[str, Any]] = []
     for b in blocks:
         if b.type == "tool_result":
