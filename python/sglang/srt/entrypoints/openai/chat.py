@@ -42,6 +42,9 @@ router = APIRouter()
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 MEDIA_PARTS = ("image_url", "video_url", "audio_url", "input_audio")
 MAX_TOP_LOGPROBS = 20
+# Template variables the route sets itself.
+RESERVED_TEMPLATE_KWARGS = frozenset({"messages", "tools", "documents", "add_generation_prompt",
+                                      "continue_final_message", "chat_template"})
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high")
 # OpenAI fields this server does not implement: a request that sets one gets a 400 naming it.
 UNSUPPORTED_FIELDS = {
@@ -213,6 +216,10 @@ def check_request(tm: TokenizerManager, req: ChatCompletionRequest) -> None:
     if req.reasoning_effort is not None and req.reasoning_effort not in REASONING_EFFORTS:
         raise OpenAIError(f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, got "
                           f"{req.reasoning_effort!r}.")
+    reserved = RESERVED_TEMPLATE_KWARGS.intersection(req.chat_template_kwargs or {})
+    if reserved:
+        raise OpenAIError(f"chat_template_kwargs cannot set {min(reserved)!r}: the "
+                          "request's own fields set it.")
     if tm.tokenizer is None:
         raise OpenAIError("Chat completions need a tokenizer: the server runs with "
                           "--skip-tokenizer-init.")
@@ -233,7 +240,9 @@ def check_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
                 check_part(part, f"messages[{i}].content[{j}]")
         if msg.tool_calls and msg.role != "assistant":
             raise OpenAIError(f"messages[{i}]: only assistant messages have tool_calls.")
-        out.append(msg.model_dump(exclude_none=True))
+        data = msg.model_dump(exclude_none=True)
+        data.setdefault("content", "")  # as SGLang: templates print content (null with tool calls)
+        out.append(data)
     return out
 
 
