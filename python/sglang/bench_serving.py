@@ -3,7 +3,9 @@
 Builds a list of requests (``random``: prompts of uniformly random token ids; ``generated-shared-
 prefix``: groups of prompts sharing a long random system prompt), sends them to a running server
 over HTTP with streaming (``--backend sglang``: ``POST /generate`` with ``input_ids``;
-``sglang-oai`` / ``vllm``: ``POST /v1/completions`` with the decoded text), at a Poisson
+``sglang-oai``: ``POST /v1/completions`` with the same token ids as the prompt;
+``sglang-oai-chat``: ``POST /v1/chat/completions`` with the decoded text as one user message;
+``vllm``: ``POST /v1/completions`` with the decoded text), at a Poisson
 ``--request-rate`` and at most ``--max-concurrency`` in flight, and times every streamed chunk.
 The per-request timings go to ``calculate_metrics`` (TTFT, TPOT, ITL, E2E latency, throughputs),
 which is printed as a table and returned by ``run_benchmark(args)``; ``--output-file`` appends it
@@ -303,8 +305,14 @@ class Target:
 
     @property
     def api_url(self) -> str:
-        path = "/generate" if self.backend == "sglang" else "/v1/completions"
-        return self.base_url + path
+        return self.base_url + BACKEND_PATHS[self.backend]
+
+
+BACKEND_PATHS = {"sglang": "/generate", "sglang-oai": "/v1/completions",
+                 "sglang-oai-chat": "/v1/chat/completions", "vllm": "/v1/completions"}
+# The SGLang OpenAI backends count the streamed tokens as the native one does (the server's
+# running completion_tokens, per chunk); vLLM's completions are counted by chunks and usage.
+SGLANG_STREAM_OPTIONS = {"include_usage": True, "continuous_usage_stats": True}
 
 
 async def sse_events(response: Any) -> AsyncIterator[dict[str, Any]]:
@@ -330,14 +338,32 @@ def generate_payload(target: Target, row: DatasetRow, output_len: int) -> dict[s
 
 
 def completions_payload(target: Target, row: DatasetRow, output_len: int) -> dict[str, Any]:
+    """``/v1/completions``: ``sglang-oai`` sends the row's token ids (the native backend's exact
+    prompt), ``vllm`` its text."""
+    sglang = target.backend == "sglang-oai"
     return {
         "model": target.model,
-        "prompt": row.prompt,
+        "prompt": row.input_ids if sglang else row.prompt,
         "temperature": 0.0,
         "max_tokens": output_len,
         "stream": True,
         "ignore_eos": target.ignore_eos,
-        "stream_options": {"include_usage": True},
+        "stream_options": SGLANG_STREAM_OPTIONS if sglang else {"include_usage": True},
+        **target.extra_body,
+    }
+
+
+def chat_payload(target: Target, row: DatasetRow, output_len: int) -> dict[str, Any]:
+    """``/v1/chat/completions``: the row's text as one user message (the chat template adds its
+    tokens to the prompt: ``prompt_len`` is the server's ``usage.prompt_tokens``)."""
+    return {
+        "model": target.model,
+        "messages": [{"role": "user", "content": row.prompt}],
+        "temperature": 0.0,
+        "max_tokens": output_len,
+        "stream": True,
+        "ignore_eos": target.ignore_eos,
+        "stream_options": SGLANG_STREAM_OPTIONS,
         **target.extra_body,
     }
 
@@ -360,19 +386,53 @@ async def _read_generate(response: Any, timer: StreamTimer, out: RequestOutput) 
     out.output_len = timer.tokens
 
 
-async def _read_completions(response: Any, timer: StreamTimer, out: RequestOutput) -> None:
+def _completion_delta(choice: dict[str, Any]) -> str:
+    return choice.get("text") or ""
+
+
+def _chat_delta(choice: dict[str, Any]) -> str:
+    delta = choice.get("delta") or {}
+    return (delta.get("content") or "") + (delta.get("reasoning_content") or "")
+
+
+async def _read_openai(response: Any, timer: StreamTimer, out: RequestOutput,
+                       delta_of: Callable[[dict[str, Any]], str]) -> None:
+    """An OpenAI stream: a chunk with ``usage`` (continuous usage stats) counts the server's
+    completion tokens so far, as ``/generate``'s chunks do; without it each chunk with new text
+    counts one token. The last usage seen gives the output and prompt lengths."""
     chunks = 0
     usage: dict[str, Any] = {}
     async for data in sse_events(response):
         if (err := _chunk_error(data)) is not None:
             raise RuntimeError(err)
         choices = data.get("choices") or []
-        if choices and choices[0].get("text"):
+        usage = data.get("usage") or usage
+        if not choices:
+            continue
+        if data.get("usage"):
+            timer.on_tokens(time.perf_counter(), int(usage.get("completion_tokens", 0)))
+        elif delta_of(choices[0]):
             chunks += 1
             timer.on_tokens(time.perf_counter(), chunks)
-        usage = data.get("usage") or usage
-    out.output_len = int(usage.get("completion_tokens", chunks))
+    out.output_len = int(usage.get("completion_tokens", timer.tokens))
     out.prompt_len = int(usage.get("prompt_tokens", out.prompt_len))
+
+
+async def _read_completions(response: Any, timer: StreamTimer, out: RequestOutput) -> None:
+    await _read_openai(response, timer, out, _completion_delta)
+
+
+async def _read_chat(response: Any, timer: StreamTimer, out: RequestOutput) -> None:
+    await _read_openai(response, timer, out, _chat_delta)
+
+
+# backend -> (payload builder, stream reader)
+PROTOCOLS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[..., Awaitable[None]]]] = {
+    "sglang": (generate_payload, _read_generate),
+    "sglang-oai": (completions_payload, _read_completions),
+    "sglang-oai-chat": (chat_payload, _read_chat),
+    "vllm": (completions_payload, _read_completions),
+}
 
 
 async def send_request(
@@ -381,9 +441,8 @@ async def send_request(
     """Sends one streaming request and times it; never raises (errors land in ``error``)."""
     output_len = row.output_len if output_len is None else output_len
     out = RequestOutput(prompt_len=row.prompt_len)
-    is_generate = target.backend == "sglang"
-    payload = (generate_payload if is_generate else completions_payload)(target, row, output_len)
-    reader = _read_generate if is_generate else _read_completions
+    build, reader = PROTOCOLS[target.backend]
+    payload = build(target, row, output_len)
     out.start_time = time.perf_counter()
     timer = StreamTimer(out.start_time)
     try:
@@ -542,7 +601,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     model = args.model or served_model(base_url)
     tokenizer = load_tokenizer(tokenizer_path(args, base_url, model))
     rows = build_dataset(args, tokenizer)
-    if args.backend != "sglang":
+    if args.backend not in ("sglang", "sglang-oai"):  # these two send the token ids
         ensure_text(rows, tokenizer)
     extra = json.loads(args.extra_request_body) if args.extra_request_body else {}
     target = Target(args.backend, base_url, model, not args.disable_ignore_eos, extra)
@@ -587,11 +646,12 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
-    a("--backend", choices=("sglang", "sglang-oai", "vllm"), default="sglang")
+    a("--backend", choices=tuple(BACKEND_PATHS), default="sglang")
     a("--base-url", type=str, default=None)
     a("--host", type=str, default="127.0.0.1")
     a("--port", type=int, default=30000)
-    a("--model", type=str, default=None, help="Model name for /v1/completions (default: served).")
+    a("--model", type=str, default=None,
+      help="Model name for the OpenAI backends (default: the served one).")
     a("--tokenizer", type=str, default=None)
     a("--dataset-name", choices=("random", "generated-shared-prefix"), default="random")
     a("--num-prompts", type=int, default=1000)
