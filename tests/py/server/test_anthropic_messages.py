@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 import requests
 from pydantic import ValidationError
+from sglang.srt.entrypoints.anthropic.messages import as_anthropic, stream_events
 from sglang.srt.entrypoints.anthropic.protocol import MessagesRequest
 from sglang.srt.entrypoints.anthropic.translate import (
     StreamTranslator,
@@ -23,6 +24,8 @@ from sglang.srt.entrypoints.anthropic.translate import (
     openai_body,
 )
 from sglang.srt.entrypoints.http_guards import ApiKeyGuard
+from sglang.srt.entrypoints.openai.common import OpenAIError
+from sglang.srt.managers.req_state import RequestFailed
 
 WEATHER_TOOL = {"name": "get_weather", "description": "The weather of a city.",
                 "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -206,6 +209,44 @@ def test_empty_stream_still_has_a_text_block() -> None:
                                                "message_delta", "message_stop"]
     assert events[-2]["delta"]["stop_reason"] == "max_tokens"
 
+
+
+# ---- errors --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("exc", "status", "kind"), [
+    (OpenAIError("bad"), 400, "invalid_request_error"),
+    (OpenAIError("busy", 503, "ServiceUnavailable"), 503, "overloaded_error"),
+    (RequestFailed("too long", 413), 413, "request_too_large"),
+    (RequestFailed("engine", 500), 500, "api_error"),
+])
+def test_errors_take_the_anthropic_shape(exc: Exception, status: int, kind: str) -> None:
+    error = as_anthropic(exc)
+    assert error.status_code == status
+    assert error.body() == {"type": "error", "error": {"type": kind, "message": exc.message}}
+
+
+def test_failure_mid_stream_is_an_error_event() -> None:
+    closed = []
+
+    async def chunks() -> Any:
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            yield chunk({"content": "Hel"})
+            raise RequestFailed("The engine died.", 503)
+        finally:
+            closed.append(True)
+
+    async def collect() -> list[bytes]:
+        return [e async for e in stream_events(StreamTranslator(request(), 3), chunks())]
+
+    frames = asyncio.run(collect())
+    last = frames[-1].decode()
+    assert last.startswith("event: error\ndata: ")
+    assert json.loads(last.split("data: ", 1)[1]) == {
+        "type": "error", "error": {"type": "overloaded_error", "message": "The engine died."}}
+    assert [f.split(b"\n")[0] for f in frames[:-1]] == [
+        b"event: message_start", b"event: ping", b"event: content_block_start",
+        b"event: content_block_delta"]
+    assert closed == [True]
 
 # ---- x-api-key -----------------------------------------------------------------------------------
 def guarded_status(guard: ApiKeyGuard, path: str, headers: dict[str, str]) -> int:
