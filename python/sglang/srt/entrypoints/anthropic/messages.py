@@ -159,12 +159,15 @@ async def count_tokens(raw_request: Request) -> Response:
 
 async def serve_count(tm: TokenizerManager, req: CountTokensRequest, raw_request: Request
                       ) -> Response:
-    chat_req = chat_request({**prompt_body(req), "max_tokens": 1})
+    """``{"input_tokens": N}``: the prompt /v1/messages would make of the same conversation."""
+    chat_req = chat_request(prompt_body(req))
     return ORJSONResponse({"input_tokens": await prompt_tokens(tm, chat_req)})
 
 
 async def prompt_tokens(tm: TokenizerManager, chat_req: Any) -> int:
     """The number of tokens of the prompt the chat layer makes of ``chat_req`` (its own
-    validation, template and tokenization; nothing is submitted)."""
+    validation, template and tokenization; nothing is submitted). A stream's message_start
+    needs it before the chat layer's usage chunk comes, so a streamed prompt is rendered and
+    tokenized twice (a cost linear in the prompt, small next to its prefill)."""
     prepared = await chat.prepare(tm, chat_req)
     return len(prepared.obj.input_ids)
