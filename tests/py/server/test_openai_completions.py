@@ -107,6 +107,24 @@ def test_token_id_prompts(server: str, client: openai.OpenAI,
     assert two.usage.prompt_tokens == len(ids) + len(other)
 
 
+def test_return_token_ids_user_and_best_of(server: str, client: openai.OpenAI) -> None:
+    ids = tokenize(server, PROMPT)
+    native = generate(server, {"input_ids": ids, "sampling_params": {
+        "temperature": 0, "max_new_tokens": 4}})
+    out = client.completions.create(model="m", prompt=PROMPT, max_tokens=4, temperature=0,
+                                    user="me", best_of=1,
+                                    extra_body={"return_token_ids": True})
+    extra = out.choices[0].model_extra
+    assert extra["token_ids"] == native["output_ids"] and extra["prompt_token_ids"] == ids
+    streamed = list(client.completions.create(model="m", prompt=[ids], max_tokens=4,
+                                              temperature=0, stream=True,
+                                              extra_body={"return_token_ids": True}))
+    extras = [c.choices[0].model_extra for c in streamed]
+    assert [t for e in extras for t in e["token_ids"]] == native["output_ids"]
+    assert extras[0]["prompt_token_ids"] == ids
+    assert all("prompt_token_ids" not in e for e in extras[1:])
+
+
 def test_stop_string_and_length(client: openai.OpenAI,
                                 greedy: openai.types.Completion) -> None:
     full = greedy

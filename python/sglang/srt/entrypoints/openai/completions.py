@@ -161,9 +161,6 @@ def check_request(tm: TokenizerManager, req: CompletionRequest) -> None:
                           f"{req.logprobs}.")
     if req.echo and tm.tokenizer is None:
         raise OpenAIError("echo needs a tokenizer; the server runs with --skip-tokenizer-init.")
-    if req.return_token_ids:
-        raise OpenAIError("return_token_ids is not supported by this server yet: remove the "
-                          "field.")
     if req.response_format is not None and (req.json_schema or req.regex or req.ebnf):
         raise OpenAIError("response_format cannot be combined with json_schema, regex or ebnf.")
 
@@ -200,6 +197,16 @@ def to_generate_request(tm: TokenizerManager, req: CompletionRequest) -> Generat
         session_params=req.session_params,
         priority=req.priority,
     )
+
+
+async def prompt_token_ids(tm: TokenizerManager, req: CompletionRequest) -> list[list[int]]:
+    """Each prompt's token ids (``return_token_ids``): text is tokenized as the engine path
+    tokenizes it."""
+    prompt = req.prompt
+    if isinstance(prompt, str) or isinstance(prompt[0], str):
+        texts = [prompt] if isinstance(prompt, str) else prompt
+        return await tm.run_tokenizer(lambda: [list(tm.tokenizer.encode(t)) for t in texts])
+    return [list(prompt)] if isinstance(prompt[0], int) else [list(p) for p in prompt]
 
 
 def echo_text(tm: TokenizerManager, req: CompletionRequest, prompt_index: int) -> str:
@@ -257,9 +264,9 @@ def hidden_states_of(state: ReqState) -> list[Any]:
     return hidden[-1] if len(hidden) > 1 else []
 
 
-def completion_choice(tm: TokenizerManager, req: CompletionRequest, state: ReqState
-                      ) -> dict[str, Any]:
-    """The reply choice of one finished state."""
+def completion_choice(tm: TokenizerManager, req: CompletionRequest, state: ReqState,
+                      prompt_ids: list[list[int]] | None) -> dict[str, Any]:
+    """The reply choice of one finished state (``prompt_ids``: with ``return_token_ids``)."""
     result = tm.response(state)
     prefix = echo_text(tm, req, state.single.prompt_index) if req.echo else ""
     logprobs = None
@@ -270,6 +277,9 @@ def completion_choice(tm: TokenizerManager, req: CompletionRequest, state: ReqSt
               "logprobs": logprobs, "finish_reason": reason, "matched_stop": matched}
     if req.return_hidden_states:
         choice["hidden_states"] = hidden_states_of(state)
+    if prompt_ids is not None:
+        choice["token_ids"] = list(state.output_ids)
+        choice["prompt_token_ids"] = prompt_ids[state.single.prompt_index]
     return choice
 
 
@@ -279,6 +289,7 @@ async def create_completion(tm: TokenizerManager, req: CompletionRequest,
     check_request(tm, req)
     states = await submit(tm, to_generate_request(tm, req))
     try:
+        prompt_ids = await prompt_token_ids(tm, req) if req.return_token_ids else None
         if not await wait_all(tm, states, raw_request):
             raise OpenAIError("The client disconnected.", 499, "ClientClosedRequest")
     except RequestFailed as exc:
@@ -286,7 +297,8 @@ async def create_completion(tm: TokenizerManager, req: CompletionRequest,
     finally:
         await abort_unfinished(tm, states)
     return {"id": states[0].rid, "object": "text_completion", "created": now(),
-            "model": req.model, "choices": [completion_choice(tm, req, s) for s in states],
+            "model": req.model,
+            "choices": [completion_choice(tm, req, s, prompt_ids) for s in states],
             "usage": usage(tm, states), "metadata": metadata(tm)}
 
 
@@ -298,6 +310,7 @@ class _Sent:
 
     text_chars: int = 0
     logprobs: int = 0
+    token_ids: int = 0
     offset: int = 0
     started: bool = False
     completion_tokens: int = 0
@@ -310,6 +323,7 @@ class _Stream:
     states: list[ReqState]
     rid: str
     created: int
+    prompt_ids: list[list[int]] | None = None  # with return_token_ids
     sent: dict[int, _Sent] = dataclasses.field(default_factory=dict)
 
     def chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
@@ -350,6 +364,12 @@ class _Stream:
                   "finish_reason": reason, "matched_stop": matched}
         if reason is not None and self.req.return_hidden_states:
             choice["hidden_states"] = hidden_states_of(state)
+        if self.prompt_ids is not None:
+            ids = chunk["output_ids"]
+            choice["token_ids"] = list(ids if incremental else ids[sent.token_ids:])
+            sent.token_ids = len(ids) if not incremental else sent.token_ids + len(ids)
+            if first:
+                choice["prompt_token_ids"] = self.prompt_ids[state.single.prompt_index]
         return choice
 
 
@@ -375,9 +395,14 @@ async def start_completion_stream(tm: TokenizerManager, req: CompletionRequest,
     """Checks and submits the request, then returns its chunk iterator."""
     check_request(tm, req)
     states = await submit(tm, to_generate_request(tm, req))
+    try:
+        prompt_ids = await prompt_token_ids(tm, req) if req.return_token_ids else None
+    except BaseException:
+        await abort_unfinished(tm, states)
+        raise
     options = req.stream_options
     continuous = bool(options is not None and options.continuous_usage_stats)
-    stream = _Stream(tm, req, states, states[0].rid, now())
+    stream = _Stream(tm, req, states, states[0].rid, now(), prompt_ids)
     return _chunks(stream, include_usage(tm, options), continuous)
 
 
