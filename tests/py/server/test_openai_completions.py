@@ -260,6 +260,21 @@ def test_usage_chunk_by_server_default_is_off(server: str) -> None:
     assert all(e["choices"] for e in events)  # no usage chunk without include_usage
 
 
+def test_abort_by_rid_and_client_disconnect(server: str) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 400, "ignore_eos": True, "stream": True,
+            "rid": "oai-abort-me"}
+    with requests.post(f"{server}/v1/completions", json=body, stream=True, timeout=120) as r:
+        lines = r.iter_lines()
+        first = next(x for x in lines if x)
+        assert json.loads(first[6:])["choices"][0]["finish_reason"] is None
+        requests.post(f"{server}/abort_request", json={"rid": "oai-abort-me"}, timeout=30)
+        events = [json.loads(x[6:]) for x in lines if x and x != b"data: [DONE]"]
+    assert events[-1]["choices"][0]["finish_reason"] == "abort"
+    with requests.post(f"{server}/v1/completions", json={**body, "rid": "oai-gone"},
+                       stream=True, timeout=120) as r:
+        next(x for x in r.iter_lines() if x)  # then the client goes away mid-stream
+
+
 # ---- constrained output ----------------------------------------------------------------------------
 def test_json_schema_extra_and_response_format(client: openai.OpenAI) -> None:
     prompt = CHAT.format("What is the capital of France? Answer in JSON.")
