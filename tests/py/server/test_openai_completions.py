@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 
 import jsonschema
 import openai
 import pytest
 import requests
+from server_utils import DEMO_MODEL, SERVER_ARGS, serving
 
 PROMPT = "The capital of France is"
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
@@ -273,6 +275,31 @@ def test_abort_by_rid_and_client_disconnect(server: str) -> None:
     with requests.post(f"{server}/v1/completions", json={**body, "rid": "oai-gone"},
                        stream=True, timeout=120) as r:
         next(x for x in r.iter_lines() if x)  # then the client goes away mid-stream
+
+
+@pytest.fixture(scope="module")
+def report_server() -> Iterator[str]:
+    """The one extra server of this file: the two flags that change the usage reports."""
+    with serving(DEMO_MODEL, [*SERVER_ARGS, "--enable-cache-report",
+                              "--stream-response-default-include-usage"]) as url:
+        yield url
+
+
+def test_cache_report_and_default_stream_usage(report_server: str) -> None:
+    body = {"prompt": PROMPT * 8, "max_tokens": 2, "temperature": 0}
+    complete_raw(report_server, body)
+    again = complete_raw(report_server, body).json()["usage"]
+    assert again["prompt_tokens_details"]["cached_tokens"] > 0
+
+    def usage_chunks(extra: dict) -> list:
+        r = requests.post(f"{report_server}/v1/completions", json={**body, "stream": True,
+                                                                   **extra}, timeout=60)
+        events = [json.loads(x[6:]) for x in r.iter_lines() if x and x != b"data: [DONE]"]
+        return [e["usage"] for e in events if not e["choices"]]
+
+    (usage,) = usage_chunks({})  # on by the server's default
+    assert usage["completion_tokens"] == 2 and usage["prompt_tokens"] == again["prompt_tokens"]
+    assert usage_chunks({"stream_options": {"include_usage": False}}) == []
 
 
 # ---- constrained output ----------------------------------------------------------------------------
