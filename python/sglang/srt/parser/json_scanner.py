@@ -134,16 +134,16 @@ class JsonScanner:
 
     def _value_start(self, text: str, pos: int, c: str) -> bool:
         self._started = True
+        if c not in '{["-0123456789tfn':
+            return False
         if len(self._stack) == 1 and self._stack[0].kind == "o" and self._key is not None:
             self.members.setdefault(self._key, Span(pos))
         if c == "{" or c == "[":
             self._stack.append(_Frame("o" if c == "{" else "a", "first"))
         elif c == '"':
             self._in_string, self._string_is_key = True, False
-        elif c in "-0123456789tfn":
-            self._literal_start = pos
         else:
-            return False
+            self._literal_start = pos
         return True
 
     def _close(self, pos: int) -> bool:
