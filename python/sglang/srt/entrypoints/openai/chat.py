@@ -350,14 +350,19 @@ class ChoiceOutput:
         self.reasoning = None
         self.tool_parser = None
         self.forced = None
+        try:
+            self._make_parsers(plan)
+        except ValueError as exc:  # an unknown parser kind
+            raise OpenAIError(str(exc)) from None
+        self.call_ids: dict[int, str] = {}
+        self.made_calls = False
+
+    def _make_parsers(self, plan: OutputPlan) -> None:
         if plan.reasoning_parser:
             from sglang.srt.parser.reasoning_parser import ReasoningParser
 
-            try:
-                self.reasoning = ReasoningParser(plan.reasoning_parser, plan.stream_reasoning,
-                                                 plan.force_reasoning)
-            except ValueError as exc:
-                raise OpenAIError(str(exc)) from None
+            self.reasoning = ReasoningParser(plan.reasoning_parser, plan.stream_reasoning,
+                                             plan.force_reasoning)
         if plan.forced_plan is not None:
             from sglang.srt.entrypoints.openai.tools import ForcedToolOutput
 
@@ -366,8 +371,6 @@ class ChoiceOutput:
             from sglang.srt.parser.tool_call_parser import ToolCallParser
 
             self.tool_parser = ToolCallParser(plan.tool_parser, plan.tools or [])
-        self.call_ids: dict[int, str] = {}
-        self.made_calls = False
 
     def parse(self, text: str) -> tuple[str | None, str, list[dict[str, Any]]]:
         """(reasoning or None, content, OpenAI tool_calls) of a whole output."""
@@ -572,6 +575,8 @@ async def start_chat_stream(tm: TokenizerManager, req: ChatCompletionRequest,
 async def _chunks(tm: TokenizerManager, req: ChatCompletionRequest, states: list[ReqState],
                   streams: dict[int, ChoiceStream]) -> AsyncIterator[dict[str, Any]]:
     rid, created = states[0].rid, now()
+    options = req.stream_options
+    continuous_usage = bool(options is not None and options.continuous_usage_stats)
 
     def chunk(index: int, delta: dict[str, Any], logprobs: Any = None,
               finish: tuple[Any, Any] = (None, None)) -> dict[str, Any]:
@@ -594,7 +599,10 @@ async def _chunks(tm: TokenizerManager, req: ChatCompletionRequest, states: list
             logprobs = logprobs_of(tm, state, sent.num_tokens, n)
             sent.text_len, sent.num_tokens = len(text), n
             if delta or (logprobs and logprobs["content"]):
-                yield chunk(state.single.index, delta, logprobs)
+                piece = chunk(state.single.index, delta, logprobs)
+                if continuous_usage:
+                    piece["usage"] = usage(tm, states)
+                yield piece
             if last:
                 sent.done = True
                 yield chunk(state.single.index, {},
