@@ -49,6 +49,13 @@ def test_plain_request_translates() -> None:
                                  {"role": "user", "content": "Hi"}]}
 
 
+def test_final_assistant_message_is_continued() -> None:
+    prefill = [{"role": "user", "content": "Capital of France?"},
+               {"role": "assistant", "content": "The capital is"}]
+    assert openai_body(request(messages=prefill))["continue_final_message"] is True
+    assert "continue_final_message" not in openai_body(request())
+
+
 def test_stream_request_asks_for_usage() -> None:
     body = openai_body(request(stream=True))
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
@@ -373,6 +380,16 @@ def test_multi_turn(client: anthropic.Anthropic) -> None:
         max_tokens=4)
     assert second.content[0].text
     assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+
+
+def test_prefill_is_continued(client: anthropic.Anthropic) -> None:
+    ask = {"role": "user", "content": "What is the capital of France?"}
+    msg = create(client, max_tokens=3, messages=[
+        ask, {"role": "assistant", "content": "The capital of France is"}])
+    assert msg.content[0].text.strip().startswith("Paris"), msg.content[0].text
+    counted = client.messages.count_tokens(model="default", messages=[
+        ask, {"role": "assistant", "content": "The capital of France is"}])
+    assert counted.input_tokens == msg.usage.input_tokens
 
 
 def test_forced_tool_round_trip(client: anthropic.Anthropic) -> None:

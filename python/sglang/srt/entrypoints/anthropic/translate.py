@@ -9,7 +9,8 @@ stream into the Anthropic stream events. Everything here is pure: dicts in, dict
 Mapping notes: text blocks of one message are joined by newlines; a ``tool_result`` becomes a
 ``tool`` message (``is_error`` results are prefixed with ``"Error: "``, OpenAI has no flag for
 it) placed before the user's text; ``thinking`` blocks of earlier turns are left out (Anthropic
-drops them from the context too); ``metadata.user_id`` becomes ``user``.
+drops them from the context too); ``metadata.user_id`` becomes ``user``; a final assistant
+message is a prefill the reply continues (``continue_final_message``), as Anthropic's is.
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ def openai_body(req: MessagesRequest) -> dict[str, Any]:
         body["stop"] = list(req.stop_sequences)
     if req.metadata is not None and req.metadata.user_id is not None:
         body["user"] = req.metadata.user_id
+    if req.messages[-1].role == "assistant":
+        body["continue_final_message"] = True
     if req.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -113,7 +116,10 @@ def openai_body(req: MessagesRequest) -> dict[str, Any]:
 
 def prompt_body(req: PromptRequest) -> dict[str, Any]:
     """The OpenAI chat request of ``/v1/messages/count_tokens``: the prompt-making part only."""
-    return {"model": req.model, "messages": openai_messages(req), **openai_tools(req)}
+    body = {"model": req.model, "messages": openai_messages(req), **openai_tools(req)}
+    if req.messages[-1].role == "assistant":
+        body["continue_final_message"] = True
+    return body
 
 
 # ---- reply ---------------------------------------------------------------------------------------
