@@ -338,6 +338,7 @@ BAD_REQUESTS = [
      "schema_ is required"),
     ({"response_format": {"type": "xml"}}, "E2", "response_format"),
     ({"max_tokens": "many"}, "E2", "max_tokens"),
+    ({"response_format": {"type": "json_object"}, "regex": "a+"}, "E3", "response_format"),
 ]
 
 

@@ -8,7 +8,9 @@ not support such as ``lora_path``) answers the rest with a 400. The replies are 
 choices in the engine's prompt-major order (prompt ``i``, sample ``j`` is choice ``i * n + j``),
 logprobs in the legacy ``{"text_offset", "token_logprobs", "tokens", "top_logprobs"}`` shape,
 usage from ``common.usage``. A stream sends one chunk per engine chunk and choice, whose
-``text`` is the delta; the last chunk of a choice carries its ``finish_reason``.
+``text`` is the delta; the last chunk of a choice carries its ``finish_reason`` (and, when asked,
+``hidden_states``); ``return_token_ids`` adds each choice's ``token_ids`` (a chunk: its new ones)
+and ``prompt_token_ids`` (a stream: in the choice's first chunk).
 """
 
 from __future__ import annotations
@@ -161,20 +163,22 @@ def check_request(tm: TokenizerManager, req: CompletionRequest) -> None:
                           f"{req.logprobs}.")
     if req.echo and tm.tokenizer is None:
         raise OpenAIError("echo needs a tokenizer; the server runs with --skip-tokenizer-init.")
-    if req.response_format is not None and (req.json_schema or req.regex or req.ebnf):
-        raise OpenAIError("response_format cannot be combined with json_schema, regex or ebnf.")
 
 
 # ---- translation -----------------------------------------------------------------------------------
 def _format_params(req: CompletionRequest) -> dict[str, Any]:
-    """The grammar sampling params of ``response_format`` (``{}`` for none or ``text``)."""
+    """The grammar sampling params of ``response_format`` (``{}`` for none or ``text``); a
+    format that is a grammar cannot come with the json_schema / regex / ebnf fields."""
     try:
-        return response_format_params(req.response_format)
+        params = response_format_params(req.response_format)
     except ValueError as exc:
         raise OpenAIError(str(exc)) from None
+    if params and (req.json_schema or req.regex or req.ebnf):
+        raise OpenAIError("response_format cannot be combined with json_schema, regex or ebnf.")
+    return params
 
 
-def to_generate_request(tm: TokenizerManager, req: CompletionRequest) -> GenerateReqInput:
+def to_generate_request(req: CompletionRequest) -> GenerateReqInput:
     """The internal request of a checked completion request."""
     params = sampling_params(req, req.max_tokens)
     params.update(_format_params(req))
@@ -287,7 +291,7 @@ async def create_completion(tm: TokenizerManager, req: CompletionRequest,
                             raw_request: Request) -> dict[str, Any]:
     """The non-streaming reply."""
     check_request(tm, req)
-    states = await submit(tm, to_generate_request(tm, req))
+    states = await submit(tm, to_generate_request(req))
     try:
         prompt_ids = await prompt_token_ids(tm, req) if req.return_token_ids else None
         if not await wait_all(tm, states, raw_request):
@@ -394,7 +398,7 @@ async def start_completion_stream(tm: TokenizerManager, req: CompletionRequest,
                                   raw_request: Request) -> AsyncIterator[dict[str, Any]]:
     """Checks and submits the request, then returns its chunk iterator."""
     check_request(tm, req)
-    states = await submit(tm, to_generate_request(tm, req))
+    states = await submit(tm, to_generate_request(req))
     try:
         prompt_ids = await prompt_token_ids(tm, req) if req.return_token_ids else None
     except BaseException:
