@@ -467,9 +467,10 @@ def chat_sampling_params(tm: TokenizerManager, req: ChatCompletionRequest,
     response_format grammar, and ``spaces_between_special_tokens`` from chat_template_kwargs."""
     max_new = req.max_new_tokens
     available = tm.info.context_length - prompt_len
-    if max_new is not None and max_new > available and not tm.args.allow_auto_truncate:
+    # (A prompt that fills the context is refused by the engine's prompt check instead.)
+    if max_new is not None and 0 < available < max_new and not tm.args.allow_auto_truncate:
         raise OpenAIError(f"max_completion_tokens is too large: {max_new}.This model supports at "
-                          f"most {max(available, 0)} completion tokens.")
+                          f"most {available} completion tokens.")
     params = sampling_params(req, max_new, tm.chat_sampling_defaults)
     try:
         params.update(response_format_params(req.response_format))
