@@ -331,3 +331,57 @@ def test_media_type_and_serving_after_errors(server, client) -> None:
                       headers={"Content-Type": "text/plain"}, timeout=30)
     assert r.status_code == 400 and "Unsupported Media Type" in r.json()["message"]
     assert chat(client, temperature=0, max_tokens=2).choices[0].message.content
+
+
+# ---- output splitting (no server) --------------------------------------------------------------
+def split_stream(plan, text: str, step: int = 3) -> dict:
+    """The deltas of ``text`` fed ``step`` characters at a time, joined."""
+    from sglang.srt.entrypoints.openai.chat import ChoiceOutput
+
+    output = ChoiceOutput(plan)
+    joined: dict = {"reasoning_content": "", "content": "", "calls": {}}
+    pieces = [text[i:i + step] for i in range(0, len(text), step)] or [""]
+    for i, piece in enumerate(pieces):
+        delta = output.feed(piece, i == len(pieces) - 1)
+        joined["reasoning_content"] += delta.get("reasoning_content", "")
+        joined["content"] += delta.get("content", "")
+        for d in delta.get("tool_calls", []):
+            call = joined["calls"].setdefault(d["index"], {"arguments": ""})
+            if "id" in d:
+                call["id"], call["name"] = d["id"], d["function"]["name"]
+            call["arguments"] += d["function"]["arguments"]
+    return joined
+
+
+@pytest.mark.parametrize("stream_reasoning", [True, False])
+def test_choice_output_reasoning_and_tool_calls(stream_reasoning) -> None:
+    """Reasoning split first, then hermes tool calls out of the content; streamed deltas join to
+    the whole-output result."""
+    from sglang.srt.entrypoints.openai.chat import ChoiceOutput, OutputPlan
+
+    plan = OutputPlan(reasoning_parser="qwen3", stream_reasoning=stream_reasoning,
+                      tool_parser="hermes", tools=TOOLS)
+    text = ('<think>I should add.</think>Let me add.\n<tool_call>\n{"name": "add", '
+            '"arguments": {"a": 2, "b": 3}}\n</tool_call>')
+    whole = ChoiceOutput(plan)
+    reasoning, content, calls = whole.parse(text)
+    assert reasoning == "I should add." and whole.made_calls
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == \
+        [("add", {"a": 2, "b": 3})]
+    streamed = split_stream(plan, text)
+    assert streamed["reasoning_content"] == reasoning
+    assert streamed["content"].strip() == content.strip()
+    call = streamed["calls"][0]
+    assert call["name"] == "add" and call["id"].startswith("call_")
+    assert json.loads(call["arguments"]) == {"a": 2, "b": 3}
+
+
+def test_choice_output_plain_and_unknown_parser() -> None:
+    from sglang.srt.entrypoints.openai.chat import ChoiceOutput, OutputPlan
+    from sglang.srt.entrypoints.openai.common import OpenAIError
+
+    assert ChoiceOutput(OutputPlan()).parse("hi <think>x</think>") == \
+        (None, "hi <think>x</think>", [])
+    assert split_stream(OutputPlan(), "hello world")["content"] == "hello world"
+    with pytest.raises(OpenAIError, match="Unknown reasoning parser"):
+        ChoiceOutput(OutputPlan(reasoning_parser="nope"))
