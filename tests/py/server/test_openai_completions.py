@@ -279,9 +279,11 @@ def test_abort_by_rid_and_client_disconnect(server: str) -> None:
 
 @pytest.fixture(scope="module")
 def report_server() -> Iterator[str]:
-    """The one extra server of this file: the two flags that change the usage reports."""
+    """The one extra server of this file: the flags that change the usage reports, and hidden
+    states."""
     with serving(DEMO_MODEL, [*SERVER_ARGS, "--enable-cache-report",
-                              "--stream-response-default-include-usage"]) as url:
+                              "--stream-response-default-include-usage",
+                              "--enable-return-hidden-states"]) as url:
         yield url
 
 
@@ -300,6 +302,19 @@ def test_cache_report_and_default_stream_usage(report_server: str) -> None:
     (usage,) = usage_chunks({})  # on by the server's default
     assert usage["completion_tokens"] == 2 and usage["prompt_tokens"] == again["prompt_tokens"]
     assert usage_chunks({"stream_options": {"include_usage": False}}) == []
+
+
+def test_hidden_states(report_server: str) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 3, "temperature": 0, "return_hidden_states": True}
+    choice = complete_raw(report_server, body).json()["choices"][0]
+    vector = choice["hidden_states"]
+    assert len(vector) > 8 and all(isinstance(x, float) for x in vector)
+    r = requests.post(f"{report_server}/v1/completions", json={**body, "stream": True},
+                      timeout=60)
+    events = [json.loads(x[6:]) for x in r.iter_lines() if x and x != b"data: [DONE]"]
+    last = [e["choices"][0] for e in events if e["choices"]][-1]
+    assert last["finish_reason"] == "length"
+    assert last["hidden_states"] == pytest.approx(vector, rel=1e-3, abs=1e-3)
 
 
 # ---- constrained output ----------------------------------------------------------------------------
@@ -338,6 +353,8 @@ BAD_REQUESTS = [
      "schema_ is required"),
     ({"response_format": {"type": "xml"}}, "E2", "response_format"),
     ({"max_tokens": "many"}, "E2", "max_tokens"),
+    ({"return_hidden_states": True}, "E3", "--enable-return-hidden-states"),
+    ({"custom_logit_processor": "{}"}, "E3", "--enable-custom-logit-processor"),
     ({"response_format": {"type": "json_object"}, "regex": "a+"}, "E3", "response_format"),
 ]
 
