@@ -321,7 +321,7 @@ class StreamExecutor:
     def _execute_fill(self, value: Any, prefix: bool = False) -> None:
         value = str(value)
         if self._chat_speculation() and not prefix:
-            self.backend.spec_fill(value)
+            self.backend.spec_fill(self, value)
             return
         if self.speculated_text.startswith(value):
             self.speculated_text = self.speculated_text[len(value):]
@@ -367,7 +367,7 @@ class StreamExecutor:
             comp, meta_info = self.backend.generate(self, sampling_params=params)
         elif getattr(self.backend, "is_chat_model", False):
             # Chat-only API: recorded now, generated at the end of the assistant turn.
-            self.backend.spec_pattern_gen(name, params)
+            self.backend.spec_pattern_gen(self, name, params)
             return
         else:
             comp, meta_info = self._speculative_gen(params)

@@ -192,8 +192,10 @@ class RuntimeEndpoint(BaseBackend):
                 input_logprobs[i] = lps[1:]
         unconditional = None
         if choices_method.requires_unconditional_logprobs:
+            # logprob_start_len 0: the whole choice (servers differ in their default start).
             body = {"input_ids": [[entry[1] for entry in lps] for lps in input_logprobs],
-                    "sampling_params": {"max_new_tokens": 0}, "return_logprob": True}
+                    "sampling_params": {"max_new_tokens": 0}, "return_logprob": True,
+                    "logprob_start_len": 0}
             unconditional = [r["meta_info"]["input_token_logprobs"]
                              for r in self._post("/generate", body)]
         return choices_method(choices=choices, normalized_prompt_logprobs=normalized,

@@ -546,7 +546,9 @@ class EngineCore:
                     out.output_token_ids_logprobs = [sampled.ids_logprobs[k]]
             if h in hidden_out and new_ids:
                 out.hidden_states = hidden_out[h]
-            if e.input_token_logprobs and e.input_logprobs_done and new_ids:
+            # Prompt logprobs go out with the first token, or at the end of a prefill-only
+            # request (max_new_tokens 0: the frontend's select scores choices that way).
+            if e.input_token_logprobs and e.input_logprobs_done and (new_ids or finish):
                 out.input_token_logprobs = e.input_token_logprobs
                 out.input_top_logprobs = e.input_top_logprobs or None
                 out.input_token_ids_logprobs = e.input_ids_logprobs or None
