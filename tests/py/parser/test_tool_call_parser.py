@@ -74,6 +74,9 @@ CASES = [
      [ToolCall("add", '{"a": 2}')]),
     ("llama3", 'The JSON {"name": "add"} is not a call', 'The JSON {"name": "add"} is not a call',
      []),
+    ("llama3", '{"answer": 42} is plain JSON', '{"answer": 42} is plain JSON', []),
+    ("llama3", '{"answer": [1, 2', '{"answer": [1, 2', []),
+    ("llama3", '{not json}', '{not json}', []),
     ("mistral", '[TOOL_CALLS] [{"name": "get_weather", "arguments": ' + WEATHER + "}]", "",
      [ToolCall("get_weather", WEATHER)]),
     ("mistral", 'I will call two. [TOOL_CALLS] [{"name": "get_weather", "arguments": ' + WEATHER

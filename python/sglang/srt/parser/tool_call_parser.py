@@ -82,6 +82,7 @@ class _Call:
     """One call being scanned: where it starts, its scanner, what was sent of it."""
 
     start: int
+    bare: bool = False  # opened the output without a marker (llama3): may be plain JSON
     scanner: JsonScanner = field(default_factory=JsonScanner)
     index: int | None = None  # set when its name is sent
     dropped: bool = False  # unknown name: scanned to its end, never sent
@@ -113,6 +114,7 @@ class ToolCallParser:
         self._skip_ws = False  # TEXT: drop leading whitespace (the segment follows a call)
         self._seen_content = False
         self._in_array = False
+        self._bare = False  # the calls opened without a marker
         self._call: _Call | None = None
         self._count = 0  # calls sent
         self._bad: set[int] = set()  # indices of sent calls that turned out malformed/unfinished
@@ -140,10 +142,15 @@ class ToolCallParser:
     def flush(self) -> tuple[str, list[ToolCallDelta]]:
         """What was held back, once the output has ended."""
         self._advance(final=True)
+        call = self._call
+        if self._state == _CALL and call is not None:
+            if call.bare and call.index is None and not call.dropped:
+                self._plain_json(call)
+                self._advance(final=True)
+            if self._state == _CALL:
+                self._fail_call()
         if self._state == _TEXT:
             self._send_text(len(self._text))
-        elif self._state == _CALL and self._call is not None:
-            self._fail_call()
         self._state = _DEAD
         return self._take()
 
@@ -180,7 +187,7 @@ class ToolCallParser:
             if head[0] == fmt.bare_start:
                 self._pos = len(text) - len(head)
                 self._sent = self._pos
-                self._state = _OPEN
+                self._state, self._bare = _OPEN, True
                 return
         start, marker = _find_marker(text, self._sent, fmt.markers)
         if marker is not None:
@@ -234,7 +241,7 @@ class ToolCallParser:
         if c != "{":
             self._recover()
             return
-        self._call = _Call(start=pos)
+        self._call = _Call(start=pos, bare=self._bare and self._count == 0)
         self._state = _CALL
 
     def _in_call(self, final: bool) -> None:
@@ -243,17 +250,25 @@ class ToolCallParser:
         self._pos = call.scanner.feed(self._text, self._pos)
         if not call.scanner.error:
             self._send_call(call)
-        if call.scanner.error:
+        nameless = call.scanner.done and call.index is None and not call.dropped
+        if call.scanner.error or nameless:
+            if call.bare and call.index is None and not call.dropped:
+                self._plain_json(call)  # e.g. a JSON answer, not a call
+                return
             self._fail_call()
             self._recover()
             return
         if call.scanner.done:
-            if call.index is None and not call.dropped:  # no name: not a call
-                self._fail_call()
-                self._recover()
-                return
             self._state = _AFTER
             self._call = None
+
+    def _plain_json(self, call: _Call) -> None:
+        """Output that opened like a call without a marker but is not one: it is content."""
+        self._call, self._bare, self._in_array = None, False, False
+        self._seen_content = True
+        self._sent = self._pos = call.start
+        self._skip_ws = False
+        self._state = _TEXT
 
     def _send_call(self, call: _Call) -> None:
         """Sends the call's name once known, then its arguments text as far as scanned."""
