@@ -25,11 +25,13 @@ stream has sent what it had; the non-streaming parse drops the unfinished call.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 
 from sglang.srt.parser.json_scanner import JsonScanner
 
 _WS = " \t\n\r"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,8 @@ class ToolCallParser:
         self._bad: set[int] = set()  # indices of sent calls that turned out malformed/unfinished
         self._out_text: list[str] = []
         self._out_calls: list[ToolCallDelta] = []
+        self._steps = {_TEXT: self._in_text, _OPEN: self._in_open, _CALL: self._in_call,
+                       _AFTER: self._in_after, _SKIP: self._in_skip, _DEAD: self._in_dead}
 
     # ---- public ---------------------------------------------------------------------------------
     def parse_non_stream(self, text: str) -> tuple[str, list[ToolCall]]:
@@ -169,9 +173,7 @@ class ToolCallParser:
         """Runs the state machine as far as the text allows."""
         while True:
             before = (self._state, self._pos, self._sent)
-            step = {_TEXT: self._in_text, _OPEN: self._in_open, _CALL: self._in_call,
-                    _AFTER: self._in_after, _SKIP: self._in_skip, _DEAD: self._in_dead}
-            step[self._state](final)
+            self._steps[self._state](final)
             if (self._state, self._pos, self._sent) == before:
                 return
 
@@ -284,6 +286,7 @@ class ToolCallParser:
                 scanner.error = True
                 return
             if name not in self._names:
+                logger.warning("Model attempted to call undefined function: %s", name)
                 call.dropped = True
                 return
             call.index = self._count
