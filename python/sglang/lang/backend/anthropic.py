@@ -36,7 +36,10 @@ class Anthropic(BaseBackend):
             kwargs.pop("top_k")  # -1 means "off" in SGLang; the API wants it absent
         if not kwargs["stop_sequences"]:
             kwargs.pop("stop_sequences")
-        return {"model": self.model_name, "system": system, "messages": messages, **kwargs}
+        # Newer clients dropped the sampling keywords; the API still takes them in the body.
+        sampling = {k: kwargs.pop(k) for k in ("temperature", "top_p", "top_k") if k in kwargs}
+        return {"model": self.model_name, "system": system, "messages": messages, **kwargs,
+                "extra_body": sampling}
 
     def generate(self, s: Any, sampling_params: SglSamplingParams) -> tuple[str, dict]:
         reply = self.client.messages.create(**self._request(s, sampling_params))
