@@ -109,8 +109,8 @@ def test_max_tokens_length(client) -> None:
 
 
 def test_seed_reproducible(client) -> None:
-    a = chat(client, temperature=1.0, seed=42, max_tokens=10).choices[0].message.content
-    b = chat(client, temperature=1.0, seed=42, max_tokens=10).choices[0].message.content
+    a = chat(client, temperature=1.0, seed=42, max_tokens=6).choices[0].message.content
+    b = chat(client, temperature=1.0, seed=42, max_tokens=6).choices[0].message.content
     assert a == b
 
 
@@ -146,6 +146,16 @@ def test_stream_equals_non_stream(client) -> None:
     usage_chunk = chunks[-1]
     assert usage_chunk.choices == [] and usage_chunk.usage == whole.usage
     assert len({c.id for c in chunks}) == 1
+
+
+def test_stream_holds_back_stop_string_prefixes(client) -> None:
+    """A stop string of several tokens: its first tokens are never streamed (the joined stream
+    equals the trimmed reply)."""
+    kwargs = {"temperature": 0, "max_tokens": 12, "stop": [" of France"]}
+    whole = chat(client, **kwargs).choices[0]
+    assert whole.finish_reason == "stop" and whole.model_extra["matched_stop"] == " of France"
+    texts, _ = joined_stream(client, **kwargs)
+    assert texts[0] == whole.message.content
 
 
 def test_stream_logprobs(client) -> None:
@@ -374,6 +384,14 @@ def test_choice_output_reasoning_and_tool_calls(stream_reasoning) -> None:
     call = streamed["calls"][0]
     assert call["name"] == "add" and call["id"].startswith("call_")
     assert json.loads(call["arguments"]) == {"a": 2, "b": 3}
+
+
+def test_stop_prefix_len() -> None:
+    from sglang.srt.entrypoints.openai.chat import stop_prefix_len
+
+    assert stop_prefix_len("The Par", ["Paris"]) == 3
+    assert stop_prefix_len("xxPari", ["Paris", "ari!"]) == 4
+    assert stop_prefix_len("abc", ["c"]) == 0 and stop_prefix_len("abc", []) == 0
 
 
 def test_choice_output_plain_and_unknown_parser() -> None:

@@ -577,6 +577,7 @@ async def _chunks(tm: TokenizerManager, req: ChatCompletionRequest, states: list
                   streams: dict[int, ChoiceStream]) -> AsyncIterator[dict[str, Any]]:
     rid, created = states[0].rid, now()
     options = req.stream_options
+    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     continuous_usage = bool(options is not None and options.continuous_usage_stats)
 
     def chunk(index: int, delta: dict[str, Any], logprobs: Any = None,
@@ -596,6 +597,8 @@ async def _chunks(tm: TokenizerManager, req: ChatCompletionRequest, states: list
                 continue
             last = state.finished
             text, n = state.text, len(state.output_ids)
+            if not last:  # a stop string may be completing: its start is trimmed at the end
+                text = text[:len(text) - stop_prefix_len(text, stops)]
             delta = sent.output.feed(text[sent.text_len:], last)
             logprobs = logprobs_of(tm, state, sent.num_tokens, n)
             sent.text_len, sent.num_tokens = len(text), n
@@ -613,6 +616,18 @@ async def _chunks(tm: TokenizerManager, req: ChatCompletionRequest, states: list
                    "model": req.model, "choices": [], "usage": usage(tm, states)}
     finally:
         await abort_unfinished(tm, states)
+
+
+def stop_prefix_len(text: str, stops: list[str]) -> int:
+    """The length of the longest end of ``text`` that begins one of the stop strings (held back
+    while streaming, so that text cut at a stop string is never sent)."""
+    longest = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:k]):
+                longest = k
+                break
+    return longest
 
 
 @router.post("/v1/chat/completions",
