@@ -13,7 +13,6 @@ import subprocess
 import time
 from typing import Any
 
-import requests
 
 _port_locks: dict[int, socket.socket] = {}
 
@@ -34,6 +33,8 @@ def print_highlight(html_content: Any) -> None:
 def wait_for_server(base_url: str, timeout: float | None = None,
                     process: subprocess.Popen | None = None) -> None:
     """Polls GET {base_url}/v1/models every second until it answers 200."""
+    import requests
+
     start = time.perf_counter()
     while True:
         if process is not None and process.poll() is not None:
@@ -191,6 +192,8 @@ def http_request(url: str, json: Any = None, stream: bool = False, api_key: str 
     if api_key is not None:
         headers["Authorization"] = f"Bearer {api_key}"
     if stream:
+        import requests
+
         response = requests.post(url, json=json, stream=True, headers=headers)
         if response.status_code != 200:
             raise RuntimeError(response.text)
