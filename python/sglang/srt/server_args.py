@@ -144,6 +144,10 @@ class ServerArgs:
             check(self.tool_call_parser in TOOL_CALL_PARSERS,
                   f"--tool-call-parser must be one of {', '.join(TOOL_CALL_PARSERS)}, "
                   f"got {self.tool_call_parser!r}")
+        if self.chat_template is not None:  # a bad file or name fails at launch, not per request
+            from sglang.srt.entrypoints.openai.chat_template import load_template
+
+            load_template(self.chat_template)
         check(self.sampling_defaults in ("model", "openai"),
               "--sampling-defaults must be 'model' or 'openai'")
         if self.mem_fraction_static is not None:

@@ -154,3 +154,15 @@ def test_no_template() -> None:
         special_tokens_map = None
 
     assert ChatTemplate.resolve(None, Bare()) is None
+
+
+def test_a_bad_chat_template_fails_at_launch(tmp_path) -> None:
+    from sglang.srt.server_args import ServerArgs
+
+    with pytest.raises(ValueError, match="neither a file nor a builtin"):
+        ServerArgs(model_path="x", chat_template=str(tmp_path / "missing.jinja"))
+    bad_json = tmp_path / "t.json"
+    bad_json.write_text('{"template": "x"}')
+    with pytest.raises(ValueError, match="chat_template"):
+        ServerArgs(model_path="x", chat_template=str(bad_json))
+    assert ServerArgs(model_path="x", chat_template="chatml").chat_template == "chatml"

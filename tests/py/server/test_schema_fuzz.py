@@ -5,7 +5,8 @@ without touching this file. Each operation gets up to ``EXAMPLES`` generated cas
 derandomized: the same cases every run), valid and invalid; every reply must be < 500 within the
 timeout; afterwards the engine is alive, idle and integrity-clean, and at least ``MIN_CASES``
 cases ran. The server is the demo model with small limits, so every generation is short and
-the run is bounded in time. Issue #9, acceptance 3.
+the run is bounded in time. Issue #9, acceptance 3; the OpenAI and Anthropic routes of issue
+#10 are in the schema, so they are fuzzed too.
 """
 
 from __future__ import annotations
@@ -60,9 +61,12 @@ def test_no_route_answers_5xx_or_hangs(case, fuzz_server: str) -> None:
 def test_fuzzing_covered_the_schema_and_left_the_engine_clean(fuzz_server: str) -> None:
     paths = {p for _, p, _ in CASES}
     assert len(CASES) >= MIN_CASES, collections.Counter((m, p) for m, p, _ in CASES)
-    assert {"/generate", "/tokenize", "/detokenize", "/abort_request"} <= paths
-    statuses = {s for _, p, s in CASES if p == "/generate"}
-    assert 200 in statuses and 400 in statuses, statuses  # valid and invalid requests both ran
+    assert {"/generate", "/tokenize", "/detokenize", "/abort_request", "/v1/completions",
+            "/v1/chat/completions", "/v1/embeddings", "/v1/messages",
+            "/v1/messages/count_tokens"} <= paths
+    for path in ("/generate", "/v1/completions", "/v1/chat/completions", "/v1/messages"):
+        statuses = {s for _, p, s in CASES if p == path}
+        assert 200 in statuses and 400 in statuses, (path, statuses)  # valid and invalid ran
     info = requests.get(f"{fuzz_server}/get_server_info", timeout=30).json()
     assert info["status"] == "ready" and info["engine_restarts"] == 0
     assert_engine_clean(fuzz_server)
