@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sglang.srt.entrypoints.http_common import abort_unfinished, merged, wait_all
 from sglang.srt.entrypoints.openai.chat_template import ChatTemplate
@@ -62,7 +62,7 @@ class ContentPart(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str
+    type: str = Field(json_schema_extra={"enum": ["text"]})  # media parts: a 400 names them
     text: str | None = None
 
 
@@ -85,7 +85,7 @@ class ChatMessage(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    role: str
+    role: str = Field(json_schema_extra={"enum": list(ROLES)})  # schema only: 400 names it
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCallIn] | None = None
@@ -125,16 +125,16 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    messages: list[ChatMessage]
+    messages: list[ChatMessage] = Field(json_schema_extra={"minItems": 1})
     model: str = "default"
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: int | None = Field(None, json_schema_extra={"minimum": 1})
+    max_completion_tokens: int | None = Field(None, json_schema_extra={"minimum": 1})
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
-    n: int = 1
+    n: int = Field(1, json_schema_extra={"minimum": 1})
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -166,7 +166,8 @@ class ChatCompletionRequest(BaseModel):
     custom_params: dict[str, Any] | None = None
     return_hidden_states: bool = False
     rid: str | None = None
-    reasoning_effort: str | None = None
+    reasoning_effort: str | None = Field(
+        None, json_schema_extra={"anyOf": [{"enum": list(REASONING_EFFORTS)}, {"type": "null"}]})
     lora_path: Any | None = None
     session_params: Any | None = None
     priority: Any | None = None

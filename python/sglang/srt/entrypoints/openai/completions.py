@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sglang.srt.entrypoints.http_common import abort_unfinished, merged, wait_all
 from sglang.srt.entrypoints.openai.common import (
@@ -60,11 +60,18 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = "default"
-    prompt: str | list[Any]
-    max_tokens: int = 16
+    # The schema states the shapes that are served; validation (the contract's messages) is below.
+    prompt: str | list[Any] = Field(json_schema_extra={"anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+        {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}},
+        {"type": "array", "minItems": 1,
+         "items": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}},
+    ]})
+    max_tokens: int = Field(16, json_schema_extra={"minimum": 1})
     temperature: float | None = None
     top_p: float | None = None
-    n: int = 1
+    n: int = Field(1, json_schema_extra={"minimum": 1})
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
