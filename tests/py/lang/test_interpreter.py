@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 import sglang as sgl
-from conftest import ScriptedBackend
+from scripted_backend import ScriptedBackend
 from sglang.lang.interpreter import StreamExecutor
 from sglang.lang.ir import SglGen, SglSamplingParams, SglSeparateReasoning
 
@@ -317,3 +317,18 @@ def test_api_speculative_execution_on_a_completion_backend() -> None:
     state = prog.run(backend=backend)
     assert state["city"] == "Paris" and state["country"] == "France"
     assert len(backend.calls) == 1  # the second gen was served from the speculated text
+
+
+def test_separate_reasoning_with_the_servers_parser() -> None:
+    """The real ReasoningParser (sglang.srt.parser, no torch) splits a gen inside a role."""
+    backend = ScriptedBackend("chatml", reply=lambda prompt, params: "plan it</think>The answer")
+
+    @sgl.function
+    def prog(s):
+        s += sgl.user("Q?")
+        s += sgl.assistant(sgl.separate_reasoning(sgl.gen("answer"), model_type="deepseek-r1"))
+
+    state = prog.run(backend=backend)
+    assert state["answer"] == "The answer"
+    assert state["answer_reasoning_content"] == "plan it"
+    assert state.messages()[-1] == {"role": "assistant", "content": "The answer"}

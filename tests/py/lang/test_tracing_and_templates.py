@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import sglang as sgl
-from conftest import ScriptedBackend
+from scripted_backend import ScriptedBackend
 from sglang.lang.chat_template import (
     get_chat_template,
     get_chat_template_by_model_path,

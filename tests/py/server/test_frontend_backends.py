@@ -82,3 +82,21 @@ def test_chat_speculative_execution_fills_a_turn_with_one_call(backends) -> None
     assert state.messages()[-1]["content"].startswith("Name:")
     # 1 to 3 calls (retried while the reply does not fit the pattern), never one per gen more
     assert backend.token_usage.completion_tokens <= 3 * 32
+
+
+def test_runtime_starts_and_stops_a_server_with_an_api_key() -> None:
+    """sgl.Runtime launches this project's server (flags from keywords); its endpoint sends the
+    key; a client without it is refused."""
+    from server_utils import DEMO_MODEL
+
+    runtime = sgl.Runtime(model_path=DEMO_MODEL, api_key="secret", max_total_tokens=4096,
+                          random_seed=1, skip_server_warmup=True)
+    try:
+        assert runtime.endpoint.api_key == "secret"
+        state = chat.run(question="Name a color.", backend=runtime)  # unwrapped to .endpoint
+        assert state.error() is None and state["answer"]
+        with pytest.raises(RuntimeError):
+            sgl.RuntimeEndpoint(runtime.url)  # no key: 401
+    finally:
+        runtime.shutdown()
+    assert runtime.process is None

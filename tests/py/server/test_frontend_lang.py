@@ -238,3 +238,16 @@ def test_a_server_error_is_the_programs_error(endpoint) -> None:
         state = bad.run()
         error = state.error()
     assert isinstance(error, RuntimeError) and "temperature" in str(error)
+
+
+def test_an_image_goes_to_the_server_as_image_data(endpoint) -> None:
+    """sgl.image is sent as image_data; this server refuses it until vision models exist."""
+
+    @sgl.function
+    def look(s):
+        s += sgl.user(sgl.image(b"\x89PNG not really") + "What is this?")
+        s += sgl.assistant(sgl.gen("answer", max_tokens=4))
+
+    with pytest.warns(UserWarning):
+        error = look.run().error()
+    assert isinstance(error, RuntimeError) and "image_data" in str(error)
