@@ -403,3 +403,25 @@ def test_choice_output_plain_and_unknown_parser() -> None:
     assert split_stream(OutputPlan(), "hello world")["content"] == "hello world"
     with pytest.raises(OpenAIError, match="Unknown reasoning parser"):
         ChoiceOutput(OutputPlan(reasoning_parser="nope"))
+
+
+def test_special_tokens_stay_in_the_text_when_tools_may_be_called() -> None:
+    """As SGLang: tool-call markers can be special tokens, so they are not skipped when tools are
+    offered (tool_choice other than none); otherwise the request's skip_special_tokens holds."""
+    from types import SimpleNamespace
+
+    from sglang.srt.entrypoints.openai.chat import ChatCompletionRequest, chat_sampling_params
+
+    tm = SimpleNamespace(info=SimpleNamespace(context_length=2048), chat_sampling_defaults={},
+                         args=SimpleNamespace(allow_auto_truncate=False))
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    base = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+    def skip(**extra) -> bool:
+        req = ChatCompletionRequest.model_validate({**base, **extra})
+        return chat_sampling_params(tm, req, prompt_len=10)["skip_special_tokens"]
+
+    assert skip() is True
+    assert skip(tools=[tool]) is False
+    assert skip(tools=[tool], tool_choice="required") is False
+    assert skip(tools=[tool], tool_choice="none") is True

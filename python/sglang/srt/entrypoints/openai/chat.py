@@ -465,7 +465,8 @@ async def prepare(tm: TokenizerManager, req: ChatCompletionRequest) -> Prepared:
 def chat_sampling_params(tm: TokenizerManager, req: ChatCompletionRequest,
                          prompt_len: int) -> dict[str, Any]:
     """The internal sampling params: the request's fields over ``--sampling-defaults``, the
-    response_format grammar, and ``spaces_between_special_tokens`` from chat_template_kwargs."""
+    response_format grammar, ``spaces_between_special_tokens`` from chat_template_kwargs, and
+    special tokens kept in the text when tools may be called."""
     max_new = req.max_new_tokens
     available = tm.info.context_length - prompt_len
     # (A prompt that fills the context is refused by the engine's prompt check instead.)
@@ -480,6 +481,10 @@ def chat_sampling_params(tm: TokenizerManager, req: ChatCompletionRequest,
     spaces = (req.chat_template_kwargs or {}).get("spaces_between_special_tokens")
     if isinstance(spaces, bool):
         params["spaces_between_special_tokens"] = spaces
+    if req.tools and req.tool_choice != "none":
+        # As SGLang: tool-call markers are special tokens in some vocabularies (the parsers need
+        # them in the text).
+        params["skip_special_tokens"] = False
     return params
 
 
