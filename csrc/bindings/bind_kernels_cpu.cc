@@ -5,6 +5,7 @@
 // (sglang.srt.sampling.kernels) checks the tensors and passes their data_ptr().
 #include "bindings.h"
 #include "kernel_args.h"
+#include "sglang/kernels/cpu_isa.h"
 #include "sglang/kernels/sampling.h"
 
 namespace sglang::bindings {
@@ -15,6 +16,42 @@ void bind_kernels_cpu(py::module_& m) {
   m.attr("DTYPE_FLOAT32") = static_cast<int>(k::DType::kFloat32);
   m.attr("DTYPE_FLOAT16") = static_cast<int>(k::DType::kFloat16);
   m.attr("DTYPE_BFLOAT16") = static_cast<int>(k::DType::kBFloat16);
+
+  m.def(
+      "cpu_features",
+      [] {
+        const k::CpuFeatures& f = k::cpu_features();
+        py::dict d;
+        d["avx2"] = f.avx2;
+        d["fma"] = f.fma;
+        d["f16c"] = f.f16c;
+        d["avx512f"] = f.avx512f;
+        d["avx512bw"] = f.avx512bw;
+        d["avx512vl"] = f.avx512vl;
+        d["avx512dq"] = f.avx512dq;
+        d["avx512_vnni"] = f.avx512_vnni;
+        d["avx512_bf16"] = f.avx512_bf16;
+        d["amx_tile"] = f.amx_tile;
+        d["amx_bf16"] = f.amx_bf16;
+        d["amx_int8"] = f.amx_int8;
+        return d;
+      },
+      "The CPU features detected at run time (cpuid + OS support), as a dict of bools.");
+  m.def(
+      "cpu_isa", [] { return std::string(k::isa_name(k::active_isa())); },
+      "The kernel path in use: 'scalar', 'avx2' or 'avx512' (capped by SGLANG_CPU_ISA).");
+  m.def(
+      "best_cpu_isa", [] { return std::string(k::isa_name(k::best_isa())); },
+      "The best kernel path this CPU supports, ignoring any cap.");
+  m.def(
+      "set_cpu_isa",
+      [](const std::string& name) {
+        if (!k::set_cpu_isa(name)) {
+          throw py::value_error("unknown CPU ISA '" + name + "'; expected auto, scalar, avx2 or avx512");
+        }
+      },
+      py::arg("name"),
+      "Caps the kernel path ('auto' for none); a cap above the CPU's best is clamped.");
 
   m.def("uniform01", &k::uniform01, py::arg("seed"), py::arg("offset"),
         "The uniform draw in [0, 1) that `sample` uses for (seed, offset).");

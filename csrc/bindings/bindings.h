@@ -20,6 +20,10 @@ namespace py = pybind11;
 void bind_scheduler(py::module_& m);
 /// Registers the CPU sampling / logit-processing kernels.
 void bind_kernels_cpu(py::module_& m);
+/// Registers the quantized (GGUF block) matmul and dequantization kernels.
+void bind_quant_cpu(py::module_& m);
+/// Registers the fused CPU model kernels (norm, RoPE + KV store, activation, paged attention).
+void bind_ops_cpu(py::module_& m);
 
 using Int32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 

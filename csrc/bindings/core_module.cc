@@ -15,4 +15,6 @@ PYBIND11_MODULE(_core, m) {
   });
   sglang::bindings::bind_scheduler(m);
   sglang::bindings::bind_kernels_cpu(m);
+  sglang::bindings::bind_quant_cpu(m);
+  sglang::bindings::bind_ops_cpu(m);
 }
