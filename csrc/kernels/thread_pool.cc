@@ -2,13 +2,29 @@
 #include "sglang/kernels/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 
 namespace sglang::kernels {
 
 namespace {
 // Below this many element-operations per thread, splitting costs more than it saves.
 constexpr int64_t kMinWorkPerThread = 1 << 15;
+// How long an idle worker spins for the next job before it sleeps: longer than the Python
+// between two kernels of a forward pass, short enough not to hold a core between steps.
+constexpr int kSpinUs = 200;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(_M_X64)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
 }  // namespace
 
 ThreadPool& ThreadPool::global() {
@@ -24,7 +40,8 @@ ThreadPool::ThreadPool(int num_workers) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
+    stop_.store(true);
+    generation_.fetch_add(1);
   }
   wake_.notify_all();
   for (auto& w : workers_) w.join();
@@ -34,22 +51,32 @@ void ThreadPool::run_tasks() {
   for (int64_t i = next_.fetch_add(1); i < n_; i = next_.fetch_add(1)) (*fn_)(i);
 }
 
+bool ThreadPool::spin_for_job(uint64_t seen) const {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinUs);
+  for (int i = 1;; ++i) {
+    if (generation_.load(std::memory_order_acquire) != seen) return true;
+    cpu_relax();
+    if ((i & 63) == 0 && std::chrono::steady_clock::now() > deadline) return false;
+  }
+}
+
 void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
-    {
+    if (!spin_for_job(seen)) {
       std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait(lock, [&] { return stop_ || (generation_ != seen && open_ && seats_ > 0); });
-      if (stop_) return;
-      seen = generation_;
-      --seats_;
-      ++active_;
+      ++sleepers_;
+      wake_.wait(lock, [&] { return generation_.load() != seen; });
+      --sleepers_;
     }
-    run_tasks();
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--active_ == 0) done_.notify_all();
+    if (stop_.load()) return;
+    seen = generation_.load(std::memory_order_acquire);
+    active_.fetch_add(1, std::memory_order_acq_rel);
+    int s = seats_.load(std::memory_order_acquire);
+    while (s > 0 && !seats_.compare_exchange_weak(s, s - 1, std::memory_order_acq_rel)) {
     }
+    if (s > 0) run_tasks();
+    active_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 
@@ -63,20 +90,27 @@ void ThreadPool::parallel_for(int64_t n, int max_threads, const std::function<vo
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;
   }
+  fn_ = &fn;
+  n_ = n;
+  next_.store(0, std::memory_order_relaxed);
+  seats_.store(helpers, std::memory_order_release);
+  bool wake;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    fn_ = &fn;
-    n_ = n;
-    next_.store(0);
-    seats_ = helpers;
-    open_ = true;
-    ++generation_;
+    generation_.fetch_add(1, std::memory_order_acq_rel);
+    wake = sleepers_ > 0;
   }
-  wake_.notify_all();
+  if (wake) wake_.notify_all();
   run_tasks();
-  std::unique_lock<std::mutex> lock(mu_);
-  open_ = false;  // late workers stay out; wait for those inside to finish their tasks
-  done_.wait(lock, [&] { return active_ == 0; });
+  seats_.store(-1, std::memory_order_release);  // close: late workers leave without running
+  // Joined workers are finishing their last task: spin, then yield.
+  for (int i = 0; active_.load(std::memory_order_acquire) != 0; ++i) {
+    if (i < 4096) {
+      cpu_relax();
+    } else {
+      std::this_thread::yield();
+    }
+  }
   fn_ = nullptr;
 }
 

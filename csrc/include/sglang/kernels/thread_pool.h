@@ -5,6 +5,10 @@
 // parallel_for runs on the pool at a time; a call made while the pool is busy (another thread's
 // launcher, or a nested call from inside a task) runs on its own calling thread instead, so
 // calls never deadlock and never oversubscribe. Standard library only.
+//
+// A model's decode step launches hundreds of short kernels back to back, so waking a worker must
+// cost far less than a kernel: idle workers spin on the job counter for a short while (kSpinUs)
+// before they sleep on a condition variable, and the caller spins while the last workers finish.
 #pragma once
 
 #include <atomic>
@@ -37,20 +41,24 @@ class ThreadPool {
  private:
   void worker_loop();
   void run_tasks();
+  /// Spins until the job counter differs from `seen` or the spin budget runs out.
+  bool spin_for_job(uint64_t seen) const;
 
   std::vector<std::thread> workers_;
   std::mutex busy_;  // held by the caller for the whole of one parallel_for
 
-  std::mutex mu_;
-  std::condition_variable wake_;  // workers wait for a new job
-  std::condition_variable done_;  // the caller waits for joined workers to leave
-  uint64_t generation_ = 0;       // bumped for every job
-  bool open_ = false;             // workers may still join the current job
-  int seats_ = 0;                 // how many more workers may join it
-  int active_ = 0;                // workers inside it
-  bool stop_ = false;
+  std::mutex mu_;                 // guards sleepers_ and the sleeping workers' wake-up
+  std::condition_variable wake_;  // idle workers sleep here after spinning
+  int sleepers_ = 0;
+  std::atomic<uint64_t> generation_{0};  // bumped (under mu_) for every job
+  std::atomic<bool> stop_{false};
 
-  // The current job; stable while open_ or active_ > 0.
+  // Joining protocol: a worker counts itself in active_, then takes a seat (seats_ > 0); the
+  // caller closes the job by setting seats_ to -1 and waits until active_ is 0, so no worker
+  // can touch fn_ after parallel_for returns.
+  std::atomic<int> seats_{-1};
+  std::atomic<int> active_{0};
+  // The current job; written before seats_ is published.
   const std::function<void(int64_t)>* fn_ = nullptr;
   int64_t n_ = 0;
   std::atomic<int64_t> next_{0};
