@@ -43,6 +43,8 @@ void bind_quant_cpu(py::module_& m) {
   m.def(
       "quant_block_bytes", [](int fmt) { return k::quant_block_bytes(quant_format(fmt)); },
       py::arg("fmt"), "Bytes per block of a ggml type id.");
+  m.def("quant_matmul_rows_per_pass", &k::quant_matmul_rows_per_pass,
+        "x rows quant_matmul_cpu serves per pass over the weights on the active ISA path.");
   m.def(
       "quant_matmul_cpu",
       [](int fmt, uintptr_t weight, int64_t n, int64_t kk, uintptr_t x, int64_t rows, int64_t ldx,

@@ -51,37 +51,38 @@ inline float h2f(const uint8_t* p) {
 
 inline uint16_t f2h(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
 
-/// One row of k weights in the uniform unpacked form.
-struct Unpacked {
-  int8_t* q;    // [k]
-  float* s;     // [k / kChunk]
-  float* o;     // [k / kChunk]
-};
+// The unpackers use SSE/AVX2 byte ops (AVX2 is the library's floor; every path shares them).
 
-void unpack_q4_0(const uint8_t* b, int8_t* q, float* s, float* o) {
-  const float d = h2f(b);
-  const uint8_t* qs = b + 2;
-  for (int j = 0; j < 16; ++j) {
-    q[j] = static_cast<int8_t>((qs[j] & 0x0F) - 8);
-    q[j + 16] = static_cast<int8_t>((qs[j] >> 4) - 8);
-  }
-  s[0] = s[1] = d;
+/// q[0..16) = low nibbles of 16 bytes, q[16..32) = high nibbles, minus `bias`.
+inline void unpack_nibbles16(const uint8_t* qs, int8_t* q, int8_t bias) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  const __m128i b = _mm_set1_epi8(bias);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm_sub_epi8(_mm_and_si128(v, mask), b));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16),
+                   _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), mask), b));
+}
+
+inline __m256i load256(const uint8_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+inline void store256(int8_t* p, __m256i v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+}
+
+inline void unpack_q4_0(const uint8_t* b, int8_t* q, float* s, float* o) {
+  unpack_nibbles16(b + 2, q, 8);
+  s[0] = s[1] = h2f(b);
   o[0] = o[1] = 0.0f;
 }
 
-void unpack_q4_1(const uint8_t* b, int8_t* q, float* s, float* o) {
-  const float d = h2f(b);
-  const float m = h2f(b + 2);
-  const uint8_t* qs = b + 4;
-  for (int j = 0; j < 16; ++j) {
-    q[j] = static_cast<int8_t>(qs[j] & 0x0F);
-    q[j + 16] = static_cast<int8_t>(qs[j] >> 4);
-  }
-  s[0] = s[1] = d;
-  o[0] = o[1] = m;
+inline void unpack_q4_1(const uint8_t* b, int8_t* q, float* s, float* o) {
+  unpack_nibbles16(b + 4, q, 0);
+  s[0] = s[1] = h2f(b);
+  o[0] = o[1] = h2f(b + 2);
 }
 
-void unpack_q8_0(const uint8_t* b, int8_t* q, float* s, float* o) {
+inline void unpack_q8_0(const uint8_t* b, int8_t* q, float* s, float* o) {
   std::memcpy(q, b + 2, 32);
   s[0] = s[1] = h2f(b);
   o[0] = o[1] = 0.0f;
@@ -98,97 +99,118 @@ inline void scale_min_k4(int j, const uint8_t* sc, int* scale, int* min) {
   }
 }
 
-/// Scales/offsets of the 8 sub-blocks of 32 of a Q4_K/Q5_K block (two kChunk entries each).
-void k_quant_scales(const uint8_t* b, float* s, float* o) {
+/// Scales/offsets of the 8 sub-blocks of 32 of a Q4_K/Q5_K block (two kChunk entries each):
+/// s = d * sc, o = -(dmin * mn), the reference's roundings.
+inline void k_quant_scales(const uint8_t* b, float* s, float* o) {
   const float d = h2f(b);
   const float dmin = h2f(b + 2);
   for (int j = 0; j < 8; ++j) {
     int sc, mn;
     scale_min_k4(j, b + 4, &sc, &mn);
-    const float ds = d * static_cast<float>(sc);
-    const float dm = -(dmin * static_cast<float>(mn));
-    s[2 * j] = s[2 * j + 1] = ds;
-    o[2 * j] = o[2 * j + 1] = dm;
+    s[2 * j] = s[2 * j + 1] = d * static_cast<float>(sc);
+    o[2 * j] = o[2 * j + 1] = -(dmin * static_cast<float>(mn));
   }
 }
 
-void unpack_q4_k(const uint8_t* b, int8_t* q, float* s, float* o) {
+/// Q4_K: 4 groups of 32 bytes; sub-block 2j = low nibbles of group j, 2j + 1 = high nibbles.
+inline void unpack_q4_k(const uint8_t* b, int8_t* q, float* s, float* o) {
   k_quant_scales(b, s, o);
-  const uint8_t* qs = b + 16;
+  const __m256i mask = _mm256_set1_epi8(0x0F);
   for (int j = 0; j < 4; ++j) {
-    for (int l = 0; l < 32; ++l) {
-      q[64 * j + l] = static_cast<int8_t>(qs[32 * j + l] & 0x0F);
-      q[64 * j + 32 + l] = static_cast<int8_t>(qs[32 * j + l] >> 4);
-    }
+    const __m256i v = load256(b + 16 + 32 * j);
+    store256(q + 64 * j, _mm256_and_si256(v, mask));
+    store256(q + 64 * j + 32, _mm256_and_si256(_mm256_srli_epi16(v, 4), mask));
   }
 }
 
-void unpack_q5_k(const uint8_t* b, int8_t* q, float* s, float* o) {
+/// Q5_K: as Q4_K, plus bit s of qh[l] as bit 4 of value l of sub-block s.
+inline void unpack_q5_k(const uint8_t* b, int8_t* q, float* s, float* o) {
   k_quant_scales(b, s, o);
-  const uint8_t* qh = b + 16;
-  const uint8_t* qs = b + 48;
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+  const __m256i bit4 = _mm256_set1_epi8(0x10);
+  const __m256i qh = load256(b + 16);
+  auto high = [&](int sub) {
+    const __m256i bit = _mm256_set1_epi8(static_cast<char>(1 << sub));
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit), bit4);
+  };
   for (int j = 0; j < 4; ++j) {
-    const int lo_bit = 2 * j;
-    const int hi_bit = 2 * j + 1;
-    for (int l = 0; l < 32; ++l) {
-      q[64 * j + l] =
-          static_cast<int8_t>((qs[32 * j + l] & 0x0F) | (((qh[l] >> lo_bit) & 1) << 4));
-      q[64 * j + 32 + l] =
-          static_cast<int8_t>((qs[32 * j + l] >> 4) | (((qh[l] >> hi_bit) & 1) << 4));
-    }
+    const __m256i v = load256(b + 48 + 32 * j);
+    store256(q + 64 * j, _mm256_or_si256(_mm256_and_si256(v, mask), high(2 * j)));
+    store256(q + 64 * j + 32,
+             _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), mask), high(2 * j + 1)));
   }
 }
 
-void unpack_q6_k(const uint8_t* b, int8_t* q, float* s, float* o) {
-  const uint8_t* ql = b;
-  const uint8_t* qh = b + 128;
-  const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
-  const float d = h2f(b + 208);
+/// Q6_K: per half h, value 32 * g + l = (4 bits of ql) | (bits 2g..2g+1 of qh[l]) << 4, minus 32.
+inline void unpack_q6_k(const uint8_t* b, int8_t* q, float* s, float* o) {
+  const __m256i lo4 = _mm256_set1_epi8(0x0F);
+  const __m256i hi2 = _mm256_set1_epi8(0x30);
+  const __m256i bias = _mm256_set1_epi8(32);
   for (int h = 0; h < 2; ++h) {
-    for (int l = 0; l < 32; ++l) {
-      const uint8_t hb = qh[32 * h + l];
-      const uint8_t l0 = ql[64 * h + l];
-      const uint8_t l1 = ql[64 * h + 32 + l];
-      int8_t* y = q + 128 * h;
-      y[l] = static_cast<int8_t>(((l0 & 0x0F) | ((hb & 3) << 4)) - 32);
-      y[l + 32] = static_cast<int8_t>(((l1 & 0x0F) | (((hb >> 2) & 3) << 4)) - 32);
-      y[l + 64] = static_cast<int8_t>(((l0 >> 4) | (((hb >> 4) & 3) << 4)) - 32);
-      y[l + 96] = static_cast<int8_t>(((l1 >> 4) | (((hb >> 6) & 3) << 4)) - 32);
-    }
+    const __m256i hb = load256(b + 128 + 32 * h);
+    const __m256i l0 = load256(b + 64 * h);
+    const __m256i l1 = load256(b + 64 * h + 32);
+    int8_t* y = q + 128 * h;
+    const __m256i h0 = _mm256_and_si256(_mm256_slli_epi16(hb, 4), hi2);
+    const __m256i h1 = _mm256_and_si256(_mm256_slli_epi16(hb, 2), hi2);
+    const __m256i h2 = _mm256_and_si256(hb, hi2);
+    const __m256i h3 = _mm256_and_si256(_mm256_srli_epi16(hb, 2), hi2);
+    store256(y, _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l0, lo4), h0), bias));
+    store256(y + 32, _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l1, lo4), h1), bias));
+    store256(y + 64, _mm256_sub_epi8(
+                         _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), lo4), h2),
+                         bias));
+    store256(y + 96, _mm256_sub_epi8(
+                         _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), lo4), h3),
+                         bias));
   }
+  const float d = h2f(b + 208);
+  const auto* sc = reinterpret_cast<const int8_t*>(b + 192);
   for (int j = 0; j < 16; ++j) {
     s[j] = d * static_cast<float>(sc[j]);
     o[j] = 0.0f;
   }
 }
 
-using UnpackFn = void (*)(const uint8_t*, int8_t*, float*, float*);
+/// One weight row in the uniform unpacked form.
+struct Unpacked {
+  int8_t* q;  // [k]
+  float* s;   // [k / kChunk]
+  float* o;   // [k / kChunk]
+};
+
+/// Unpacks `blocks` consecutive blocks of kBlock values (the unpacker inlined into the loop).
+template <int64_t kBlock, int64_t kBytes, void (*kUnpack)(const uint8_t*, int8_t*, float*, float*)>
+void unpack_blocks(const uint8_t* row, int64_t blocks, const Unpacked& u) {
+  constexpr int64_t kChunks = kBlock / kChunk;
+  for (int64_t b = 0; b < blocks; ++b) {
+    kUnpack(row + b * kBytes, u.q + b * kBlock, u.s + b * kChunks, u.o + b * kChunks);
+  }
+}
+
+using UnpackRowFn = void (*)(const uint8_t*, int64_t, const Unpacked&);
 
 struct FormatInfo {
   int64_t block_size;
   int64_t block_bytes;
-  UnpackFn unpack;
+  UnpackRowFn unpack;
 };
 
 bool format_info(QuantFormat fmt, FormatInfo* info) {
   switch (fmt) {
-    case QuantFormat::kQ4_0: *info = {32, 18, unpack_q4_0}; return true;
-    case QuantFormat::kQ4_1: *info = {32, 20, unpack_q4_1}; return true;
-    case QuantFormat::kQ8_0: *info = {32, 34, unpack_q8_0}; return true;
-    case QuantFormat::kQ4_K: *info = {256, 144, unpack_q4_k}; return true;
-    case QuantFormat::kQ5_K: *info = {256, 176, unpack_q5_k}; return true;
-    case QuantFormat::kQ6_K: *info = {256, 210, unpack_q6_k}; return true;
+    case QuantFormat::kQ4_0: *info = {32, 18, unpack_blocks<32, 18, unpack_q4_0>}; return true;
+    case QuantFormat::kQ4_1: *info = {32, 20, unpack_blocks<32, 20, unpack_q4_1>}; return true;
+    case QuantFormat::kQ8_0: *info = {32, 34, unpack_blocks<32, 34, unpack_q8_0>}; return true;
+    case QuantFormat::kQ4_K: *info = {256, 144, unpack_blocks<256, 144, unpack_q4_k>}; return true;
+    case QuantFormat::kQ5_K: *info = {256, 176, unpack_blocks<256, 176, unpack_q5_k>}; return true;
+    case QuantFormat::kQ6_K: *info = {256, 210, unpack_blocks<256, 210, unpack_q6_k>}; return true;
   }
   return false;
 }
 
 /// Unpacks one weight row (k / block_size blocks) into u.
 void unpack_row(const FormatInfo& f, const uint8_t* row, int64_t k, const Unpacked& u) {
-  const int64_t chunks_per_block = f.block_size / kChunk;
-  for (int64_t b = 0, nb = k / f.block_size; b < nb; ++b) {
-    f.unpack(row + b * f.block_bytes, u.q + b * f.block_size, u.s + b * chunks_per_block,
-             u.o + b * chunks_per_block);
-  }
+  f.unpack(row, k / f.block_size, u);
 }
 
 /// Per-thread unpack buffers for kTileRows rows of k weights (row i at offset i * k / i * k/16).
@@ -315,8 +337,8 @@ int run_tile(CpuIsa isa, const TileArgs& a, int64_t rows_left, float res[][kTile
       tile_avx2<1>(a, res);
       return 1;
     }
-    tile_avx2<2>(a, res);
-    return 2;
+    tile_avx2<kMaxRowsAvx2>(a, res);
+    return kMaxRowsAvx2;
   }
   const int mr = static_cast<int>(std::min<int64_t>(rows_left, kMaxRowsAvx512));
   tile_scalar(a, mr, res);
@@ -419,6 +441,14 @@ Status quant_matmul_cpu(QuantFormat fmt, const void* weight, int64_t n, int64_t 
   return Status::kOk;
 }
 
+int64_t quant_matmul_rows_per_pass() {
+  switch (active_isa()) {
+    case CpuIsa::kAvx512: return kMaxRowsAvx512;
+    case CpuIsa::kAvx2: return kMaxRowsAvx2;
+    default: return kMaxRowsAvx512;  // the scalar path uses the same grouping
+  }
+}
+
 Status dequantize_cpu(QuantFormat fmt, const void* weight, int64_t n, int64_t k, float* out,
                       int64_t ldo, int num_threads) {
   FormatInfo f;
@@ -437,11 +467,15 @@ Status dequantize_cpu(QuantFormat fmt, const void* weight, int64_t n, int64_t k,
     const Unpacked u = scratch.row(0, k);
     unpack_row(f, w + j * row_bytes, k, u);
     float* y = out + j * ldo;
-    for (int64_t c0 = 0; c0 < k; c0 += kChunk) {
-      const float s = u.s[c0 / kChunk];
-      const float o = u.o[c0 / kChunk];
-      // Multiply, then add (not fused): the reference's rounding, so the result is bit-exact.
-      for (int64_t c = c0; c < c0 + kChunk; ++c) y[c] = static_cast<float>(u.q[c]) * s + o;
+    // Multiply, then add (not fused): the reference's rounding, so the result is bit-exact.
+    for (int64_t c = 0; c < k; c += kChunk) {
+      const __m256 s = _mm256_broadcast_ss(u.s + c / kChunk);
+      const __m256 o = _mm256_broadcast_ss(u.o + c / kChunk);
+      const __m128i qi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(u.q + c));
+      const __m256 q0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(qi));
+      const __m256 q1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(qi, 8)));
+      _mm256_storeu_ps(y + c, _mm256_add_ps(_mm256_mul_ps(q0, s), o));
+      _mm256_storeu_ps(y + c + 8, _mm256_add_ps(_mm256_mul_ps(q1, s), o));
     }
   });
   return Status::kOk;

@@ -46,6 +46,11 @@ Status quant_matmul_cpu(QuantFormat fmt, const void* weight, int64_t n, int64_t 
                         int64_t m, int64_t ldx, const float* bias, float* out, int64_t ldo,
                         int num_threads);
 
+/// x rows that quant_matmul_cpu serves per pass over the weights on the active ISA path (its
+/// register tile: 4 on AVX-512, 2 on AVX2). Every further group of this many rows widens each
+/// weight to fp32 once more, which is what callers weigh against a dequantize + GEMM path.
+int64_t quant_matmul_rows_per_pass();
+
 /// out[j, c] = dequant(W)[j, c] for j < n, c < k (row j at out + j * ldo, ldo >= k when n > 1).
 /// Bit-exact with ggml's / the gguf package's reference dequantization.
 Status dequantize_cpu(QuantFormat fmt, const void* weight, int64_t n, int64_t k, float* out,
