@@ -1,8 +1,148 @@
-// Python bindings of the ops CPU kernels (part of sglang._core). Filled in by the ops kernels.
+// Python bindings of the fused CPU model kernels (part of sglang._core).
+//
+// As the sampling bindings: raw addresses as ints (0 = null), sizes, strides in elements and a
+// DType int; the GIL is released while a kernel runs and a non-ok Status raises
+// sglang._core.CoreError. The torch adapter (sglang.srt.layers.cpu_ops) checks the tensors and
+// passes their data_ptr(). Semantics in sglang/kernels/cpu_ops.h.
 #include "bindings.h"
+#include "kernel_args.h"
+#include "sglang/kernels/cpu_ops.h"
 
 namespace sglang::bindings {
 
-void bind_ops_cpu(py::module_& m) { (void)m; }
+namespace k = sglang::kernels;
+
+namespace {
+
+k::DType ops_dtype(int dtype) {
+  if (dtype != static_cast<int>(k::DType::kFloat32) &&
+      dtype != static_cast<int>(k::DType::kBFloat16)) {
+    SGL_FAIL() << "the fused CPU ops take float32 or bfloat16, got dtype code " << dtype;
+  }
+  return static_cast<k::DType>(dtype);
+}
+
+k::RowsView rows(uintptr_t data, k::DType dtype, int64_t n, int64_t cols, int64_t stride) {
+  return {ptr<void>(data), dtype, n, cols, stride};
+}
+
+template <typename F>
+void run(const char* what, F&& launch) {
+  k::Status status;
+  {
+    py::gil_scoped_release release;
+    status = launch();
+  }
+  check_status(status, what);
+}
+
+}  // namespace
+
+void bind_ops_cpu(py::module_& m) {
+  m.def(
+      "rms_norm_cpu",
+      [](uintptr_t x, int dtype, int64_t n, int64_t cols, int64_t x_stride, uintptr_t weight,
+         float eps, uintptr_t out, int64_t out_stride) {
+        const k::DType dt = ops_dtype(dtype);
+        run("rms_norm_cpu", [&] {
+          return k::rms_norm_cpu(rows(x, dt, n, cols, x_stride), ptr<const void>(weight), eps,
+                                 rows(out, dt, n, cols, out_stride));
+        });
+      },
+      py::arg("x_ptr"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("x_stride"),
+      py::arg("weight_ptr"), py::arg("eps"), py::arg("out_ptr"), py::arg("out_stride"),
+      "out = rms_norm(x) * weight over rows of `cols` elements.");
+  m.def(
+      "fused_add_rms_norm_cpu",
+      [](uintptr_t x, int dtype, int64_t n, int64_t cols, int64_t x_stride, uintptr_t residual,
+         int64_t residual_stride, uintptr_t weight, float eps) {
+        const k::DType dt = ops_dtype(dtype);
+        run("fused_add_rms_norm_cpu", [&] {
+          return k::fused_add_rms_norm_cpu(rows(x, dt, n, cols, x_stride),
+                                           rows(residual, dt, n, cols, residual_stride),
+                                           ptr<const void>(weight), eps);
+        });
+      },
+      py::arg("x_ptr"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("x_stride"),
+      py::arg("residual_ptr"), py::arg("residual_stride"), py::arg("weight_ptr"), py::arg("eps"),
+      "In place: residual += x; x = rms_norm(residual) * weight.");
+  m.def(
+      "silu_and_mul_cpu",
+      [](uintptr_t x, int dtype, int64_t n, int64_t d, int64_t x_stride, uintptr_t out,
+         int64_t out_stride) {
+        const k::DType dt = ops_dtype(dtype);
+        run("silu_and_mul_cpu", [&] {
+          return k::silu_and_mul_cpu(rows(x, dt, n, 2 * d, x_stride),
+                                     rows(out, dt, n, d, out_stride));
+        });
+      },
+      py::arg("x_ptr"), py::arg("dtype"), py::arg("rows"), py::arg("d"), py::arg("x_stride"),
+      py::arg("out_ptr"), py::arg("out_stride"), "out = silu(x[:, :d]) * x[:, d:].");
+  m.def(
+      "rope_kv_store_cpu",
+      [](uintptr_t q, int64_t q_stride, uintptr_t key, int64_t k_stride, uintptr_t value,
+         int64_t v_stride, int64_t num_tokens, int64_t num_heads, int64_t num_kv_heads,
+         int64_t head_dim, uintptr_t positions, uintptr_t cos, uintptr_t sin,
+         int64_t max_positions, uintptr_t k_cache, uintptr_t v_cache, int64_t num_slots,
+         int64_t cache_stride, uintptr_t out_slots, int dtype) {
+        const k::RopeKvArgs args{ptr<void>(q),          ptr<const void>(key),
+                                 ptr<const void>(value), q_stride,
+                                 k_stride,               v_stride,
+                                 num_tokens,             num_heads,
+                                 num_kv_heads,           head_dim,
+                                 ptr<const int64_t>(positions), ptr<const void>(cos),
+                                 ptr<const void>(sin),   max_positions,
+                                 ptr<void>(k_cache),     ptr<void>(v_cache),
+                                 num_slots,              cache_stride,
+                                 ptr<const int64_t>(out_slots), ops_dtype(dtype)};
+        run("rope_kv_store_cpu", [&] { return k::rope_kv_store_cpu(args); });
+      },
+      py::arg("q_ptr"), py::arg("q_stride"), py::arg("k_ptr"), py::arg("k_stride"),
+      py::arg("v_ptr"), py::arg("v_stride"), py::arg("num_tokens"), py::arg("num_heads"),
+      py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("positions_ptr"), py::arg("cos_ptr"),
+      py::arg("sin_ptr"), py::arg("max_positions"), py::arg("k_cache_ptr"),
+      py::arg("v_cache_ptr"), py::arg("num_slots"), py::arg("cache_stride"),
+      py::arg("out_slots_ptr"), py::arg("dtype"),
+      "Rotates q in place; writes rotated k and v into the caches at out_slots.");
+
+  // Attention: (q, q_stride, out, out_stride, heads, kv_heads, head_dim, scale, dtype) then the
+  // paged KV (k_cache, v_cache, num_slots, cache_stride, req_to_token, table_rows, table_stride,
+  // req_pool_indices, seq_lens, batch).
+  m.def(
+      "paged_decode_attention_cpu",
+      [](uintptr_t q, int64_t q_stride, uintptr_t out, int64_t out_stride, int64_t num_heads,
+         int64_t num_kv_heads, int64_t head_dim, float scale, int dtype, uintptr_t k_cache,
+         uintptr_t v_cache, int64_t num_slots, int64_t cache_stride, uintptr_t req_to_token,
+         int64_t table_rows, int64_t table_stride, uintptr_t req_pool_indices, uintptr_t seq_lens,
+         int64_t batch) {
+        const k::AttnShape shape{ptr<const void>(q), q_stride, ptr<void>(out), out_stride,
+                                 num_heads, num_kv_heads, head_dim, scale, ops_dtype(dtype)};
+        const k::PagedKv kv{ptr<const void>(k_cache), ptr<const void>(v_cache), num_slots,
+                            cache_stride, ptr<const int32_t>(req_to_token), table_rows,
+                            table_stride, ptr<const int64_t>(req_pool_indices),
+                            ptr<const int32_t>(seq_lens), batch};
+        run("paged_decode_attention_cpu", [&] { return k::paged_decode_attention_cpu(shape, kv); });
+      },
+      "Decode attention of one query token per request over its paged keys.");
+  m.def(
+      "extend_attention_cpu",
+      [](uintptr_t q, int64_t q_stride, uintptr_t out, int64_t out_stride, int64_t num_heads,
+         int64_t num_kv_heads, int64_t head_dim, float scale, int dtype, uintptr_t k_cache,
+         uintptr_t v_cache, int64_t num_slots, int64_t cache_stride, uintptr_t req_to_token,
+         int64_t table_rows, int64_t table_stride, uintptr_t req_pool_indices, uintptr_t seq_lens,
+         int64_t batch, uintptr_t prefix_lens, uintptr_t extend_start) {
+        const k::AttnShape shape{ptr<const void>(q), q_stride, ptr<void>(out), out_stride,
+                                 num_heads, num_kv_heads, head_dim, scale, ops_dtype(dtype)};
+        const k::PagedKv kv{ptr<const void>(k_cache), ptr<const void>(v_cache), num_slots,
+                            cache_stride, ptr<const int32_t>(req_to_token), table_rows,
+                            table_stride, ptr<const int64_t>(req_pool_indices),
+                            ptr<const int32_t>(seq_lens), batch};
+        run("extend_attention_cpu", [&] {
+          return k::extend_attention_cpu(shape, kv, ptr<const int32_t>(prefix_lens),
+                                         ptr<const int32_t>(extend_start));
+        });
+      },
+      "Causal extend (prefill) attention of new tokens over cached prefix + themselves.");
+}
 
 }  // namespace sglang::bindings

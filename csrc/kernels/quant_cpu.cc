@@ -1,0 +1,509 @@
+// CPU launchers of the GGUF block-quant kernels (semantics in sglang/kernels/quant.h).
+//
+// Every format is first unpacked, one block at a time, into a uniform form: int8 q values (one per
+// weight) plus, per 16 consecutive weights, a float scale s and offset o with w = s * q + o
+// (Q4_0: q - 8 in int8, o = 0; Q4_1: o = m; K-quants: s = d * sc, o = -dmin * mn; Q6_K: q - 32).
+// The unpack is a few byte ops per weight into a per-thread buffer that stays in L1.
+//
+// quant_matmul_cpu splits the weight rows over threads in tiles of kTileRows rows. Per tile: the
+// rows are unpacked once (k values each), then for every group of up to MR x rows the SIMD
+// micro-kernel widens 16 q values to fp32 in registers, applies w = q * s + o with one FMA, and
+// FMAs w into kTileRows x MR accumulators. So each weight byte is read from memory once per call
+// whatever m is (decode is memory-bound), and the int8 -> fp32 widening is shared by MR x rows.
+// The per-block sum(x) trick (w = s * q + o  ->  s * sum(q * x) + o * sum(x)) would not save
+// anything here: the offset rides in the FMA that applies the scale, so it costs nothing extra.
+//
+// dequantize_cpu writes s * q + o with a separate multiply and add (fp-contract off in this file),
+// which is the exact operation order of ggml's reference, so the result is bit-exact.
+#pragma GCC optimize("fp-contract=off")
+// GCC 12 flags _mm512_undefined_* inside its own AVX-512 intrinsics (a known false positive).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "sglang/kernels/cpu_isa.h"
+#include "sglang/kernels/quant.h"
+#include "sglang/kernels/thread_pool.h"
+
+#define SGL_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+
+namespace sglang::kernels {
+
+namespace {
+
+constexpr int64_t kChunk = 16;    // weights per scale/offset entry (Q6_K's sub-block size)
+constexpr int64_t kTileRows = 4;  // weight rows per micro-kernel pass
+constexpr int kMaxRowsAvx512 = 4;  // x rows per weight pass: 16 zmm accumulators of 32
+constexpr int kMaxRowsAvx2 = 2;    // x rows per weight pass: 8 ymm accumulators of 16
+
+inline float h2f(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+inline uint16_t f2h(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
+
+// The unpackers use SSE/AVX2 byte ops (AVX2 is the library's floor; every path shares them).
+
+/// q[0..16) = low nibbles of 16 bytes, q[16..32) = high nibbles, minus `bias`.
+inline void unpack_nibbles16(const uint8_t* qs, int8_t* q, int8_t bias) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  const __m128i b = _mm_set1_epi8(bias);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm_sub_epi8(_mm_and_si128(v, mask), b));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16),
+                   _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), mask), b));
+}
+
+inline __m256i load256(const uint8_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+inline void store256(int8_t* p, __m256i v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+}
+
+inline void unpack_q4_0(const uint8_t* b, int8_t* q, float* s, float* o) {
+  unpack_nibbles16(b + 2, q, 8);
+  s[0] = s[1] = h2f(b);
+  o[0] = o[1] = 0.0f;
+}
+
+inline void unpack_q4_1(const uint8_t* b, int8_t* q, float* s, float* o) {
+  unpack_nibbles16(b + 4, q, 0);
+  s[0] = s[1] = h2f(b);
+  o[0] = o[1] = h2f(b + 2);
+}
+
+inline void unpack_q8_0(const uint8_t* b, int8_t* q, float* s, float* o) {
+  std::memcpy(q, b + 2, 32);
+  s[0] = s[1] = h2f(b);
+  o[0] = o[1] = 0.0f;
+}
+
+/// ggml's get_scale_min_k4: the 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K block.
+inline void scale_min_k4(int j, const uint8_t* sc, int* scale, int* min) {
+  if (j < 4) {
+    *scale = sc[j] & 63;
+    *min = sc[j + 4] & 63;
+  } else {
+    *scale = (sc[j + 4] & 0x0F) | ((sc[j - 4] >> 6) << 4);
+    *min = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+  }
+}
+
+/// Scales/offsets of the 8 sub-blocks of 32 of a Q4_K/Q5_K block (two kChunk entries each):
+/// s = d * sc, o = -(dmin * mn), the reference's roundings.
+inline void k_quant_scales(const uint8_t* b, float* s, float* o) {
+  const float d = h2f(b);
+  const float dmin = h2f(b + 2);
+  for (int j = 0; j < 8; ++j) {
+    int sc, mn;
+    scale_min_k4(j, b + 4, &sc, &mn);
+    s[2 * j] = s[2 * j + 1] = d * static_cast<float>(sc);
+    o[2 * j] = o[2 * j + 1] = -(dmin * static_cast<float>(mn));
+  }
+}
+
+/// Q4_K: 4 groups of 32 bytes; sub-block 2j = low nibbles of group j, 2j + 1 = high nibbles.
+inline void unpack_q4_k(const uint8_t* b, int8_t* q, float* s, float* o) {
+  k_quant_scales(b, s, o);
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+  for (int j = 0; j < 4; ++j) {
+    const __m256i v = load256(b + 16 + 32 * j);
+    store256(q + 64 * j, _mm256_and_si256(v, mask));
+    store256(q + 64 * j + 32, _mm256_and_si256(_mm256_srli_epi16(v, 4), mask));
+  }
+}
+
+/// Q5_K: as Q4_K, plus bit s of qh[l] as bit 4 of value l of sub-block s.
+inline void unpack_q5_k(const uint8_t* b, int8_t* q, float* s, float* o) {
+  k_quant_scales(b, s, o);
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+  const __m256i bit4 = _mm256_set1_epi8(0x10);
+  const __m256i qh = load256(b + 16);
+  auto high = [&](int sub) {
+    const __m256i bit = _mm256_set1_epi8(static_cast<char>(1 << sub));
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit), bit4);
+  };
+  for (int j = 0; j < 4; ++j) {
+    const __m256i v = load256(b + 48 + 32 * j);
+    store256(q + 64 * j, _mm256_or_si256(_mm256_and_si256(v, mask), high(2 * j)));
+    store256(q + 64 * j + 32,
+             _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), mask), high(2 * j + 1)));
+  }
+}
+
+/// Q6_K: per half h, value 32 * g + l = (4 bits of ql) | (bits 2g..2g+1 of qh[l]) << 4, minus 32.
+inline void unpack_q6_k(const uint8_t* b, int8_t* q, float* s, float* o) {
+  const __m256i lo4 = _mm256_set1_epi8(0x0F);
+  const __m256i hi2 = _mm256_set1_epi8(0x30);
+  const __m256i bias = _mm256_set1_epi8(32);
+  for (int h = 0; h < 2; ++h) {
+    const __m256i hb = load256(b + 128 + 32 * h);
+    const __m256i l0 = load256(b + 64 * h);
+    const __m256i l1 = load256(b + 64 * h + 32);
+    int8_t* y = q + 128 * h;
+    const __m256i h0 = _mm256_and_si256(_mm256_slli_epi16(hb, 4), hi2);
+    const __m256i h1 = _mm256_and_si256(_mm256_slli_epi16(hb, 2), hi2);
+    const __m256i h2 = _mm256_and_si256(hb, hi2);
+    const __m256i h3 = _mm256_and_si256(_mm256_srli_epi16(hb, 2), hi2);
+    store256(y, _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l0, lo4), h0), bias));
+    store256(y + 32, _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(l1, lo4), h1), bias));
+    store256(y + 64, _mm256_sub_epi8(
+                         _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), lo4), h2),
+                         bias));
+    store256(y + 96, _mm256_sub_epi8(
+                         _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), lo4), h3),
+                         bias));
+  }
+  const float d = h2f(b + 208);
+  const auto* sc = reinterpret_cast<const int8_t*>(b + 192);
+  for (int j = 0; j < 16; ++j) {
+    s[j] = d * static_cast<float>(sc[j]);
+    o[j] = 0.0f;
+  }
+}
+
+/// One weight row in the uniform unpacked form.
+struct Unpacked {
+  int8_t* q;  // [k]
+  float* s;   // [k / kChunk]
+  float* o;   // [k / kChunk]
+};
+
+/// Unpacks `blocks` consecutive blocks of kBlock values (the unpacker inlined into the loop).
+template <int64_t kBlock, int64_t kBytes, void (*kUnpack)(const uint8_t*, int8_t*, float*, float*)>
+void unpack_blocks(const uint8_t* row, int64_t blocks, const Unpacked& u) {
+  constexpr int64_t kChunks = kBlock / kChunk;
+  for (int64_t b = 0; b < blocks; ++b) {
+    kUnpack(row + b * kBytes, u.q + b * kBlock, u.s + b * kChunks, u.o + b * kChunks);
+  }
+}
+
+using UnpackRowFn = void (*)(const uint8_t*, int64_t, const Unpacked&);
+
+struct FormatInfo {
+  int64_t block_size;
+  int64_t block_bytes;
+  UnpackRowFn unpack;
+};
+
+bool format_info(QuantFormat fmt, FormatInfo* info) {
+  switch (fmt) {
+    case QuantFormat::kQ4_0: *info = {32, 18, unpack_blocks<32, 18, unpack_q4_0>}; return true;
+    case QuantFormat::kQ4_1: *info = {32, 20, unpack_blocks<32, 20, unpack_q4_1>}; return true;
+    case QuantFormat::kQ8_0: *info = {32, 34, unpack_blocks<32, 34, unpack_q8_0>}; return true;
+    case QuantFormat::kQ4_K: *info = {256, 144, unpack_blocks<256, 144, unpack_q4_k>}; return true;
+    case QuantFormat::kQ5_K: *info = {256, 176, unpack_blocks<256, 176, unpack_q5_k>}; return true;
+    case QuantFormat::kQ6_K: *info = {256, 210, unpack_blocks<256, 210, unpack_q6_k>}; return true;
+  }
+  return false;
+}
+
+/// Unpacks one weight row (k / block_size blocks) into u.
+void unpack_row(const FormatInfo& f, const uint8_t* row, int64_t k, const Unpacked& u) {
+  f.unpack(row, k / f.block_size, u);
+}
+
+/// Per-thread unpack buffers for kTileRows rows of k weights (row i at offset i * k / i * k/16).
+struct TileScratch {
+  std::vector<int8_t> q;
+  std::vector<float> s;
+  std::vector<float> o;
+
+  void reserve(int64_t k) {
+    q.resize(static_cast<size_t>(kTileRows * k));
+    s.resize(static_cast<size_t>(kTileRows * k / kChunk));
+    o.resize(static_cast<size_t>(kTileRows * k / kChunk));
+  }
+  Unpacked row(int64_t i, int64_t k) {
+    return {q.data() + i * k, s.data() + i * (k / kChunk), o.data() + i * (k / kChunk)};
+  }
+};
+
+TileScratch& tile_scratch() {
+  thread_local TileScratch scratch;
+  return scratch;
+}
+
+// ---- micro-kernels: res[r][i] = sum_c x_r[c] * w_i[c] for kTileRows weight rows, MR x rows ----
+
+struct TileArgs {
+  const int8_t* q;  // kTileRows rows, stride k
+  const float* s;   // kTileRows rows, stride k / kChunk
+  const float* o;
+  int64_t k;
+  const float* x;  // MR rows, stride ldx
+  int64_t ldx;
+};
+
+void tile_scalar(const TileArgs& a, int mr, float res[][kTileRows]) {
+  const int64_t nc = a.k / kChunk;
+  for (int r = 0; r < mr; ++r) {
+    const float* x = a.x + r * a.ldx;
+    for (int64_t i = 0; i < kTileRows; ++i) {
+      float acc = 0.0f;
+      for (int64_t c = 0; c < a.k; ++c) {
+        const float w = static_cast<float>(a.q[i * a.k + c]) * a.s[i * nc + c / kChunk] +
+                        a.o[i * nc + c / kChunk];
+        acc += w * x[c];
+      }
+      res[r][i] = acc;
+    }
+  }
+}
+
+template <int MR>
+__attribute__((target("avx2,fma"))) void tile_avx2(const TileArgs& a, float res[][kTileRows]) {
+  const int64_t nc = a.k / kChunk;
+  __m256 acc[kTileRows][MR];
+  for (auto& row : acc) {
+    for (auto& v : row) v = _mm256_setzero_ps();
+  }
+  for (int64_t c = 0; c < nc; ++c) {
+    __m256 x0[MR], x1[MR];
+    for (int r = 0; r < MR; ++r) {
+      x0[r] = _mm256_loadu_ps(a.x + r * a.ldx + c * kChunk);
+      x1[r] = _mm256_loadu_ps(a.x + r * a.ldx + c * kChunk + 8);
+    }
+    for (int i = 0; i < kTileRows; ++i) {
+      const __m128i qi =
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.q + i * a.k + c * kChunk));
+      const __m256 s = _mm256_broadcast_ss(a.s + i * nc + c);
+      const __m256 o = _mm256_broadcast_ss(a.o + i * nc + c);
+      const __m256 w0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(qi)), s, o);
+      const __m256 w1 = _mm256_fmadd_ps(
+          _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(qi, 8))), s, o);
+      for (int r = 0; r < MR; ++r) {
+        acc[i][r] = _mm256_fmadd_ps(w0, x0[r], acc[i][r]);
+        acc[i][r] = _mm256_fmadd_ps(w1, x1[r], acc[i][r]);
+      }
+    }
+  }
+  for (int i = 0; i < kTileRows; ++i) {
+    for (int r = 0; r < MR; ++r) {
+      const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[i][r]),
+                                  _mm256_extractf128_ps(acc[i][r], 1));
+      const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      res[r][i] = _mm_cvtss_f32(_mm_add_ss(h2, _mm_movehdup_ps(h2)));
+    }
+  }
+}
+
+template <int MR>
+SGL_AVX512_TARGET void tile_avx512(const TileArgs& a, float res[][kTileRows]) {
+  const int64_t nc = a.k / kChunk;
+  __m512 acc[kTileRows][MR];
+  for (auto& row : acc) {
+    for (auto& v : row) v = _mm512_setzero_ps();
+  }
+  for (int64_t c = 0; c < nc; ++c) {
+    __m512 xv[MR];
+    for (int r = 0; r < MR; ++r) xv[r] = _mm512_loadu_ps(a.x + r * a.ldx + c * kChunk);
+    for (int i = 0; i < kTileRows; ++i) {
+      const __m128i qi =
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.q + i * a.k + c * kChunk));
+      const __m512 w = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(qi)),
+                                       _mm512_set1_ps(a.s[i * nc + c]),
+                                       _mm512_set1_ps(a.o[i * nc + c]));
+      for (int r = 0; r < MR; ++r) acc[i][r] = _mm512_fmadd_ps(w, xv[r], acc[i][r]);
+    }
+  }
+  for (int i = 0; i < kTileRows; ++i) {
+    for (int r = 0; r < MR; ++r) res[r][i] = _mm512_reduce_add_ps(acc[i][r]);
+  }
+}
+
+/// Runs the micro-kernel of `isa` over up to its row limit of x rows; returns the rows done.
+int run_tile(CpuIsa isa, const TileArgs& a, int64_t rows_left, float res[][kTileRows]) {
+  if (isa == CpuIsa::kAvx512) {
+    switch (std::min<int64_t>(rows_left, kMaxRowsAvx512)) {
+      case 1: tile_avx512<1>(a, res); return 1;
+      case 2: tile_avx512<2>(a, res); return 2;
+      case 3: tile_avx512<3>(a, res); return 3;
+      default: tile_avx512<4>(a, res); return 4;
+    }
+  }
+  if (isa == CpuIsa::kAvx2) {
+    if (rows_left == 1) {
+      tile_avx2<1>(a, res);
+      return 1;
+    }
+    tile_avx2<kMaxRowsAvx2>(a, res);
+    return kMaxRowsAvx2;
+  }
+  const int mr = static_cast<int>(std::min<int64_t>(rows_left, kMaxRowsAvx512));
+  tile_scalar(a, mr, res);
+  return mr;
+}
+
+struct MatmulArgs {
+  FormatInfo f;
+  const uint8_t* weight;
+  int64_t row_bytes;
+  int64_t n, k;
+  const float* x;
+  int64_t m, ldx;
+  const float* bias;
+  float* out;
+  int64_t ldo;
+  CpuIsa isa;
+};
+
+/// Weight rows [j0, j0 + kTileRows) (clipped to n; missing rows are zero) times every x row.
+void matmul_tile(const MatmulArgs& a, int64_t j0) {
+  TileScratch& scratch = tile_scratch();
+  scratch.reserve(a.k);
+  const int64_t rows = std::min(kTileRows, a.n - j0);
+  for (int64_t i = 0; i < kTileRows; ++i) {
+    const Unpacked u = scratch.row(i, a.k);
+    if (i < rows) {
+      unpack_row(a.f, a.weight + (j0 + i) * a.row_bytes, a.k, u);
+    } else {
+      std::fill_n(u.q, a.k, int8_t{0});
+      std::fill_n(u.s, a.k / kChunk, 0.0f);
+      std::fill_n(u.o, a.k / kChunk, 0.0f);
+    }
+  }
+  float res[kMaxRowsAvx512][kTileRows];
+  for (int64_t r0 = 0; r0 < a.m;) {
+    const TileArgs t{scratch.q.data(), scratch.s.data(), scratch.o.data(),
+                     a.k,              a.x + r0 * a.ldx, a.ldx};
+    const int done = run_tile(a.isa, t, a.m - r0, res);
+    for (int r = 0; r < done; ++r) {
+      float* o = a.out + (r0 + r) * a.ldo + j0;
+      for (int64_t i = 0; i < rows; ++i) o[i] = res[r][i] + (a.bias ? a.bias[j0 + i] : 0.0f);
+    }
+    r0 += done;
+  }
+}
+
+/// Runs fn(item) for item in [0, items) split into contiguous ranges over `threads` threads.
+template <typename Fn>
+void parallel_ranges(int64_t items, int threads, const Fn& fn) {
+  if (threads <= 1) {
+    for (int64_t i = 0; i < items; ++i) fn(i);
+    return;
+  }
+  ThreadPool::global().parallel_for(threads, threads, [&](int64_t t) {
+    const int64_t begin = items * t / threads;
+    const int64_t end = items * (t + 1) / threads;
+    for (int64_t i = begin; i < end; ++i) fn(i);
+  });
+}
+
+}  // namespace
+
+bool quant_format_valid(int32_t fmt) {
+  FormatInfo f;
+  return format_info(static_cast<QuantFormat>(fmt), &f);
+}
+
+int64_t quant_block_size(QuantFormat fmt) {
+  FormatInfo f;
+  return format_info(fmt, &f) ? f.block_size : 0;
+}
+
+int64_t quant_block_bytes(QuantFormat fmt) {
+  FormatInfo f;
+  return format_info(fmt, &f) ? f.block_bytes : 0;
+}
+
+Status quant_matmul_cpu(QuantFormat fmt, const void* weight, int64_t n, int64_t k, const float* x,
+                        int64_t m, int64_t ldx, const float* bias, float* out, int64_t ldo,
+                        int num_threads) {
+  FormatInfo f;
+  if (!format_info(fmt, &f) || n < 0 || m < 0 || k <= 0 || k % f.block_size != 0) {
+    return Status::kInvalidArgument;
+  }
+  if ((m > 1 && ldx < k) || (m > 1 && ldo < n) || ldx < 0 || ldo < 0) {
+    return Status::kInvalidArgument;
+  }
+  if (m == 0 || n == 0) return Status::kOk;
+  if (weight == nullptr || x == nullptr || out == nullptr) return Status::kInvalidArgument;
+  const MatmulArgs a{f,    static_cast<const uint8_t*>(weight), k / f.block_size * f.block_bytes,
+                     n,    k,
+                     x,    m,
+                     ldx,  bias,
+                     out,  ldo,
+                     active_isa()};
+  const int64_t tiles = (n + kTileRows - 1) / kTileRows;
+  const int threads = plan_threads(tiles, kTileRows * k * m, num_threads);
+  parallel_ranges(tiles, threads, [&](int64_t t) { matmul_tile(a, t * kTileRows); });
+  return Status::kOk;
+}
+
+int64_t quant_matmul_rows_per_pass() {
+  switch (active_isa()) {
+    case CpuIsa::kAvx512: return kMaxRowsAvx512;
+    case CpuIsa::kAvx2: return kMaxRowsAvx2;
+    default: return kMaxRowsAvx512;  // the scalar path uses the same grouping
+  }
+}
+
+Status dequantize_cpu(QuantFormat fmt, const void* weight, int64_t n, int64_t k, float* out,
+                      int64_t ldo, int num_threads) {
+  FormatInfo f;
+  if (!format_info(fmt, &f) || n < 0 || k <= 0 || k % f.block_size != 0 || ldo < 0 ||
+      (n > 1 && ldo < k)) {
+    return Status::kInvalidArgument;
+  }
+  if (n == 0) return Status::kOk;
+  if (weight == nullptr || out == nullptr) return Status::kInvalidArgument;
+  const auto* w = static_cast<const uint8_t*>(weight);
+  const int64_t row_bytes = k / f.block_size * f.block_bytes;
+  const int threads = plan_threads(n, k, num_threads);
+  parallel_ranges(n, threads, [&](int64_t j) {
+    TileScratch& scratch = tile_scratch();
+    scratch.reserve(k);
+    const Unpacked u = scratch.row(0, k);
+    unpack_row(f, w + j * row_bytes, k, u);
+    float* y = out + j * ldo;
+    // Multiply, then add (not fused): the reference's rounding, so the result is bit-exact.
+    for (int64_t c = 0; c < k; c += kChunk) {
+      const __m256 s = _mm256_broadcast_ss(u.s + c / kChunk);
+      const __m256 o = _mm256_broadcast_ss(u.o + c / kChunk);
+      const __m128i qi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(u.q + c));
+      const __m256 q0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(qi));
+      const __m256 q1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(qi, 8)));
+      _mm256_storeu_ps(y + c, _mm256_add_ps(_mm256_mul_ps(q0, s), o));
+      _mm256_storeu_ps(y + c + 8, _mm256_add_ps(_mm256_mul_ps(q1, s), o));
+    }
+  });
+  return Status::kOk;
+}
+
+Status quantize_q8_0_cpu(const float* w, int64_t n, int64_t k, void* out, int num_threads) {
+  if (n < 0 || k <= 0 || k % 32 != 0) return Status::kInvalidArgument;
+  if (n == 0) return Status::kOk;
+  if (w == nullptr || out == nullptr) return Status::kInvalidArgument;
+  const int64_t blocks = k / 32;
+  auto* dst = static_cast<uint8_t*>(out);
+  const int threads = plan_threads(n, k, num_threads);
+  parallel_ranges(n, threads, [&](int64_t j) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      const float* src = w + j * k + b * 32;
+      uint8_t* blk = dst + (j * blocks + b) * 34;
+      float amax = 0.0f;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(src[i]));
+      const float d = amax / 127.0f;
+      const float id = d != 0.0f ? 1.0f / d : 0.0f;
+      const uint16_t dh = f2h(d);
+      std::memcpy(blk, &dh, 2);
+      for (int i = 0; i < 32; ++i) {
+        blk[2 + i] = static_cast<uint8_t>(static_cast<int8_t>(std::roundf(src[i] * id)));
+      }
+    }
+  });
+  return Status::kOk;
+}
+
+}  // namespace sglang::kernels

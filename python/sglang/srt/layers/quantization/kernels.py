@@ -1,0 +1,282 @@
+"""Torch adapter of the GGUF block-quant CPU kernels (``sglang._core``).
+
+A quantized weight arrives from the GGUF loader as stored in the file: a uint8 tensor
+[N, row_bytes] (GGUFReader's ``tensor.data`` for a 2-D tensor), row j holding K / block_size
+blocks of ggml type ``fmt``. Linear layers call ``quant_matmul`` with activations [..., K]
+(float32 / bfloat16 / float16, computed in fp32) and get [..., N] in the activations' dtype.
+Semantics and block layouts: ``csrc/include/sglang/kernels/quant.h``.
+
+Two paths, chosen per call from the number of activation rows M:
+  * GEMV (decode, M small): ``_core.quant_matmul_cpu`` decodes the blocks in registers; one pass
+    over the weight serves ``_core.quant_matmul_rows_per_pass()`` rows (R).
+  * GEMM (prefill, M large): the weight is dequantized in row tiles into a reusable fp32 scratch
+    buffer and multiplied with ``torch.mm`` (MKL / oneDNN), tile by tile while it is in cache.
+The ops are registered as ``torch.ops.sglang.quant_matmul`` / ``dequantize`` / ``quantize_q8_0``
+with fake implementations, so ``torch.compile`` can trace models that use them.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "FORMATS",
+    "QuantFormatInfo",
+    "dequantize",
+    "format_info",
+    "quant_matmul",
+    "quantize_q8_0",
+    "row_bytes",
+]
+
+_ACT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Elements of one fp32 weight tile on the GEMM path: small enough that the tile is still in
+# cache when torch.mm reads it (1 MiB, below every x86 server's per-core L2 + L3 share).
+_TILE_ELEMENTS = 1 << 18
+
+
+def _core():  # the sglang._core extension module
+    from sglang import _core
+
+    return _core
+
+
+@dataclass(frozen=True)
+class QuantFormatInfo:
+    """One GGUF block format: its ggml type id, values and bytes per block."""
+
+    name: str
+    type_id: int
+    block_size: int
+    block_bytes: int
+
+
+def _build_formats() -> dict[int, QuantFormatInfo]:
+    names = {2: "Q4_0", 3: "Q4_1", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
+    core = _core()
+    return {
+        tid: QuantFormatInfo(name, tid, core.quant_block_size(tid), core.quant_block_bytes(tid))
+        for tid, name in names.items()
+    }
+
+
+#: The supported formats by ggml type id (sizes come from ``_core``).
+FORMATS: dict[int, QuantFormatInfo] = _build_formats()
+_BY_NAME = {f.name: f for f in FORMATS.values()}
+
+
+def format_info(fmt: int | str) -> QuantFormatInfo:
+    """The format for a ggml type id (e.g. 3) or name (e.g. ``"Q4_1"``); ValueError if unknown."""
+    info = _BY_NAME.get(fmt.upper()) if isinstance(fmt, str) else FORMATS.get(int(fmt))
+    if info is None:
+        known = ", ".join(f"{f.name}={f.type_id}" for f in FORMATS.values())
+        raise ValueError(f"unsupported quant format {fmt!r}; supported: {known}")
+    return info
+
+
+def row_bytes(fmt: int | str, k: int) -> int:
+    """Bytes of one weight row of k values (k must be a positive multiple of the block size)."""
+    info = format_info(fmt)
+    if k <= 0 or k % info.block_size != 0:
+        raise ValueError(f"k = {k} is not a positive multiple of {info.name}'s block size")
+    return k // info.block_size * info.block_bytes
+
+
+def _check_weight(weight: torch.Tensor, fmt: int, k: int) -> int:
+    """Checks a [N, row_bytes] uint8 CPU weight; returns N."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    expected = row_bytes(fmt, k)
+    if weight.dtype != torch.uint8 or weight.dim() != 2 or weight.shape[1] != expected:
+        raise ValueError(
+            f"weight must be uint8 [N, {expected}] ({format_info(fmt).name} rows of k={k}), "
+            f"got {weight.dtype} {tuple(weight.shape)}"
+        )
+    if weight.device.type != "cpu":
+        raise ValueError(f"weight must be a CPU tensor, got {weight.device}")
+    if not weight.is_contiguous():
+        raise ValueError("weight must be contiguous")
+    return weight.shape[0]
+
+
+def _check_inputs(
+    x: torch.Tensor, weight: torch.Tensor, fmt: int, k: int, bias: torch.Tensor | None
+) -> int:
+    """Checks quant_matmul's arguments; returns N."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _ACT_DTYPES:
+        raise ValueError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] != k:
+        raise ValueError(f"x must have shape [..., {k}], got {tuple(x.shape)}")
+    if x.device.type != "cpu":
+        raise ValueError(f"x must be a CPU tensor, got {x.device}")
+    n = _check_weight(weight, fmt, k)
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.dim() != 1 or bias.shape[0] != n:
+            raise ValueError(f"bias must be a 1-D tensor of {n} elements")
+        if not bias.is_floating_point() or bias.device.type != "cpu":
+            raise ValueError("bias must be a floating-point CPU tensor")
+    return n
+
+
+def _use_gemm(m: int) -> bool:
+    """Whether M rows go to the dequantize + torch.mm path instead of the GEMV kernel.
+
+    Structure, not a tuned constant: the GEMV kernel widens every weight from int8 to fp32 once
+    per group of R = rows_per_pass rows, inside an R x 4 register tile that does not reach the
+    FMA throughput of a cache-blocked sgemm. The GEMM path widens every weight once, writes it
+    as fp32 and reads it back (about two widening passes' worth of work) and then runs at sgemm
+    speed. So the GEMM path cannot lose once the GEMV kernel needs more than two passes, i.e.
+    M > 2 * R; below that the GEMV kernel also reads 4-7x fewer weight bytes.
+    """
+    return m > 2 * _core().quant_matmul_rows_per_pass()
+
+
+class _Scratch(threading.local):
+    """A per-thread fp32 buffer reused by the GEMM path (grown, never shrunk)."""
+
+    buf: torch.Tensor | None = None
+
+    def get(self, numel: int) -> torch.Tensor:
+        if self.buf is None or self.buf.numel() < numel:
+            self.buf = torch.empty(numel, dtype=torch.float32)
+        return self.buf[:numel]
+
+
+_scratch = _Scratch()
+
+
+def _gemm_path(x: torch.Tensor, weight: torch.Tensor, fmt: int, k: int, out: torch.Tensor) -> None:
+    """out[M, N] = x @ dequant(W)^T, dequantizing row tiles into the scratch buffer."""
+    n = weight.shape[0]
+    tile_rows = max(1, min(n, _TILE_ELEMENTS // k))
+    tile = _scratch.get(tile_rows * k).view(tile_rows, k)
+    for j0 in range(0, n, tile_rows):
+        rows = min(tile_rows, n - j0)
+        w = tile[:rows]
+        _core().dequantize_cpu(fmt, weight[j0].data_ptr(), rows, k, w.data_ptr(), k)
+        if rows == n:
+            torch.mm(x, w.t(), out=out)
+        else:
+            out[:, j0 : j0 + rows] = torch.mm(x, w.t())
+
+
+def _quant_matmul_2d(
+    x: torch.Tensor, weight: torch.Tensor, fmt: int, k: int, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """fp32 [M, N] result for fp32 x [M, K] (row stride may exceed K)."""
+    core = _core()
+    m, n = x.shape[0], weight.shape[0]
+    out = torch.empty((m, n), dtype=torch.float32)
+    if m == 0 or n == 0:
+        return out
+    bias32 = None if bias is None else bias.to(torch.float32).contiguous()
+    if _use_gemm(m):
+        _gemm_path(x.contiguous(), weight, fmt, k, out)
+        if bias32 is not None:
+            out += bias32
+        return out
+    core.quant_matmul_cpu(
+        fmt,
+        weight.data_ptr(),
+        n,
+        k,
+        x.data_ptr(),
+        m,
+        x.stride(0),
+        0 if bias32 is None else bias32.data_ptr(),
+        out.data_ptr(),
+        n,
+    )
+    return out
+
+
+def _quant_matmul_impl(
+    x: torch.Tensor, weight: torch.Tensor, fmt: int, k: int, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """The body of ``torch.ops.sglang.quant_matmul``."""
+    _check_inputs(x, weight, fmt, k, bias)
+    x2 = x.reshape(-1, k).to(torch.float32)
+    if x2.shape[0] > 0 and k > 1 and x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    out = _quant_matmul_2d(x2, weight, fmt, k, bias)
+    return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+
+@torch.library.custom_op("sglang::quant_matmul", mutates_args=())
+def _quant_matmul_op(
+    x: torch.Tensor, weight: torch.Tensor, fmt: int, k: int, bias: torch.Tensor | None
+) -> torch.Tensor:
+    return _quant_matmul_impl(x, weight, fmt, k, bias)
+
+
+@_quant_matmul_op.register_fake
+def _(
+    x: torch.Tensor, weight: torch.Tensor, fmt: int, k: int, bias: torch.Tensor | None
+) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.custom_op("sglang::dequantize", mutates_args=())
+def _dequantize_op(weight: torch.Tensor, fmt: int, k: int) -> torch.Tensor:
+    n = _check_weight(weight, fmt, k)
+    out = torch.empty((n, k), dtype=torch.float32)
+    if n > 0:
+        _core().dequantize_cpu(fmt, weight.data_ptr(), n, k, out.data_ptr(), k)
+    return out
+
+
+@_dequantize_op.register_fake
+def _(weight: torch.Tensor, fmt: int, k: int) -> torch.Tensor:
+    return weight.new_empty((weight.shape[0], k), dtype=torch.float32)
+
+
+@torch.library.custom_op("sglang::quantize_q8_0", mutates_args=())
+def _quantize_q8_0_op(w: torch.Tensor) -> torch.Tensor:
+    if not isinstance(w, torch.Tensor) or w.dtype != torch.float32 or w.dim() != 2:
+        raise ValueError("w must be a float32 [N, K] tensor")
+    if w.device.type != "cpu":
+        raise ValueError(f"w must be a CPU tensor, got {w.device}")
+    n, k = w.shape
+    out = torch.empty((n, row_bytes(8, k)), dtype=torch.uint8)
+    if n > 0:
+        _core().quantize_q8_0_cpu(w.contiguous().data_ptr(), n, k, out.data_ptr())
+    return out
+
+
+@_quantize_q8_0_op.register_fake
+def _(w: torch.Tensor) -> torch.Tensor:
+    return w.new_empty((w.shape[0], w.shape[1] // 32 * 34), dtype=torch.uint8)
+
+
+def quant_matmul(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    fmt: int | str,
+    k: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y[..., N] = x[..., K] @ dequant(weight)^T (+ bias), in x's dtype (computed in fp32).
+
+    weight: uint8 [N, row_bytes(fmt, K)] CPU tensor of ggml blocks; fmt: ggml type id or name.
+    Eager calls skip the torch dispatcher (about 30 us per call, as much as a decode-sized
+    GEMV); under torch.compile the registered op is traced.
+    """
+    fmt_id = format_info(fmt).type_id
+    if torch.compiler.is_compiling():
+        return torch.ops.sglang.quant_matmul(x, weight, fmt_id, k, bias)
+    return _quant_matmul_impl(x, weight, fmt_id, k, bias)
+
+
+def dequantize(weight: torch.Tensor, fmt: int | str, k: int) -> torch.Tensor:
+    """float32 [N, K] values of a uint8 [N, row_bytes] block tensor (bit-exact with ggml)."""
+    return torch.ops.sglang.dequantize(weight, format_info(fmt).type_id, k)
+
+
+def quantize_q8_0(w: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, K / 32 * 34] Q8_0 blocks of a float32 [N, K] tensor (ggml's reference rounding)."""
+    return torch.ops.sglang.quantize_q8_0(w)
