@@ -183,10 +183,13 @@ def test_non_contiguous_rows_of_x() -> None:
     fmt, n, k = 14, 3, 256
     torch.manual_seed(2)
     w = torch.from_numpy(_blocks(fmt, n, k))
+    ref_w = torch.from_numpy(_reference(fmt, n, k)).double()
     x = torch.randn(2, k + 10)[:, 5 : 5 + k]
     got = kernels.quant_matmul(x, w, fmt, k)
-    ref = x.double() @ torch.from_numpy(_reference(fmt, n, k)).double().T
-    _check_close(got.double().numpy(), ref.numpy(), "strided x")
+    _check_close(got.double().numpy(), (x.double() @ ref_w.T).numpy(), "strided x")
+    for x in (torch.randn(k, 3).t(), torch.randn(1, k).expand(3, k)):  # column / zero row stride
+        got = kernels.quant_matmul(x, w, fmt, k)
+        _check_close(got.double().numpy(), (x.double() @ ref_w.T).numpy(), "odd strides")
 
 
 def test_torch_compile_traces_the_op() -> None:

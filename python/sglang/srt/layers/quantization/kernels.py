@@ -201,11 +201,12 @@ def _quant_matmul_impl(
 ) -> torch.Tensor:
     """The body of ``torch.ops.sglang.quant_matmul``."""
     _check_inputs(x, weight, fmt, k, bias)
-    x2 = x.reshape(-1, k).to(torch.float32)
-    if x2.shape[0] > 0 and k > 1 and x2.stride(1) != 1:
-        x2 = x2.contiguous()
+    plain = x.dim() == 2 and x.dtype == torch.float32  # the decode case: no reshape, no cast
+    x2 = x if plain else x.reshape(-1, k).to(torch.float32)
+    if (k > 1 and x2.stride(1) != 1) or (x2.shape[0] > 1 and x2.stride(0) < k):
+        x2 = x2.contiguous()  # the kernel takes a row stride, but needs unit column stride
     out = _quant_matmul_2d(x2, weight, fmt, k, bias)
-    return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+    return out if plain else out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
 
 
 @torch.library.custom_op("sglang::quant_matmul", mutates_args=())
