@@ -153,13 +153,15 @@ _scratch = _Scratch()
 
 def _gemm_path(x: torch.Tensor, weight: torch.Tensor, fmt: int, k: int, out: torch.Tensor) -> None:
     """out[M, N] = x @ dequant(W)^T, dequantizing row tiles into the scratch buffer."""
-    n = weight.shape[0]
+    core, n = _core(), weight.shape[0]
     tile_rows = max(1, min(n, _TILE_ELEMENTS // k))
     tile = _scratch.get(tile_rows * k).view(tile_rows, k)
     for j0 in range(0, n, tile_rows):
         rows = min(tile_rows, n - j0)
         w = tile[:rows]
-        _core().dequantize_cpu(fmt, weight[j0].data_ptr(), rows, k, w.data_ptr(), k)
+        # One thread: the tile is small next to its mm, and the core's pool would compete with
+        # torch's OpenMP threads, which keep spinning for a while after each mm.
+        core.dequantize_cpu(fmt, weight[j0].data_ptr(), rows, k, w.data_ptr(), k, 1)
         if rows == n:
             torch.mm(x, w.t(), out=out)
         else:
