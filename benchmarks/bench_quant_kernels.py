@@ -121,6 +121,8 @@ def main() -> None:
             fmt = kernels.format_info(name).type_id
             for shape in args.shapes:
                 n, k = (int(v) for v in shape.split("x"))
+                if k % kernels.format_info(fmt).block_size != 0:
+                    continue  # K-quants need K % 256 == 0 (GGUF files fall back to Q5_0/Q8_0)
                 w = random_blocks(fmt, n, k, rng)
                 w32 = kernels.dequantize(w, fmt, k)
                 for isa in args.isa:

@@ -1,13 +1,15 @@
 // Launchers of the paged attention kernels (decode and extend); semantics in
 // sglang/kernels/cpu_ops.h, per-item kernels in ops_kernels.inc.
 //
-// Decode splits into (request, kv head) items; when those are fewer than about twice the threads,
-// each request's keys are also cut into chunks (flash-decoding): every chunk writes its
+// Decode splits into (request, range of up to 8 KV heads) items, so each key row is read once for
+// all its heads; when those are fewer than about twice the threads, each request's keys are also
+// cut into chunks (flash-decoding): every chunk writes its
 // unnormalized accumulator, max and sum, and a merge pass combines them by log-sum-exp.
 // Extend splits into (query tile, kv head) items, the tiles with the most keys first.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "ops_cpu_impl.h"
@@ -72,8 +74,9 @@ LaunchScratch& launch_scratch() {
   return s;
 }
 
-/// Combines the chunk partials of (b, h) into the output rows of its query group.
-void merge_partials(const AttnShape& sh, const float* parts, int64_t splits, int64_t stride,
+/// Combines the chunk partials of one KV head of one request into the output rows of its query
+/// group: part c of that head is at parts + c * item_stride.
+void merge_partials(const AttnShape& sh, const float* parts, int64_t splits, int64_t item_stride,
                     int64_t b, int64_t h) {
   const int64_t group = sh.num_heads / sh.num_kv_heads, d = sh.head_dim;
   char* out = static_cast<char*>(sh.out) +
@@ -81,11 +84,11 @@ void merge_partials(const AttnShape& sh, const float* parts, int64_t splits, int
   float acc[ops::kMaxHeadDim];
   for (int64_t g = 0; g < group; ++g) {
     float m = -INFINITY;
-    for (int64_t c = 0; c < splits; ++c) m = std::max(m, parts[c * stride + group * d + g]);
+    for (int64_t c = 0; c < splits; ++c) m = std::max(m, parts[c * item_stride + group * d + g]);
     float l = 0.0f;
     std::fill(acc, acc + d, 0.0f);
     for (int64_t c = 0; c < splits; ++c) {
-      const float* p = parts + c * stride;
+      const float* p = parts + c * item_stride;
       const float lc = p[group * d + group + g];
       if (lc == 0.0f) continue;  // an empty chunk
       const float w = std::exp(p[group * d + g] - m);
@@ -104,48 +107,65 @@ Status paged_decode_attention_cpu(const AttnShape& sh, const PagedKv& kv) {
   if (!valid_shape(sh, kv.batch) || !valid_kv(kv, sh, 1)) return Status::kInvalidArgument;
   if (kv.batch == 0) return Status::kOk;
   const ops::OpsIsaTable& t = ops::ops_table();
-  const int64_t kvh = sh.num_kv_heads, pairs = kv.batch * kvh;
-  const int64_t group = sh.num_heads / kvh;
+  const int64_t kvh = sh.num_kv_heads, group = sh.num_heads / kvh, d = sh.head_dim;
+  // Items: (request, range of KV heads, chunk of keys).
+  const int64_t ranges = (kvh + ops::kMaxDecodeHeads - 1) / ops::kMaxDecodeHeads;
+  const int64_t per_range = (kvh + ranges - 1) / ranges;
+  const int64_t units = kv.batch * ranges;
   int64_t max_len = 0, total_len = 0;
   for (int64_t b = 0; b < kv.batch; ++b) {
     max_len = std::max<int64_t>(max_len, kv.seq_lens[b]);
     total_len += kv.seq_lens[b];
   }
-  const int64_t cost_per_key = 4 * group * sh.head_dim;
-  const int threads = plan_threads(pairs * 64, total_len * cost_per_key / (pairs * 64), 0);
+  const int64_t cost_per_key = 4 * sh.num_heads * d;
+  const int threads = plan_threads(units * 64, total_len * cost_per_key / (units * 64), 0);
   int64_t splits = 1;
-  if (threads > 1 && pairs < 2 * threads) {
-    splits = std::min((2 * threads + pairs - 1) / pairs,
+  if (threads > 1 && units < 2 * threads) {
+    splits = std::min((2 * threads + units - 1) / units,
                       (max_len + kMinDecodeChunk - 1) / kMinDecodeChunk);
     splits = std::max<int64_t>(splits, 1);
   }
+  auto heads_of = [&](int64_t unit) {
+    const int64_t h0 = (unit % ranges) * per_range;
+    return std::pair<int64_t, int64_t>{h0, std::min(kvh, h0 + per_range)};
+  };
   if (splits == 1) {
-    ThreadPool::global().parallel_for(pairs, threads, [&](int64_t i) {
-      const int64_t b = i / kvh;
-      t.decode_item(sh, kv, b, i % kvh, 0, kv.seq_lens[b], nullptr);
+    ThreadPool::global().parallel_for(units, threads, [&](int64_t unit) {
+      const auto [h0, h1] = heads_of(unit);
+      const int64_t b = unit / ranges;
+      t.decode_item(sh, kv, b, h0, h1, 0, kv.seq_lens[b], nullptr);
     });
     return Status::kOk;
   }
   const int64_t chunk = (max_len + splits - 1) / splits;
-  const int64_t stride = group * (sh.head_dim + 2);
+  const int64_t head_stride = group * (d + 2);
+  const int64_t item_stride = per_range * head_stride;
   std::vector<float>& parts = launch_scratch().partials;
-  if (parts.size() < static_cast<size_t>(pairs * splits * stride)) {
-    parts.resize(pairs * splits * stride);
+  if (parts.size() < static_cast<size_t>(units * splits * item_stride)) {
+    parts.resize(units * splits * item_stride);
   }
   float* base = parts.data();
-  ThreadPool::global().parallel_for(pairs * splits, threads, [&](int64_t i) {
-    const int64_t pair = i / splits, c = i % splits, b = pair / kvh;
-    float* p = base + i * stride;
+  ThreadPool::global().parallel_for(units * splits, threads, [&](int64_t i) {
+    const int64_t unit = i / splits, c = i % splits, b = unit / ranges;
+    const auto [h0, h1] = heads_of(unit);
+    float* p = base + i * item_stride;
     const int64_t k0 = c * chunk, k1 = std::min<int64_t>(k0 + chunk, kv.seq_lens[b]);
-    if (k0 >= k1) {  // past this request's end: an empty chunk
-      std::fill(p + group * sh.head_dim, p + stride, 0.0f);
-      std::fill(p + group * sh.head_dim, p + group * sh.head_dim + group, -INFINITY);
+    if (k0 >= k1) {  // past this request's end: an empty chunk (m = -inf, l = 0)
+      for (int64_t hh = 0; hh < h1 - h0; ++hh) {
+        float* ph = p + hh * head_stride + group * d;
+        std::fill(ph, ph + group, -INFINITY);
+        std::fill(ph + group, ph + 2 * group, 0.0f);
+      }
       return;
     }
-    t.decode_item(sh, kv, b, pair % kvh, k0, k1, p);
+    t.decode_item(sh, kv, b, h0, h1, k0, k1, p);
   });
-  for (int64_t pair = 0; pair < pairs; ++pair) {
-    merge_partials(sh, base + pair * splits * stride, splits, stride, pair / kvh, pair % kvh);
+  for (int64_t unit = 0; unit < units; ++unit) {
+    const auto [h0, h1] = heads_of(unit);
+    for (int64_t h = h0; h < h1; ++h) {
+      merge_partials(sh, base + unit * splits * item_stride + (h - h0) * head_stride, splits,
+                     item_stride, unit / ranges, h);
+    }
   }
   return Status::kOk;
 }

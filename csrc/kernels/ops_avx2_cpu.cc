@@ -24,8 +24,9 @@ namespace avx2 {
 
 const OpsIsaTable& ops_table_avx2() {
   // Only addresses are taken here: no avx2 code runs before the ISA is chosen.
-  static const OpsIsaTable table{&avx2::rms_norm_rows, &avx2::add_rms_norm_rows, &avx2::silu_mul_rows,
-                                 &avx2::rope_tokens, &avx2::decode_item, &avx2::extend_item};
+  static const OpsIsaTable table{&avx2::rms_norm_rows, &avx2::add_rms_norm_rows,
+                                 &avx2::silu_mul_rows,  &avx2::rope_tokens,
+                                 &avx2::decode_item,    &avx2::extend_item};
   return table;
 }
 

@@ -37,8 +37,9 @@ namespace avx512 {
 
 const OpsIsaTable& ops_table_avx512() {
   // Only addresses are taken here: no avx512 code runs before the ISA is chosen.
-  static const OpsIsaTable table{&avx512::rms_norm_rows, &avx512::add_rms_norm_rows, &avx512::silu_mul_rows,
-                                 &avx512::rope_tokens, &avx512::decode_item, &avx512::extend_item};
+  static const OpsIsaTable table{&avx512::rms_norm_rows, &avx512::add_rms_norm_rows,
+                                 &avx512::silu_mul_rows,  &avx512::rope_tokens,
+                                 &avx512::decode_item,    &avx512::extend_item};
   return table;
 }
 

@@ -15,6 +15,8 @@ namespace sglang::kernels::ops {
 
 /// Query heads one decode pass processes together (larger GQA groups run in several passes).
 constexpr int kMaxGroupPass = 8;
+/// KV heads one decode item processes (it reads each key row once for all of them).
+constexpr int64_t kMaxDecodeHeads = 8;
 /// Largest head_dim the attention kernels take (head_dim must also be a multiple of 16).
 constexpr int64_t kMaxHeadDim = 256;
 
@@ -29,12 +31,13 @@ struct OpsIsaTable {
   void (*silu_mul_rows)(const RowsView& x, const RowsView& out, int64_t r0, int64_t r1);
   /// rope_kv_store_cpu over tokens [t0, t1).
   void (*rope_tokens)(const RopeKvArgs& args, int64_t t0, int64_t t1);
-  /// Decode attention of request b, KV head h over its keys [k0, k1) (k0 < k1). With
-  /// partial == nullptr writes the normalized output rows of the head's query group; otherwise
-  /// writes the unnormalized state to partial: acc [group, head_dim], then m [group], l [group]
-  /// (running max of the scaled scores and the sum of exp(score - m)).
-  void (*decode_item)(const AttnShape& shape, const PagedKv& kv, int64_t b, int64_t h, int64_t k0,
-                      int64_t k1, float* partial);
+  /// Decode attention of request b, KV heads [h0, h1), over its keys [k0, k1) (k0 < k1). With
+  /// partial == nullptr writes the normalized output rows of those heads' query groups;
+  /// otherwise writes, for each head h0 + i, at partial + i * group * (head_dim + 2): the
+  /// unnormalized accumulators [group, head_dim], then m [group], l [group] (running max of the
+  /// scaled scores and the sum of exp(score - m)).
+  void (*decode_item)(const AttnShape& shape, const PagedKv& kv, int64_t b, int64_t h0,
+                      int64_t h1, int64_t k0, int64_t k1, float* partial);
   /// Extend attention of request b, KV head h for q rows [r0, r1); row r0 is the token at
   /// position pos0 and row r0 + i attends over keys 0..pos0 + i.
   void (*extend_item)(const AttnShape& shape, const PagedKv& kv, int64_t b, int64_t h, int64_t r0,

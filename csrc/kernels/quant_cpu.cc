@@ -1,17 +1,18 @@
 // CPU launchers of the GGUF block-quant kernels (semantics in sglang/kernels/quant.h).
 //
-// Every format is first unpacked, one block at a time, into a uniform form: int8 q values (one per
-// weight) plus, per 16 consecutive weights, a float scale s and offset o with w = s * q + o
-// (Q4_0: q - 8 in int8, o = 0; Q4_1: o = m; K-quants: s = d * sc, o = -dmin * mn; Q6_K: q - 32).
-// The unpack is a few byte ops per weight into a per-thread buffer that stays in L1.
-//
-// quant_matmul_cpu splits the weight rows over threads in tiles of kTileRows rows. Per tile: the
-// rows are unpacked once (k values each), then for every group of up to MR x rows the SIMD
-// micro-kernel widens 16 q values to fp32 in registers, applies w = q * s + o with one FMA, and
-// FMAs w into kTileRows x MR accumulators. So each weight byte is read from memory once per call
-// whatever m is (decode is memory-bound), and the int8 -> fp32 widening is shared by MR x rows.
-// The per-block sum(x) trick (w = s * q + o  ->  s * sum(q * x) + o * sum(x)) would not save
-// anything here: the offset rides in the FMA that applies the scale, so it costs nothing extra.
+// quant_matmul_cpu splits the weight rows over threads in tiles of kTileRows rows; per tile, the
+// x rows are taken in groups of up to MR (the register tile: 4 on AVX-512, 2 on AVX2) and each
+// group makes one pass over the tile's blocks, FMAing every decoded weight vector into
+// kTileRows x MR fp32 accumulators. So the weight is read from memory once per call whatever m
+// is (decode is memory-bound), and its decode is shared by MR x rows. Two decoders:
+//   * fused (Q4_0 / Q4_1 / Q8_0 on AVX2 / AVX-512): a 32-value block goes straight from its 16
+//     nibble bytes / 32 int8 into fp32 lanes (w = d * q + m in one FMA), rows prefetched ahead;
+//   * unpack (K-quants, and every format on the scalar path): each row of the tile is first
+//     unpacked into a uniform form in a per-thread L1 buffer, int8 q plus a float scale s and
+//     offset o per 16 weights (w = s * q + o: Q4_K/Q5_K s = d * sc, o = -dmin * mn; Q6_K q - 32,
+//     o = 0), then the micro-kernel widens 16 q at a time and applies s, o with one FMA.
+// The per-block sum(x) trick (s * sum(q * x) + o * sum(x)) would not save anything here: the
+// offset rides in the FMA that applies the scale, so it costs nothing extra.
 //
 // dequantize_cpu writes s * q + o with a separate multiply and add (fp-contract off in this file),
 // which is the exact operation order of ggml's reference, so the result is bit-exact.
@@ -345,21 +346,219 @@ int run_tile(CpuIsa isa, const TileArgs& a, int64_t rows_left, float res[][kTile
   return mr;
 }
 
+// ---- fused micro-kernels for the 32-value formats (Q4_0 / Q4_1 / Q8_0) ----
+// These blocks are small enough to decode straight into registers (16 bytes of nibbles or 32
+// int8 -> fp32 lanes, one scale and offset per block), which skips the unpack buffer: the decode
+// costs a handful of ops per 16 weights, shared by the MR x rows of the pass.
+
+// The fused kernels walk kTileRows weight rows side by side; hardware prefetchers follow one
+// stream better than four interleaved ones, so each row is prefetched this many blocks ahead
+// (a prefetch past the end of the buffer is harmless: prefetches never fault).
+constexpr int64_t kPrefetchBlocks = 8;
+
+/// Rows of the weight tile for the fused kernels: kTileRows row pointers (a row past n repeats
+/// the last real row; its results are discarded).
+struct FusedArgs {
+  const uint8_t* rows[kTileRows];
+  int64_t blocks;  // k / 32
+  const float* x;  // MR rows, stride ldx
+  int64_t ldx;
+};
+
+/// The 16 low / high nibbles of a Q4 block as int8 (q - 8 for Q4_0).
+template <QuantFormat F>
+inline void q4_nibbles(const uint8_t* b, __m128i* lo, __m128i* hi) {
+  constexpr int kHeader = F == QuantFormat::kQ4_0 ? 2 : 4;  // d (and m for Q4_1)
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + kHeader));
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  const __m128i bias = _mm_set1_epi8(F == QuantFormat::kQ4_0 ? 8 : 0);
+  *lo = _mm_sub_epi8(_mm_and_si128(v, mask), bias);
+  *hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), mask), bias);
+}
+
+/// w[0..32) of one block as two 16-lane vectors (w = d * q + m; m = 0 for Q4_0 / Q8_0).
+template <QuantFormat F>
+SGL_AVX512_TARGET inline void decode32_avx512(const uint8_t* b, __m512* w0, __m512* w1) {
+  const __m512 d = _mm512_set1_ps(h2f(b));
+  __m128i lo, hi;
+  if constexpr (F == QuantFormat::kQ8_0) {
+    lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2));
+    hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 18));
+  } else {
+    q4_nibbles<F>(b, &lo, &hi);
+  }
+  const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo));
+  const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi));
+  if constexpr (F == QuantFormat::kQ4_1) {
+    const __m512 m = _mm512_set1_ps(h2f(b + 2));
+    *w0 = _mm512_fmadd_ps(q0, d, m);
+    *w1 = _mm512_fmadd_ps(q1, d, m);
+  } else {
+    *w0 = _mm512_mul_ps(q0, d);
+    *w1 = _mm512_mul_ps(q1, d);
+  }
+}
+
+template <QuantFormat F, int MR>
+SGL_AVX512_TARGET void fused_avx512(const FusedArgs& a, float res[][kTileRows]) {
+  constexpr int64_t kBytes = F == QuantFormat::kQ8_0 ? 34 : (F == QuantFormat::kQ4_1 ? 20 : 18);
+  __m512 acc[kTileRows][MR];
+  for (auto& row : acc) {
+    for (auto& v : row) v = _mm512_setzero_ps();
+  }
+  for (int64_t b = 0; b < a.blocks; ++b) {
+    __m512 x0[MR], x1[MR];
+    for (int r = 0; r < MR; ++r) {
+      x0[r] = _mm512_loadu_ps(a.x + r * a.ldx + b * 32);
+      x1[r] = _mm512_loadu_ps(a.x + r * a.ldx + b * 32 + 16);
+    }
+    for (int i = 0; i < kTileRows; ++i) {
+      __m512 w0, w1;
+      _mm_prefetch(reinterpret_cast<const char*>(a.rows[i] + (b + kPrefetchBlocks) * kBytes),
+                   _MM_HINT_T0);
+      decode32_avx512<F>(a.rows[i] + b * kBytes, &w0, &w1);
+      for (int r = 0; r < MR; ++r) {
+        acc[i][r] = _mm512_fmadd_ps(w0, x0[r], acc[i][r]);
+        acc[i][r] = _mm512_fmadd_ps(w1, x1[r], acc[i][r]);
+      }
+    }
+  }
+  for (int i = 0; i < kTileRows; ++i) {
+    for (int r = 0; r < MR; ++r) res[r][i] = _mm512_reduce_add_ps(acc[i][r]);
+  }
+}
+
+/// w[0..32) of one block as four 8-lane vectors.
+template <QuantFormat F>
+__attribute__((target("avx2,fma"))) inline void decode32_avx2(const uint8_t* b, __m256 w[4]) {
+  const __m256 d = _mm256_set1_ps(h2f(b));
+  __m128i lo, hi;
+  if constexpr (F == QuantFormat::kQ8_0) {
+    lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2));
+    hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 18));
+  } else {
+    q4_nibbles<F>(b, &lo, &hi);
+  }
+  const __m256 q[4] = {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)),
+                       _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))),
+                       _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)),
+                       _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))};
+  if constexpr (F == QuantFormat::kQ4_1) {
+    const __m256 m = _mm256_set1_ps(h2f(b + 2));
+    for (int h = 0; h < 4; ++h) w[h] = _mm256_fmadd_ps(q[h], d, m);
+  } else {
+    for (int h = 0; h < 4; ++h) w[h] = _mm256_mul_ps(q[h], d);
+  }
+}
+
+template <QuantFormat F, int MR>
+__attribute__((target("avx2,fma"))) void fused_avx2(const FusedArgs& a, float res[][kTileRows]) {
+  constexpr int64_t kBytes = F == QuantFormat::kQ8_0 ? 34 : (F == QuantFormat::kQ4_1 ? 20 : 18);
+  __m256 acc[kTileRows][MR];
+  for (auto& row : acc) {
+    for (auto& v : row) v = _mm256_setzero_ps();
+  }
+  for (int64_t b = 0; b < a.blocks; ++b) {
+    for (int i = 0; i < kTileRows; ++i) {
+      __m256 w[4];
+      _mm_prefetch(reinterpret_cast<const char*>(a.rows[i] + (b + kPrefetchBlocks) * kBytes),
+                   _MM_HINT_T0);
+      decode32_avx2<F>(a.rows[i] + b * kBytes, w);
+      for (int r = 0; r < MR; ++r) {
+        const float* x = a.x + r * a.ldx + b * 32;
+        for (int h = 0; h < 4; ++h) {
+          acc[i][r] = _mm256_fmadd_ps(w[h], _mm256_loadu_ps(x + 8 * h), acc[i][r]);
+        }
+      }
+    }
+  }
+  for (int i = 0; i < kTileRows; ++i) {
+    for (int r = 0; r < MR; ++r) {
+      const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[i][r]),
+                                  _mm256_extractf128_ps(acc[i][r], 1));
+      const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      res[r][i] = _mm_cvtss_f32(_mm_add_ss(h2, _mm_movehdup_ps(h2)));
+    }
+  }
+}
+
+template <QuantFormat F>
+int run_fused_format(CpuIsa isa, const FusedArgs& a, int64_t rows_left, float res[][kTileRows]) {
+  if (isa == CpuIsa::kAvx512) {
+    switch (std::min<int64_t>(rows_left, kMaxRowsAvx512)) {
+      case 1: fused_avx512<F, 1>(a, res); return 1;
+      case 2: fused_avx512<F, 2>(a, res); return 2;
+      case 3: fused_avx512<F, 3>(a, res); return 3;
+      default: fused_avx512<F, 4>(a, res); return 4;
+    }
+  }
+  if (rows_left == 1) {
+    fused_avx2<F, 1>(a, res);
+    return 1;
+  }
+  fused_avx2<F, kMaxRowsAvx2>(a, res);
+  return kMaxRowsAvx2;
+}
+
+/// The fused kernel of a 32-value format on a SIMD path: x rows done, or 0 when there is none.
+int run_fused(QuantFormat fmt, CpuIsa isa, const FusedArgs& a, int64_t rows_left,
+              float res[][kTileRows]) {
+  if (isa == CpuIsa::kScalar) return 0;
+  switch (fmt) {
+    case QuantFormat::kQ4_0: return run_fused_format<QuantFormat::kQ4_0>(isa, a, rows_left, res);
+    case QuantFormat::kQ4_1: return run_fused_format<QuantFormat::kQ4_1>(isa, a, rows_left, res);
+    case QuantFormat::kQ8_0: return run_fused_format<QuantFormat::kQ8_0>(isa, a, rows_left, res);
+    default: return 0;
+  }
+}
+
 struct MatmulArgs {
+  QuantFormat fmt;
   FormatInfo f;
   const uint8_t* weight;
   int64_t row_bytes;
-  int64_t n, k;
+  int64_t n;
+  int64_t k;
   const float* x;
-  int64_t m, ldx;
+  int64_t m;
+  int64_t ldx;
   const float* bias;
   float* out;
   int64_t ldo;
   CpuIsa isa;
 };
 
-/// Weight rows [j0, j0 + kTileRows) (clipped to n; missing rows are zero) times every x row.
+/// Writes res (done x rows from r0) to out, plus bias.
+void store_tile(const MatmulArgs& a, int64_t j0, int64_t r0, int done, float res[][kTileRows]) {
+  const int64_t rows = std::min(kTileRows, a.n - j0);
+  for (int r = 0; r < done; ++r) {
+    float* o = a.out + (r0 + r) * a.ldo + j0;
+    for (int64_t i = 0; i < rows; ++i) o[i] = res[r][i] + (a.bias ? a.bias[j0 + i] : 0.0f);
+  }
+}
+
+/// The fused path for weight rows [j0, j0 + kTileRows); false when the format/ISA has none.
+bool matmul_tile_fused(const MatmulArgs& a, int64_t j0) {
+  if (a.isa == CpuIsa::kScalar || a.f.block_size != 32) return false;
+  FusedArgs f{{}, a.k / 32, nullptr, a.ldx};
+  for (int64_t i = 0; i < kTileRows; ++i) {
+    f.rows[i] = a.weight + std::min(j0 + i, a.n - 1) * a.row_bytes;
+  }
+  float res[kMaxRowsAvx512][kTileRows];
+  for (int64_t r0 = 0; r0 < a.m;) {
+    f.x = a.x + r0 * a.ldx;
+    const int done = run_fused(a.fmt, a.isa, f, a.m - r0, res);
+    if (done == 0) return false;  // (only before any output was written: r0 == 0)
+    store_tile(a, j0, r0, done, res);
+    r0 += done;
+  }
+  return true;
+}
+
+/// Weight rows [j0, j0 + kTileRows) (clipped to n; missing rows are zero) times every x row:
+/// the fused decoder when the format / ISA has one, else unpack + micro-kernel.
 void matmul_tile(const MatmulArgs& a, int64_t j0) {
+  if (matmul_tile_fused(a, j0)) return;
   TileScratch& scratch = tile_scratch();
   scratch.reserve(a.k);
   const int64_t rows = std::min(kTileRows, a.n - j0);
@@ -378,10 +577,7 @@ void matmul_tile(const MatmulArgs& a, int64_t j0) {
     const TileArgs t{scratch.q.data(), scratch.s.data(), scratch.o.data(),
                      a.k,              a.x + r0 * a.ldx, a.ldx};
     const int done = run_tile(a.isa, t, a.m - r0, res);
-    for (int r = 0; r < done; ++r) {
-      float* o = a.out + (r0 + r) * a.ldo + j0;
-      for (int64_t i = 0; i < rows; ++i) o[i] = res[r][i] + (a.bias ? a.bias[j0 + i] : 0.0f);
-    }
+    store_tile(a, j0, r0, done, res);
     r0 += done;
   }
 }
@@ -429,12 +625,19 @@ Status quant_matmul_cpu(QuantFormat fmt, const void* weight, int64_t n, int64_t 
   }
   if (m == 0 || n == 0) return Status::kOk;
   if (weight == nullptr || x == nullptr || out == nullptr) return Status::kInvalidArgument;
-  const MatmulArgs a{f,    static_cast<const uint8_t*>(weight), k / f.block_size * f.block_bytes,
-                     n,    k,
-                     x,    m,
-                     ldx,  bias,
-                     out,  ldo,
-                     active_isa()};
+  const MatmulArgs a{.fmt = fmt,
+                     .f = f,
+                     .weight = static_cast<const uint8_t*>(weight),
+                     .row_bytes = k / f.block_size * f.block_bytes,
+                     .n = n,
+                     .k = k,
+                     .x = x,
+                     .m = m,
+                     .ldx = ldx,
+                     .bias = bias,
+                     .out = out,
+                     .ldo = ldo,
+                     .isa = active_isa()};
   const int64_t tiles = (n + kTileRows - 1) / kTileRows;
   const int threads = plan_threads(tiles, kTileRows * k * m, num_threads);
   parallel_ranges(tiles, threads, [&](int64_t t) { matmul_tile(a, t * kTileRows); });

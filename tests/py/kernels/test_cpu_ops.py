@@ -304,6 +304,44 @@ def test_extend_attention(
         assert _max_err(out[starts[b] : starts[b + 1]], ref) < ATTN_TOL[dtype], b
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads, kv_heads, dim", [(4, 4, 128), (12, 1, 80), (6, 2, 32)])
+def test_extend_attention_other_head_shapes(
+    isa: str, dtype: torch.dtype, heads: int, kv_heads: int, dim: int
+) -> None:
+    """Extend with no GQA, a 12-head group (several row passes) and head_dim 128 / 80 / 32."""
+    g = torch.Generator().manual_seed(dim)
+    k_cache = torch.randn(400, kv_heads, dim, generator=g).to(dtype)
+    v_cache = torch.randn(400, kv_heads, dim, generator=g).to(dtype)
+    prefix = [65, 0]  # 40 and 3 new tokens
+    table = torch.stack([torch.randperm(400, generator=g)[:120] for _ in range(2)]).int()
+    q = torch.randn(43, heads, dim, generator=g).to(dtype)
+    out = cpu_ops.extend_attention(
+        q,
+        k_cache,
+        v_cache,
+        table,
+        torch.tensor([1, 0]),
+        torch.tensor(prefix, dtype=torch.int32),
+        torch.tensor([0, 40, 43], dtype=torch.int32),
+        torch.tensor([105, 3], dtype=torch.int32),
+        0.1,
+    )
+    for b, (row, p, s, e) in enumerate(zip([1, 0], prefix, [105, 3], [0, 40, 43])):
+        slots = table[row, :s].long()
+        n = s - p
+        mask = torch.arange(s)[None, :] <= torch.arange(p, s)[:, None]
+        ref = F.scaled_dot_product_attention(
+            q[e : e + n].float().transpose(0, 1),
+            k_cache[slots].float().transpose(0, 1),
+            v_cache[slots].float().transpose(0, 1),
+            attn_mask=mask,
+            scale=0.1,
+            enable_gqa=True,
+        ).transpose(0, 1)
+        assert _max_err(out[e : e + n], ref) < ATTN_TOL[dtype], b
+
+
 def test_attention_rejects_bad_tables() -> None:
     k_cache, v_cache = _cache(torch.float32, 1)
     q = torch.randn(1, H, D)

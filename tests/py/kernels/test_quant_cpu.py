@@ -147,7 +147,7 @@ def test_dequantize_strided_output() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("m", [1, 5, 40])
 def test_torch_op_dtypes_leading_dims_and_both_paths(dtype: torch.dtype, m: int) -> None:
-    """m = 40 exceeds 2 * rows_per_pass on every ISA, so it takes the dequantize + mm path."""
+    """m = 40 exceeds 4 * rows_per_pass on every ISA, so it takes the dequantize + mm path."""
     fmt, n, k = 3, 67, 96
     torch.manual_seed(m)
     w = torch.from_numpy(_blocks(fmt, n, k))
@@ -161,26 +161,35 @@ def test_torch_op_dtypes_leading_dims_and_both_paths(dtype: torch.dtype, m: int)
     _check_close(got.double().numpy(), ref.numpy(), f"{dtype} m={m}", tol)
 
 
-def test_gemm_path_tiles_large_weights() -> None:
+def test_gemm_path_tiles_large_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     """A weight larger than one scratch tile goes through several dequantize + mm tiles."""
+    calls = []
+    gemm_path = kernels._gemm_path
+    monkeypatch.setattr(kernels, "_gemm_path", lambda *a: calls.append(1) or gemm_path(*a))
     fmt, k = 8, 64
     n = kernels._TILE_ELEMENTS // k + 37
     torch.manual_seed(1)
     w = torch.from_numpy(_blocks(fmt, n, k))
-    x = torch.randn(3 * _core.quant_matmul_rows_per_pass(), k)
+    x = torch.randn(4 * _core.quant_matmul_rows_per_pass() + 1, k)
     got = kernels.quant_matmul(x, w, fmt, k)
     ref = x.double() @ torch.from_numpy(_reference(fmt, n, k)).double().T
     _check_close(got.double().numpy(), ref.numpy(), "tiled gemm path")
+    assert calls == [1]
+    kernels.quant_matmul(x[:1], w, fmt, k)  # one row: the GEMV kernel
+    assert calls == [1]
 
 
 def test_non_contiguous_rows_of_x() -> None:
     fmt, n, k = 14, 3, 256
     torch.manual_seed(2)
     w = torch.from_numpy(_blocks(fmt, n, k))
+    ref_w = torch.from_numpy(_reference(fmt, n, k)).double()
     x = torch.randn(2, k + 10)[:, 5 : 5 + k]
     got = kernels.quant_matmul(x, w, fmt, k)
-    ref = x.double() @ torch.from_numpy(_reference(fmt, n, k)).double().T
-    _check_close(got.double().numpy(), ref.numpy(), "strided x")
+    _check_close(got.double().numpy(), (x.double() @ ref_w.T).numpy(), "strided x")
+    for x in (torch.randn(k, 3).t(), torch.randn(1, k).expand(3, k)):  # column / zero row stride
+        got = kernels.quant_matmul(x, w, fmt, k)
+        _check_close(got.double().numpy(), (x.double() @ ref_w.T).numpy(), "odd strides")
 
 
 def test_torch_compile_traces_the_op() -> None:

@@ -126,14 +126,15 @@ def _check_inputs(
 def _use_gemm(m: int) -> bool:
     """Whether M rows go to the dequantize + torch.mm path instead of the GEMV kernel.
 
-    Structure, not a tuned constant: the GEMV kernel widens every weight from int8 to fp32 once
-    per group of R = rows_per_pass rows, inside an R x 4 register tile that does not reach the
-    FMA throughput of a cache-blocked sgemm. The GEMM path widens every weight once, writes it
-    as fp32 and reads it back (about two widening passes' worth of work) and then runs at sgemm
-    speed. So the GEMM path cannot lose once the GEMV kernel needs more than two passes, i.e.
-    M > 2 * R; below that the GEMV kernel also reads 4-7x fewer weight bytes.
+    From the kernel's structure, not a tuned constant: one GEMV pass over the weights serves
+    R = ``rows_per_pass`` rows, and every further pass decodes every weight again. The GEMM path
+    decodes once, but writes and re-reads the weight as fp32 (8 bytes per weight against the
+    0.56-1.06 a GEMV pass reads), which costs a few passes' worth, after which sgemm runs the
+    same FMAs at a higher rate than the R x 4 register tile. So GEMV while it needs at most
+    4 passes (M <= 4 * R), GEMM beyond. (Measured on a Zen 4 EPYC, single thread, 1536 x 576
+    Q4_1: the two paths cross between 4R and 8R on AVX-512 and near 4R on AVX2.)
     """
-    return m > 2 * _core().quant_matmul_rows_per_pass()
+    return m > 4 * _core().quant_matmul_rows_per_pass()
 
 
 class _Scratch(threading.local):
@@ -152,13 +153,15 @@ _scratch = _Scratch()
 
 def _gemm_path(x: torch.Tensor, weight: torch.Tensor, fmt: int, k: int, out: torch.Tensor) -> None:
     """out[M, N] = x @ dequant(W)^T, dequantizing row tiles into the scratch buffer."""
-    n = weight.shape[0]
+    core, n = _core(), weight.shape[0]
     tile_rows = max(1, min(n, _TILE_ELEMENTS // k))
     tile = _scratch.get(tile_rows * k).view(tile_rows, k)
     for j0 in range(0, n, tile_rows):
         rows = min(tile_rows, n - j0)
         w = tile[:rows]
-        _core().dequantize_cpu(fmt, weight[j0].data_ptr(), rows, k, w.data_ptr(), k)
+        # One thread: the tile is small next to its mm, and the core's pool would compete with
+        # torch's OpenMP threads, which keep spinning for a while after each mm.
+        core.dequantize_cpu(fmt, weight[j0].data_ptr(), rows, k, w.data_ptr(), k, 1)
         if rows == n:
             torch.mm(x, w.t(), out=out)
         else:
@@ -200,11 +203,12 @@ def _quant_matmul_impl(
 ) -> torch.Tensor:
     """The body of ``torch.ops.sglang.quant_matmul``."""
     _check_inputs(x, weight, fmt, k, bias)
-    x2 = x.reshape(-1, k).to(torch.float32)
-    if x2.shape[0] > 0 and k > 1 and x2.stride(1) != 1:
-        x2 = x2.contiguous()
+    plain = x.dim() == 2 and x.dtype == torch.float32  # the decode case: no reshape, no cast
+    x2 = x if plain else x.reshape(-1, k).to(torch.float32)
+    if (k > 1 and x2.stride(1) != 1) or (x2.shape[0] > 1 and x2.stride(0) < k):
+        x2 = x2.contiguous()  # the kernel takes a row stride, but needs unit column stride
     out = _quant_matmul_2d(x2, weight, fmt, k, bias)
-    return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+    return out if plain else out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
 
 
 @torch.library.custom_op("sglang::quant_matmul", mutates_args=())
