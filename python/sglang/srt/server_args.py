@@ -19,7 +19,8 @@ from sglang.srt.parser.tool_call_parser import TOOL_CALL_PARSERS
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 LOAD_FORMATS = ("auto", "pt", "safetensors", "gguf", "dummy")
-ATTENTION_BACKENDS = ("torch_native",)
+ATTENTION_BACKENDS = ("cpu", "torch_native", "intel_amx")
+QUANTIZATIONS = ("none", "gguf", "w8a16")
 GRAMMAR_BACKENDS = ("xgrammar", "outlines", "none")
 SECRET_FIELDS = ("api_key", "admin_api_key")
 REDACTED = "<redacted>"
@@ -33,6 +34,7 @@ class ServerArgs:
     served_model_name: str | None = None
     load_format: str = "auto"
     dtype: str = "auto"
+    quantization: str | None = None
     trust_remote_code: bool = False
     context_length: int | None = None
     skip_tokenizer_init: bool = False
@@ -105,8 +107,8 @@ class ServerArgs:
             self.random_seed = random.randint(0, 1 << 30)
         if self.device is None:
             self.device = _default_device()
-        if self.attention_backend is None:
-            self.attention_backend = "torch_native"
+        if self.attention_backend is None:  # fused C++ kernels on CPU, SDPA on CUDA
+            self.attention_backend = "cpu" if self.device == "cpu" else "torch_native"
         if self.grammar_backend is None:
             self.grammar_backend = "xgrammar"
         if self.chunked_prefill_size is None:
@@ -124,12 +126,16 @@ class ServerArgs:
               f"--schedule-policy must be one of {', '.join(SCHEDULE_POLICIES)}, "
               f"got {self.schedule_policy!r}")
         check(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check(self.quantization is None or self.quantization in QUANTIZATIONS,
+              f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
         check(self.load_format in LOAD_FORMATS,
               f"--load-format must be one of {', '.join(LOAD_FORMATS)}, got {self.load_format!r}")
         check(self.attention_backend in ATTENTION_BACKENDS,
               f"--attention-backend must be one of {', '.join(ATTENTION_BACKENDS)}, "
               f"got {self.attention_backend!r}")
         check(self.device in ("cpu", "cuda"), f"--device must be cpu or cuda, got {self.device!r}")
+        check(self.device == "cpu" or self.attention_backend in ("torch_native",),
+              f"--attention-backend {self.attention_backend} runs on the CPU only")
         check(self.page_size >= 1, f"--page-size must be at least 1, got {self.page_size}")
         check(self.max_running_requests >= 1, "--max-running-requests must be at least 1")
         check(self.max_prefill_tokens >= 1, "--max-prefill-tokens must be at least 1")
@@ -188,6 +194,9 @@ class ServerArgs:
         a("--served-model-name", type=str, default=None)
         a("--load-format", type=str, default=d["load_format"].default, choices=LOAD_FORMATS)
         a("--dtype", type=str, default=d["dtype"].default, choices=DTYPES)
+        a("--quantization", type=str, default=None, choices=QUANTIZATIONS,
+          help="Weights kept quantized (CPU): gguf (default for a .gguf file on CPU: its blocks "
+          "are multiplied directly), w8a16 (int8 weights from a float checkpoint), none.")
         a("--context-length", type=int, default=None)
         a("--chat-template", type=str, default=None)
         a("--weight-version", type=str, default="default")

@@ -157,6 +157,13 @@ def llama_cpp_permute(weight: np.ndarray, num_heads: int) -> np.ndarray:
     )
 
 
+def llama_cpp_permute_inverse(weight: np.ndarray, num_heads: int) -> np.ndarray:
+    half = weight.shape[0] // num_heads // 2
+    return (
+        weight.reshape(num_heads, half, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
+
+
 _GGUF_BLOCK = {
     "input_layernorm.weight": "attn_norm.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
@@ -170,14 +177,46 @@ _GGUF_BLOCK = {
 }
 
 
-def write_llama_gguf(folder: Path, path: Path) -> dict[str, torch.Tensor]:
+# Byte offsets of the fp16 scale fields of a block, and the scale each gets in random blocks
+# (small powers of two: weights of order 0.1-1, never inf/nan).
+_SCALE_FIELDS = {
+    "Q4_0": {0: 2**-7},
+    "Q4_1": {0: 2**-7, 2: -(2**-4)},
+    "Q8_0": {0: 2**-9},
+    "Q4_K": {0: 2**-10, 2: 2**-10},
+    "Q5_K": {0: 2**-11, 2: 2**-11},
+    "Q6_K": {208: 2**-12},
+}
+
+
+def random_quant_blocks(qtype: Any, rows: int, cols: int, seed: int) -> np.ndarray:
+    """uint8 [rows, row_bytes] of random ``qtype`` blocks with sane scales (for formats the
+    ``gguf`` package cannot quantize, e.g. the K-quants)."""
+    import gguf
+
+    block, size = gguf.constants.GGML_QUANT_SIZES[qtype]
+    data = np.random.default_rng(seed).integers(0, 256, (rows, cols // block, size), np.uint8)
+    for offset, scale in _SCALE_FIELDS[qtype.name].items():
+        data[:, :, offset : offset + 2] = np.array([scale], np.float16).view(np.uint8)
+    return data.reshape(rows, -1)
+
+
+def write_llama_gguf(
+    folder: Path, path: Path, qtypes: dict[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
     """Convert the tiny HF Llama in ``folder`` to a llama.cpp-style GGUF at ``path``: permuted
-    Q/K rows, MLP weights quantized to Q8_0, the rest F32. Returns the HF state dict with the
+    Q/K rows, weights quantized per ``qtypes`` (GGUF tensor name suffix, e.g. ``"attn_q.weight"``,
+    -> GGMLQuantizationType; default: the MLP in Q8_0), the rest F32. Formats ``gguf`` cannot
+    quantize get random blocks instead of the HF weights. Returns the HF state dict with the
     weights the GGUF actually holds (quantization round trip applied) for a reference model."""
     import json
 
     import gguf
     from safetensors.torch import load_file
+
+    Q8_0 = gguf.GGMLQuantizationType.Q8_0
+    if qtypes is None:
+        qtypes = {s: Q8_0 for s in ("ffn_gate.weight", "ffn_up.weight", "ffn_down.weight")}
 
     cfg = json.loads((folder / "config.json").read_text())
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
@@ -210,11 +249,18 @@ def write_llama_gguf(folder: Path, path: Path) -> dict[str, torch.Tensor]:
             stored = llama_cpp_permute(data, heads)
         elif gguf_name.endswith("attn_k.weight"):
             stored = llama_cpp_permute(data, kv_heads)
-        if ".ffn_" in gguf_name:
-            qtype = gguf.GGMLQuantizationType.Q8_0
-            packed = gguf.quants.quantize(stored, qtype)
+        qtype = next((q for suffix, q in qtypes.items() if gguf_name.endswith(suffix)), None)
+        if qtype is not None:
+            try:
+                packed = gguf.quants.quantize(stored, qtype)
+            except NotImplementedError:
+                packed = random_quant_blocks(qtype, *stored.shape, seed=len(reference))
             writer.add_tensor(gguf_name, packed, raw_dtype=qtype)
             data = gguf.quants.dequantize(packed, qtype)
+            if gguf_name.endswith("attn_q.weight"):  # the reference holds HF (unpermuted) rows
+                data = llama_cpp_permute_inverse(data, heads)
+            elif gguf_name.endswith("attn_k.weight"):
+                data = llama_cpp_permute_inverse(data, kv_heads)
         else:
             writer.add_tensor(gguf_name, np.ascontiguousarray(stored))
         reference[name] = torch.from_numpy(np.array(data, dtype=np.float32))

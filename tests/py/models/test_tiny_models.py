@@ -18,7 +18,7 @@ from sglang.srt.model_executor.model_runner import ModelRunner
 
 @pytest.fixture(scope="module")
 def runners(tiny_models: dict[str, Path]) -> dict[str, ModelRunner]:
-    return {name: ModelRunner(str(folder)) for name, folder in tiny_models.items()}
+    return {name: ModelRunner(str(folder), dtype="float32") for name, folder in tiny_models.items()}
 
 
 @pytest.mark.parametrize("arch", ARCHS)

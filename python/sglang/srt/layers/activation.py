@@ -7,10 +7,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglang.srt.layers import cpu_ops
+
 
 class SiluAndMul(nn.Module):
-    """``silu(x[..., :d]) * x[..., d:]`` for ``d = x.shape[-1] // 2``."""
+    """``silu(x[..., :d]) * x[..., d:]`` for ``d = x.shape[-1] // 2`` (one fused C++ kernel with
+    ``use_cpu_kernels``, set by the ModelRunner for the ``cpu`` attention backend)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.use_cpu_kernels = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_cpu_kernels and x.dim() == 2 and x.is_contiguous():
+            return cpu_ops.silu_and_mul(x)
         d = x.shape[-1] // 2
         return F.silu(x[..., :d]).mul_(x[..., d:])

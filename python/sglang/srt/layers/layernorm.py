@@ -2,7 +2,10 @@
 
 Input: hidden states [tokens, hidden] (and the running residual). Output: normalized states
 (and the new residual). ``torch.nn.functional.rms_norm`` is bit-identical to the HF Llama
-formula ``w * (x * rsqrt(mean(x^2) + eps))`` in float32 and one fused op.
+formula ``w * (x * rsqrt(mean(x^2) + eps))`` in float32 and one fused op. With
+``use_cpu_kernels`` (set by the ModelRunner for the ``cpu`` attention backend) the fused C++
+kernels run instead; the residual form then works in place (``x`` becomes the normalized
+states, ``residual`` the sum), so callers must pass tensors they own.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sglang.srt.layers import cpu_ops
 
 
 class RMSNorm(nn.Module):
@@ -27,11 +32,19 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype, device=device))
         self.eps = eps
         self.shape = (hidden_size,)
+        self.use_cpu_kernels = False
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``norm(x)``, or with ``residual``: ``(norm(x + residual), x + residual)``."""
+        if self.use_cpu_kernels and x.is_contiguous():
+            if residual is None:  # any leading dims (per-head q/k norms): rows of the last one
+                rows = x.view(-1, x.shape[-1])
+                return cpu_ops.rms_norm(rows, self.weight, self.eps).view(x.shape)
+            if x.dim() == 2 and residual.is_contiguous():
+                cpu_ops.fused_add_rms_norm_(x, residual, self.weight, self.eps)
+                return x, residual
         if residual is None:
             return self._norm(x)
         residual = x + residual

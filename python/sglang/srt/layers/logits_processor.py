@@ -1,6 +1,7 @@
 """LogitsProcessor: final hidden states of the requested rows -> lm_head -> float32 logits.
 
-Input: the last decoder layer's output and residual for all tokens of the step, and
+Input: the last decoder layer's output and residual for all tokens of the step, the LM head (a
+``Linear``, or the ``VocabEmbedding`` of a tied model), and
 ``ForwardBatch.logits_rows`` (the sampled rows by default, every extend row when the engine
 needs prompt logprobs). Only those rows go through the final norm and the vocabulary
 projection. Output: ``LogitsOutput`` for the engine's samplers and logprob code.
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from sglang.srt.layers.linear import linear
+from sglang.srt.layers.vocab_embedding import VocabEmbedding
 
 if TYPE_CHECKING:
     from sglang.srt.layers.layernorm import RMSNorm
@@ -40,7 +41,7 @@ class LogitsProcessor(nn.Module):
         hidden: torch.Tensor,
         residual: torch.Tensor | None,
         norm: RMSNorm,
-        lm_head_weight: torch.Tensor,
+        lm_head: nn.Module,
         batch: ForwardBatch,
     ) -> LogitsOutput:
         rows = batch.logits_rows
@@ -49,5 +50,6 @@ class LogitsProcessor(nn.Module):
             normed = norm(picked)
         else:
             normed, _ = norm(picked, residual.index_select(0, rows))
-        logits = linear(normed, lm_head_weight).float()
+        project = lm_head.project if isinstance(lm_head, VocabEmbedding) else lm_head
+        logits = project(normed).float()
         return LogitsOutput(logits=logits, hidden_states=normed if batch.capture_hidden else None)

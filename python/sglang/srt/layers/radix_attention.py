@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    from sglang.srt.layers.rotary_embedding import RotaryEmbedding
     from sglang.srt.model_executor.forward_batch import ForwardBatch
 
 
@@ -38,3 +39,18 @@ class RadixAttention(nn.Module):
         if batch.attn_backend is None:
             raise RuntimeError("ForwardBatch has no attention backend (run it through ModelRunner)")
         return batch.attn_backend.forward(q, k, v, self, batch)
+
+    def forward_rope(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        rotary: RotaryEmbedding,
+        batch: ForwardBatch,
+    ) -> torch.Tensor:
+        """Like ``forward`` with q/k not yet rotated: a backend with ``fuses_rope`` rotates them
+        as it stores k/v (q/k/v may be views into the fused qkv projection)."""
+        backend = batch.attn_backend
+        if backend is None or not getattr(backend, "fuses_rope", False):
+            raise RuntimeError("the attention backend does not apply RoPE itself")
+        return backend.forward_rope(q, k, v, rotary.cos_cache, rotary.sin_cache, self, batch)

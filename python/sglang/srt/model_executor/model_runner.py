@@ -8,21 +8,64 @@ float32 logits (and optionally hidden states) of the batch's ``logits_rows`` for
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
+import time
 from typing import Any
 
 import torch
 
 from sglang.srt.configs.model_config import ModelConfig
 from sglang.srt.hf_transformers_utils import get_config, get_generation_config
-from sglang.srt.layers.attention import create_attention_backend
+from sglang.srt.layers.attention import CPU_ONLY, canonical_backend, create_attention_backend
+from sglang.srt.layers.linear import Linear, calibrate_small_batch_gemm
 from sglang.srt.layers.logits_processor import LogitsOutput
 from sglang.srt.mem_cache.kv_pool import KVPool
 from sglang.srt.model_executor.forward_batch import ForwardBatch
-from sglang.srt.model_loader.loader import LOAD_FORMATS, load_model
+from sglang.srt.model_loader.loader import LOAD_FORMATS, load_model, resolve_quantization
 from sglang.srt.model_loader.resolve import resolve_model_path
 
 logger = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=8)
+def auto_cpu_dtype(hidden: int, intermediate: int, repeats: int = 3) -> torch.dtype:
+    """``--dtype auto`` for dense weights on CPU: bfloat16 when a prefill-shaped bfloat16 matmul
+    of the model's MLP ([256, hidden] x [hidden, intermediate]) runs at least 1.5x faster than in
+    float32 on this CPU (AMX tiles, or AVX-512 BF16 where the BLAS uses them), else float32.
+    Measured once per shape and process (a few milliseconds)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, hidden, generator=gen)
+    w = torch.randn(intermediate, hidden, generator=gen)
+    times = {}
+    with torch.inference_mode():
+        for dt in (torch.float32, torch.bfloat16):
+            xd, wd = x.to(dt), w.to(dt)
+            torch.nn.functional.linear(xd, wd)
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                torch.nn.functional.linear(xd, wd)
+                best = min(best, time.perf_counter() - start)
+            times[dt] = best
+    choice = (
+        torch.bfloat16 if times[torch.bfloat16] * 1.5 <= times[torch.float32] else torch.float32
+    )
+    logger.info(
+        "--dtype auto on CPU: %s (prefill-shaped matmul: float32 %.2f ms, bfloat16 %.2f ms)",
+        choice,
+        times[torch.float32] * 1e3,
+        times[torch.bfloat16] * 1e3,
+    )
+    return choice
+
+
+def enable_cpu_kernels(model: torch.nn.Module) -> None:
+    """Switch the layers that have fused C++ CPU kernels (norms, activations) to them."""
+    for module in model.modules():
+        if hasattr(module, "use_cpu_kernels"):
+            module.use_cpu_kernels = True
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -53,7 +96,8 @@ class ModelRunner:
         context_length: int | None = None,
         trust_remote_code: bool = False,
         random_seed: int = 0,
-        attention_backend: str = "torch_native",
+        attention_backend: str | None = None,
+        quantization: str | None = None,
     ) -> None:
         if load_format not in LOAD_FORMATS:
             raise ValueError(f"Unknown load format '{load_format}'; expected one of {LOAD_FORMATS}")
@@ -62,6 +106,9 @@ class ModelRunner:
         self.tokenizer_path: Any = tokenizer_path or self.source
         hf_config = get_config(self.source, trust_remote_code=trust_remote_code)
         self.generation_config: dict[str, Any] = get_generation_config(self.source)
+        self.quantization = resolve_quantization(
+            quantization, self.source, load_format, self.device
+        )
         self.model_config = ModelConfig.from_hf_config(
             hf_config,
             generation_config=self.generation_config,
@@ -69,6 +116,10 @@ class ModelRunner:
             dtype=dtype,
             device=self.device,
         )
+        if dtype == "auto" and self.device.type == "cpu" and self.quantization == "none":
+            cfg = self.model_config
+            best = auto_cpu_dtype(cfg.hidden_size, cfg.intermediate_size)
+            self.model_config = dataclasses.replace(cfg, dtype=best)
         self.dtype = self.model_config.dtype
         torch.manual_seed(random_seed)
         self.model = load_model(
@@ -77,15 +128,25 @@ class ModelRunner:
             load_format=load_format,
             device=self.device,
             seed=random_seed,
+            quantization=self.quantization,
         )
-        self.attn_backend = create_attention_backend(attention_backend)
+        self._calibrate_dense_gemm()
+        if attention_backend is None:  # the fused kernels on CPU, SDPA elsewhere
+            attention_backend = "cpu" if self.device.type == "cpu" else "torch_native"
+        self.attention_backend = canonical_backend(attention_backend)
+        if self.attention_backend in CPU_ONLY and self.device.type != "cpu":
+            raise ValueError(f"attention backend '{attention_backend}' runs on the CPU only")
+        self.attn_backend = create_attention_backend(self.attention_backend)
+        if self.attention_backend == "cpu":
+            enable_cpu_kernels(self.model)
         self.kv_pool: KVPool | None = None
         logger.info(
-            "loaded %s (%s) on %s in %s with %d threads",
+            "loaded %s (%s) on %s in %s, quantization %s, %d threads",
             model_path,
             self.model_config.architecture,
             self.device,
             self.dtype,
+            self.quantization,
             torch.get_num_threads(),
         )
 
@@ -102,7 +163,17 @@ class ModelRunner:
             trust_remote_code=args.trust_remote_code,
             random_seed=args.random_seed,
             attention_backend=args.attention_backend,
+            quantization=args.quantization,
         )
+
+    def _calibrate_dense_gemm(self) -> None:
+        """Pick the small-batch float32 GEMM form on this CPU with the model's largest dense
+        projection (see ``layers.linear``)."""
+        dense = [
+            m.weight for m in self.model.modules() if isinstance(m, Linear) and m.quant is None
+        ]
+        if dense and self.device.type == "cpu" and self.dtype == torch.float32:
+            calibrate_small_batch_gemm(max(dense, key=lambda w: w.numel()).data)
 
     def kv_bytes_per_token(self) -> int:
         cfg = self.model_config
@@ -136,7 +207,7 @@ class ModelRunner:
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Rows of the input embedding table for ``input_ids`` (a new tensor, model dtype)."""
-        return torch.nn.functional.embedding(input_ids, self.model.model.embed_tokens.weight)
+        return self.model.model.embed_tokens(input_ids)
 
     def forward(self, batch: ForwardBatch) -> LogitsOutput:
         """Run the model on one step; writes the batch's K/V into the pool."""

@@ -1,10 +1,13 @@
-"""GGUF checkpoints: HF-style config from the metadata, and dequantized tensors with HF names.
+"""GGUF checkpoints: HF-style config from the metadata, and tensors with HF names.
 
 Reads a ``.gguf`` file (llama.cpp format) with the ``gguf`` package. ``gguf_config`` builds the
 dict ``ModelConfig.from_hf_config`` reads (from the ``{arch}.*`` keys); ``iter_gguf_weights``
-yields ``(hf_name, float32 tensor)`` pairs for ``load_weights``. llama.cpp stores the Q and K
-projections of Llama-architecture models with their rows permuted (rotary pairs interleaved
-instead of split in halves); this undoes it, as transformers' own GGUF loader does.
+yields ``(hf_name, tensor)`` pairs for ``load_weights``: float32 tensors, or with
+``keep_quantized`` the 2-D weights in a format the CPU kernels multiply directly as
+``QuantizedTensor`` (their blocks, untouched). Dequantization uses the C++ kernels for those
+formats and the ``gguf`` package for the others. llama.cpp stores the Q and K projections of
+Llama-architecture models with their rows permuted (rotary pairs interleaved instead of split in
+halves); this undoes it (on rows of blocks when quantized), as transformers' GGUF loader does.
 """
 
 from __future__ import annotations
@@ -13,11 +16,15 @@ import contextlib
 import functools
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+
+from sglang.srt.layers.quantization import kernels
+from sglang.srt.layers.quantization.weights import QuantizedTensor
 
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -163,10 +170,25 @@ def unpermute_qk(weight: np.ndarray, num_heads: int) -> np.ndarray:
     return w.swapaxes(1, 2).reshape(weight.shape)
 
 
-def iter_gguf_weights(path: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(hf_name, float32 tensor)`` for every tensor of the file the model needs."""
+def _dequantize(tensor: Any) -> np.ndarray:
+    """float32 array of a GGUF tensor (C++ kernels for the formats they know)."""
+    fmt = int(tensor.tensor_type)
+    if fmt in kernels.FORMATS and tensor.data.ndim == 2:
+        rows, cols = int(tensor.shape[1]), int(tensor.shape[0])
+        with warnings.catch_warnings():  # a read-only memmap: the kernel only reads it
+            warnings.simplefilter("ignore", UserWarning)
+            data = torch.from_numpy(np.ascontiguousarray(tensor.data))
+        return kernels.dequantize(data, fmt, cols).numpy().reshape(rows, cols)
     from gguf.quants import dequantize
 
+    return np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+
+
+def iter_gguf_weights(
+    path: str, keep_quantized: bool = False
+) -> Iterator[tuple[str, torch.Tensor | QuantizedTensor]]:
+    """Yield ``(hf_name, tensor)`` for every tensor of the file the model needs: float32, or
+    (``keep_quantized``) a ``QuantizedTensor`` for 2-D weights in a kernel-supported format."""
     reader = _reader(path)
     meta = _fields(reader)
     arch = meta.get("general.architecture")
@@ -176,11 +198,17 @@ def iter_gguf_weights(path: str) -> Iterator[tuple[str, torch.Tensor]]:
         name = hf_tensor_name(tensor.name)
         if name is None:
             continue
-        data = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+        fmt = int(tensor.tensor_type)
+        quantized = keep_quantized and fmt in kernels.FORMATS and tensor.data.ndim == 2
+        data = np.asarray(tensor.data) if quantized else _dequantize(tensor)
         if arch in _PERMUTED_QK and name.endswith(("q_proj.weight", "q_proj.bias")):
             data = unpermute_qk(data, heads)
         elif arch in _PERMUTED_QK and name.endswith(("k_proj.weight", "k_proj.bias")):
             data = unpermute_qk(data, kv_heads)
         if not data.flags.writeable or not data.flags.c_contiguous:
             data = np.array(data, copy=True, order="C")  # F32 tensors are read-only memmaps
-        yield name, torch.from_numpy(data)
+        if quantized:
+            shape = (int(tensor.shape[1]), int(tensor.shape[0]))
+            yield name, QuantizedTensor(torch.from_numpy(data), fmt, shape)
+        else:
+            yield name, torch.from_numpy(data)

@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sglang.srt.configs.model_config import ModelConfig
@@ -21,8 +20,10 @@ from sglang.srt.layers.activation import SiluAndMul
 from sglang.srt.layers.layernorm import RMSNorm
 from sglang.srt.layers.linear import Linear
 from sglang.srt.layers.logits_processor import LogitsOutput, LogitsProcessor
+from sglang.srt.layers.quantization.weights import QuantizedTensor
 from sglang.srt.layers.radix_attention import RadixAttention
 from sglang.srt.layers.rotary_embedding import RotaryEmbedding
+from sglang.srt.layers.vocab_embedding import VocabEmbedding
 from sglang.srt.model_executor.forward_batch import ForwardBatch
 
 # (fused parameter, checkpoint projection, shard)
@@ -33,6 +34,15 @@ STACKED_PARAMS = (
     ("gate_up_proj", "gate_proj", "gate"),
     ("gate_up_proj", "up_proj", "up"),
 )
+
+
+@dataclass(frozen=True)
+class Rope:
+    """The model's rotary embedding and this step's looked-up (cos, sin) rows; ``cos_sin`` is
+    None when the attention backend applies RoPE itself (fused with the KV-cache store)."""
+
+    emb: RotaryEmbedding
+    cos_sin: tuple[torch.Tensor, torch.Tensor] | None
 
 
 @dataclass(frozen=True)
@@ -85,12 +95,7 @@ class LlamaAttention(nn.Module):
             self.k_norm = RMSNorm(d, config.rms_norm_eps, **kw)  # type: ignore[arg-type]
         self.attn = RadixAttention(layer_id, self.num_heads, self.num_kv_heads, d, d**-0.5)
 
-    def forward(
-        self,
-        hidden: torch.Tensor,
-        cos_sin: tuple[torch.Tensor, torch.Tensor],
-        batch: ForwardBatch,
-    ) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, rope: Rope, batch: ForwardBatch) -> torch.Tensor:
         t, d = hidden.shape[0], self.head_dim
         qkv = self.qkv_proj(hidden)
         qk_size = self.q_size + self.kv_size
@@ -100,8 +105,11 @@ class LlamaAttention(nn.Module):
             qk = torch.cat([self.q_norm(q.view(t, -1, d)), self.k_norm(k.view(t, -1, d))], 1)
         else:
             qk = qkv[:, :qk_size].view(t, self.num_heads + self.num_kv_heads, d)
+        if rope.cos_sin is None:  # the backend rotates q/k as it stores k/v
+            q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
+            return self.o_proj(self.attn.forward_rope(q, k, v, rope.emb, batch))
         # One rotation for the heads of q and k together (same positions, same cos/sin).
-        qk = RotaryEmbedding.apply(qk, cos_sin)
+        qk = RotaryEmbedding.apply(qk, rope.cos_sin)
         q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         return self.o_proj(self.attn(q, k, v, batch))
 
@@ -121,7 +129,7 @@ class LlamaDecoderLayer(nn.Module):
         self,
         hidden: torch.Tensor,
         residual: torch.Tensor | None,
-        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        rope: Rope,
         batch: ForwardBatch,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if residual is None:
@@ -129,7 +137,7 @@ class LlamaDecoderLayer(nn.Module):
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(hidden, cos_sin, batch)
+        hidden = self.self_attn(hidden, rope, batch)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
@@ -137,24 +145,22 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, config: ModelConfig, options: AttentionOptions, **kw: object) -> None:
         super().__init__()
-        weight = torch.empty(config.vocab_size, config.hidden_size, **kw)  # type: ignore[arg-type]
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, _weight=weight)
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, **kw)  # type: ignore[arg-type]
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config, i, options, **kw) for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)  # type: ignore[arg-type]
 
-    def forward(
-        self, batch: ForwardBatch, cos_sin: tuple[torch.Tensor, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, batch: ForwardBatch, rope: Rope) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns the last layer's output and the residual stream (final norm not applied)."""
         if batch.input_embeds is not None:
-            hidden = batch.input_embeds.to(self.embed_tokens.weight.dtype)
+            # A copy: the fused norms update the residual stream in place.
+            hidden = batch.input_embeds.to(self.embed_tokens.weight.dtype, copy=True)
         else:
-            hidden = F.embedding(batch.input_ids, self.embed_tokens.weight)
+            hidden = self.embed_tokens(batch.input_ids)
         residual = None
         for layer in self.layers:
-            hidden, residual = layer(hidden, residual, cos_sin, batch)
+            hidden, residual = layer(hidden, residual, rope, batch)
         return hidden, residual
 
 
@@ -186,9 +192,10 @@ class LlamaForCausalLM(nn.Module):
         self.logits_processor = LogitsProcessor(config.vocab_size)
 
     def forward(self, batch: ForwardBatch) -> LogitsOutput:
-        cos_sin = self.rotary_emb.lookup(batch.positions)
-        hidden, residual = self.model(batch, cos_sin)
-        return self.logits_processor(hidden, residual, self.model.norm, self.lm_head.weight, batch)
+        fused = getattr(batch.attn_backend, "fuses_rope", False)
+        cos_sin = None if fused else self.rotary_emb.lookup(batch.positions)
+        hidden, residual = self.model(batch, Rope(self.rotary_emb, cos_sin))
+        return self.logits_processor(hidden, residual, self.model.norm, self.lm_head, batch)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy HF-named checkpoint tensors into the parameters; returns the names filled."""
@@ -196,7 +203,7 @@ class LlamaForCausalLM(nn.Module):
 
 
 def load_stacked_weights(
-    model: LlamaForCausalLM, weights: Iterable[tuple[str, torch.Tensor]]
+    model: LlamaForCausalLM, weights: Iterable[tuple[str, torch.Tensor | QuantizedTensor]]
 ) -> set[str]:
     params = dict(model.named_parameters())
     tied = model.config.tie_word_embeddings
@@ -219,6 +226,17 @@ def load_stacked_weights(
                 break
         else:
             param = _param(params, name, hf_name)
+            if isinstance(tensor, QuantizedTensor):
+                module = model.get_submodule(name.rsplit(".", 1)[0])
+                if isinstance(module, Linear):
+                    module.load_shard(param, None, tensor)
+                    loaded.add(name)
+                    continue
+                if isinstance(module, VocabEmbedding):
+                    module.load_quantized(tensor)
+                    loaded.add(name)
+                    continue
+                tensor = tensor.dequantize()
             if param.shape != tensor.shape:
                 raise ValueError(
                     f"{hf_name}: checkpoint shape {tuple(tensor.shape)}, "
