@@ -154,7 +154,7 @@ def random_prompt(vocab_size: int, length: int, seed: int) -> list[int]:
 
 
 def gguf_vocab_size(model_path: str) -> int:
-    """Vocabulary size of the checkpoint (through our loader), for the random prompts."""
+    """Vocabulary size of the checkpoint (through the sglang on ``sys.path``)."""
     from sglang.srt.model_loader.resolve import resolve_model_path
 
     source = resolve_model_path(model_path)
@@ -165,6 +165,36 @@ def gguf_vocab_size(model_path: str) -> int:
     from transformers import AutoConfig
 
     return int(AutoConfig.from_pretrained(source.folder).vocab_size)
+
+
+def probe_loader(model_path: str, pythonpath: str) -> int | None:
+    """The vocabulary size as the sglang under ``pythonpath`` reads it (in a subprocess), or None
+    when that checkout cannot load the model (e.g. a half-rebuilt one)."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
+        "from bench_cpu_vs_llamacpp import gguf_vocab_size; "
+        f"print(gguf_vocab_size({model_path!r}))"
+    )
+    env = dict(os.environ, PYTHONPATH=pythonpath)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            cwd=tempfile.gettempdir(),
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    if out.returncode != 0:
+        print(
+            f"  (sglang under {pythonpath} cannot load the model: "
+            f"{out.stderr.strip().splitlines()[-1:]})"
+        )
+        return None
+    return int(out.stdout.strip().splitlines()[-1])
 
 
 def subprocess_env(pythonpath: str, threads: int) -> dict[str, str]:
@@ -616,7 +646,7 @@ def run_worker(args: argparse.Namespace, system: str, log: Path) -> list[dict[st
         with open(log, "w") as f:
             proc = subprocess.run(
                 cmd,
-                env=subprocess_env(str(ROOT / "python"), args.threads),
+                env=subprocess_env(args.helper_pythonpath, args.threads),
                 stdout=f,
                 stderr=subprocess.STDOUT,
                 timeout=args.system_timeout,
@@ -734,8 +764,17 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="bench_vs_llamacpp_"))
     log_dir.mkdir(parents=True, exist_ok=True)
     ours_path = str(ROOT / "python")
-    sys.path.insert(0, ours_path)
-    args.vocab_size = gguf_vocab_size(args.model_path)
+    # hf and llamacpp use this checkout's model loader (to resolve the model and dequantize the
+    # weights), the baseline's when this checkout cannot load it (others may be rebuilding it)
+    candidates = [ours_path] + ([args.baseline_pythonpath] if args.baseline_pythonpath else [])
+    args.helper_pythonpath, args.vocab_size = ours_path, None
+    for candidate in candidates:
+        args.vocab_size = probe_loader(args.model_path, candidate)
+        if args.vocab_size is not None:
+            args.helper_pythonpath = candidate
+            break
+    if args.vocab_size is None:
+        raise SystemExit(f"no sglang in {candidates} can load {args.model_path!r}")
     meta = {
         "bench": "bench_cpu_vs_llamacpp",
         "model_path": args.model_path,
@@ -748,6 +787,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"CPU: {meta['cpu_model']} ({os.cpu_count()} cores); ISA: {meta['isa']}")
     print(f"threads {args.threads}; commit {meta['git_commit']}; logs in {log_dir}")
+    print(f"model loader for hf/llamacpp: {args.helper_pythonpath}; vocab {args.vocab_size}")
     print("llama.cpp build recommended for this CPU (then run this script with the same")
     print("CMAKE_ARGS in LLAMA_CPP_CMAKE_ARGS):\n  " + llamacpp_build_command(flags))
 
@@ -766,6 +806,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             extra = llamacpp_info()
         pythonpath = args.baseline_pythonpath if system.startswith("baseline") else ours_path
+        if system in WORKERS:
+            extra["loader_pythonpath"] = args.helper_pythonpath
         if system.startswith(("ours", "baseline")):
             extra = {"code_commit": git_commit(Path(pythonpath)), "pythonpath": pythonpath}
         print(f"\n=== {system} (load average {os.getloadavg()[0]:.2f}) ===", flush=True)
