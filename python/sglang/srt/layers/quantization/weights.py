@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from sglang import _core
 from sglang.srt.layers.quantization import kernels
 
 
@@ -85,6 +86,10 @@ class QuantWeight:
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x @ W^T + bias`` for x [..., in_features], in x's dtype."""
+        if len(self.parts) == 1 and x.dim() == 2 and x.dtype == torch.float32:
+            out = self._gemv(x)
+            if out is not None:
+                return out if bias is None else out.add_(bias)
         outs = []
         for p in self.parts:
             if p.quant is not None:
@@ -93,6 +98,27 @@ class QuantWeight:
                 outs.append(F.linear(x, p.dense.to(x.dtype)))  # type: ignore[union-attr]
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         return out if bias is None else out.add_(bias)
+
+    def _gemv(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The decode case straight to the kernel (the weight was checked when it was loaded, so
+        only x is): float32 [rows, in] with unit column stride and few rows; else None."""
+        q = self.parts[0].quant
+        rows = x.shape[0]
+        if (
+            q is None
+            or x.shape[1] != self.in_features
+            or x.stride(1) != 1
+            or x.device.type != "cpu"
+        ):
+            return None
+        if rows > 1 and (rows > 4 * _core.quant_matmul_rows_per_pass() or x.stride(0) < x.shape[1]):
+            return None
+        out = torch.empty((rows, self.out_features), dtype=torch.float32)
+        _core.quant_matmul_cpu(
+            q.fmt, q.data.data_ptr(), self.out_features, self.in_features, x.data_ptr(),
+            rows, x.stride(0), 0, out.data_ptr(), self.out_features,
+        )  # fmt: skip
+        return out
 
     def dequantize(self) -> torch.Tensor:
         """float32 [out_features, in_features]."""
