@@ -4,9 +4,12 @@
 // DType int; the GIL is released while a kernel runs and a non-ok Status raises
 // sglang._core.CoreError. The torch adapter (sglang.srt.layers.cpu_ops) checks the tensors and
 // passes their data_ptr(). Semantics in sglang/kernels/cpu_ops.h.
+#include <vector>
+
 #include "bindings.h"
 #include "kernel_args.h"
 #include "sglang/kernels/cpu_ops.h"
+#include "sglang/kernels/decoder_cpu.h"
 
 namespace sglang::bindings {
 
@@ -143,6 +146,51 @@ void bind_ops_cpu(py::module_& m) {
         });
       },
       "Causal extend (prefill) attention of new tokens over cached prefix + themselves.");
+  m.def(
+      "decode_layers_cpu",
+      [](py::array_t<int64_t, py::array::c_style> dims, py::array_t<double> consts,
+         py::array_t<int64_t, py::array::c_style> layers, py::array_t<int64_t> step,
+         uintptr_t hidden, uintptr_t residual, bool has_residual,
+         py::array_t<int64_t> scratch) {
+        // dims: hidden, heads, kv_heads, head_dim, intermediate, num_slots, cos, sin, max_pos;
+        // consts: eps, scale; layers: [L, kLayerColumns]; step: batch, positions, out_slots,
+        // req_to_token, table_rows, table_stride, req_pool_indices, seq_lens; scratch: 4 ptrs.
+        constexpr py::ssize_t kLayerColumns = 24;
+        if (dims.size() != 9 || consts.size() != 2 || step.size() != 8 || scratch.size() != 4 ||
+            layers.ndim() != 2 || layers.shape(1) != kLayerColumns) {
+          throw py::value_error("decode_layers_cpu: malformed argument arrays");
+        }
+        const int64_t* D = dims.data();
+        const k::DecoderDims dm{D[0], D[1], D[2], D[3], D[4], D[5],
+                                static_cast<float>(consts.data()[0]),
+                                static_cast<float>(consts.data()[1]),
+                                ptr<const float>(D[6]), ptr<const float>(D[7]), D[8]};
+        std::vector<k::DecoderLayerCpu> ls(static_cast<size_t>(layers.shape(0)));
+        for (size_t i = 0; i < ls.size(); ++i) {
+          const int64_t* c = layers.data(static_cast<py::ssize_t>(i), 0);
+          auto mat = [&](int j) {
+            return k::QuantMatrix{static_cast<k::QuantFormat>(c[j]), ptr<const void>(c[j + 1]),
+                                  c[j + 2], c[j + 3], ptr<const float>(c[j + 4])};
+          };
+          ls[i] = k::DecoderLayerCpu{ptr<const float>(c[0]), ptr<const float>(c[1]), mat(2),
+                                     mat(7), mat(12), mat(17), ptr<float>(c[22]),
+                                     ptr<float>(c[23])};
+        }
+        const int64_t* S = step.data();
+        const k::DecodeStepCpu st{S[0], ptr<const int64_t>(S[1]), ptr<const int64_t>(S[2]),
+                                  ptr<const int32_t>(S[3]), S[4], S[5],
+                                  ptr<const int64_t>(S[6]), ptr<const int32_t>(S[7])};
+        const int64_t* X = scratch.data();
+        const k::DecoderScratch sc{ptr<float>(X[0]), ptr<float>(X[1]), ptr<float>(X[2]),
+                                   ptr<float>(X[3])};
+        run("decode_layers_cpu", [&] {
+          return k::decode_layers_cpu(dm, ls.data(), static_cast<int64_t>(ls.size()), st,
+                                      ptr<float>(hidden), ptr<float>(residual), has_residual, sc);
+        });
+      },
+      py::arg("dims"), py::arg("consts"), py::arg("layers"), py::arg("step"), py::arg("hidden"),
+      py::arg("residual"), py::arg("has_residual"), py::arg("scratch"),
+      "A decode step's decoder layers (quantized weights, float32) in one call; see decoder_cpu.h.");
 }
 
 }  // namespace sglang::bindings

@@ -161,3 +161,43 @@ def test_bad_quantization_is_a_clear_error(
 def test_w8a16_on_a_gguf_file_is_refused(mixed_gguf: tuple[Path, Any]) -> None:
     with pytest.raises(ValueError, match="already quantized"):
         ModelRunner(str(mixed_gguf[0]), quantization="w8a16")
+
+
+def test_fused_decode_layers_equal_the_python_layers(tiny_models: dict[str, Path]) -> None:
+    """A decode step's layers in one C++ call run the same kernels as the Python layers: the
+    logits are bit-identical, over several steps and a batch of requests."""
+    runner = ModelRunner(str(tiny_models["llama"]), dtype="float32", quantization="w8a16")
+    fused = runner.model.model.fused_decode
+    assert fused is not None and fused.supported
+
+    def run(with_fused: bool) -> tuple[list[list[int]], dict[int, list[torch.Tensor]]]:
+        runner.model.model.fused_decode = fused if with_fused else None
+        driver = GreedyDriver(runner, record_logits=True)
+        outs = driver.generate(PROMPTS, 8)
+        return outs, driver.logits
+
+    calls = []
+    original = fused.run
+    fused.run = lambda *a: calls.append(1) or original(*a)  # type: ignore[method-assign]
+    tokens_fused, logits_fused = run(True)
+    assert len(calls) == 7  # every decode step went through it
+    tokens_python, logits_python = run(False)
+    assert tokens_fused == tokens_python
+    for rid, steps in logits_fused.items():
+        for a, b in zip(steps, logits_python[rid]):
+            assert torch.equal(a, b)
+
+
+def test_fused_decode_layers_only_take_what_they_compose(
+    tiny_models: dict[str, Path], mixed_gguf: tuple[Path, Any]
+) -> None:
+    # Dense weights, mixed formats in one layer, per-head q/k norms: the Python layers run.
+    assert ModelRunner(str(tiny_models["llama"]), dtype="float32").model.model.fused_decode is None
+    assert ModelRunner(str(mixed_gguf[0])).model.model.fused_decode is None
+    qwen3 = ModelRunner(str(tiny_models["qwen3"]), dtype="float32", quantization="w8a16")
+    assert qwen3.model.model.fused_decode is None
+    native = ModelRunner(
+        str(tiny_models["llama"]), dtype="float32", quantization="w8a16",
+        attention_backend="torch_native",
+    )  # fmt: skip
+    assert native.model.model.fused_decode is None

@@ -19,6 +19,7 @@ import torch
 from sglang.srt.configs.model_config import ModelConfig
 from sglang.srt.hf_transformers_utils import get_config, get_generation_config
 from sglang.srt.layers.attention import CPU_ONLY, canonical_backend, create_attention_backend
+from sglang.srt.layers.decode_layers_cpu import FusedDecodeLayers
 from sglang.srt.layers.linear import Linear, calibrate_small_batch_gemm
 from sglang.srt.layers.logits_processor import LogitsOutput
 from sglang.srt.mem_cache.kv_pool import KVPool
@@ -61,11 +62,16 @@ def auto_cpu_dtype(hidden: int, intermediate: int, repeats: int = 3) -> torch.dt
     return choice
 
 
-def enable_cpu_kernels(model: torch.nn.Module) -> None:
-    """Switch the layers that have fused C++ CPU kernels (norms, activations) to them."""
+def enable_cpu_kernels(model: torch.nn.Module, fused_decode: bool = True) -> None:
+    """Switch the layers that have fused C++ CPU kernels (norms, activations) to them, and let a
+    model whose layers the C++ decode runner can compose hand it its decode steps."""
     for module in model.modules():
         if hasattr(module, "use_cpu_kernels"):
             module.use_cpu_kernels = True
+    for module in model.modules():
+        if hasattr(module, "fused_decode"):
+            runner = FusedDecodeLayers(module)
+            module.fused_decode = runner if fused_decode and runner.supported else None
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

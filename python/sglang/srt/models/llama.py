@@ -17,6 +17,7 @@ from torch import nn
 
 from sglang.srt.configs.model_config import ModelConfig
 from sglang.srt.layers.activation import SiluAndMul
+from sglang.srt.layers.decode_layers_cpu import FusedDecodeLayers
 from sglang.srt.layers.layernorm import RMSNorm
 from sglang.srt.layers.linear import Linear
 from sglang.srt.layers.logits_processor import LogitsOutput, LogitsProcessor
@@ -150,6 +151,8 @@ class LlamaModel(nn.Module):
             LlamaDecoderLayer(config, i, options, **kw) for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)  # type: ignore[arg-type]
+        # Set by the ModelRunner on CPU: runs a decode step's layers in one C++ call.
+        self.fused_decode: FusedDecodeLayers | None = None
 
     def forward(self, batch: ForwardBatch, rope: Rope) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns the last layer's output and the residual stream (final norm not applied)."""
@@ -158,6 +161,9 @@ class LlamaModel(nn.Module):
             hidden = batch.input_embeds.to(self.embed_tokens.weight.dtype, copy=True)
         else:
             hidden = self.embed_tokens(batch.input_ids)
+        fused = self.fused_decode
+        if fused is not None and hidden.dtype == torch.float32 and fused.accepts(batch):
+            return fused.run(batch, hidden, rope.emb)
         residual = None
         for layer in self.layers:
             hidden, residual = layer(hidden, residual, rope, batch)
