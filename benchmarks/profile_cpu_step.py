@@ -37,6 +37,7 @@ from sglang.srt.server_args import ServerArgs
 
 # Category of an op, by substring of its profiler name (first match wins).
 CATEGORIES = (
+    ("decoder layers in C++", ("decode_layers",)),
     ("matmul", ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "quant_matmul")),
     ("attention", ("scaled_dot_product", "attention", "_flash", "_attend")),
     ("norm", ("rms_norm", "layer_norm")),

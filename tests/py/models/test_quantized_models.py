@@ -100,7 +100,8 @@ def test_gguf_weights_stay_in_their_blocks(mixed_gguf: tuple[Path, Any]) -> None
 def test_gguf_quantized_greedy_follows_transformers(mixed_gguf: tuple[Path, Any]) -> None:
     path, hf = mixed_gguf
     expected = [hf_greedy(hf, p, NEW_TOKENS) for p in PROMPTS]
-    quantized = GreedyDriver(ModelRunner(str(path))).generate(PROMPTS, NEW_TOKENS)
+    quantized_runner = ModelRunner(str(path), dtype="float32")
+    quantized = GreedyDriver(quantized_runner).generate(PROMPTS, NEW_TOKENS)
     assert matching_fraction(quantized, expected) >= 0.9
     # The dequantizing path (--quantization none) in float32 is the exact one.
     exact_runner = ModelRunner(str(path), quantization="none", dtype="float32")
@@ -110,7 +111,9 @@ def test_gguf_quantized_greedy_follows_transformers(mixed_gguf: tuple[Path, Any]
 
 def test_quantized_logits_close_to_dequantized(mixed_gguf: tuple[Path, Any]) -> None:
     path, hf = mixed_gguf
-    ours = GreedyDriver(ModelRunner(str(path)), record_logits=True)
+    # float32 throughout (--dtype auto may run prefill GEMMs in bfloat16 on CPUs where that is
+    # much faster; see test_auto_dtype_prefill_gemm).
+    ours = GreedyDriver(ModelRunner(str(path), dtype="float32"), record_logits=True)
     rid = ours.add(PROMPTS[0], 1)
     ours.run()
     logits = ours.logits[rid][0]
@@ -201,3 +204,24 @@ def test_fused_decode_layers_only_take_what_they_compose(
         attention_backend="torch_native",
     )  # fmt: skip
     assert native.model.model.fused_decode is None
+
+
+def test_auto_dtype_prefill_gemm(
+    mixed_gguf: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--dtype auto keeps quantized models in float32 and moves only prefill-sized GEMMs to
+    bfloat16 when the CPU's bf16 GEMM measured faster; --dtype float32 never does."""
+    from sglang.srt.model_executor import model_runner
+
+    path, hf = mixed_gguf
+    monkeypatch.setattr(model_runner, "auto_cpu_dtype", lambda *a: torch.bfloat16)
+    fast = ModelRunner(str(path))
+    assert fast.dtype == torch.float32 and fast.prefill_gemm_dtype == torch.bfloat16
+    exact = ModelRunner(str(path), dtype="float32")
+    assert exact.prefill_gemm_dtype == torch.float32
+    expected = [hf_greedy(hf, p, NEW_TOKENS) for p in PROMPTS]
+    # bf16 GEMMs on random tiny weights: near ties abound, so only the first tokens must agree.
+    outs = GreedyDriver(fast).generate(PROMPTS, NEW_TOKENS)
+    assert all(o[:2] == e[:2] for o, e in zip(outs, expected))
+    monkeypatch.setattr(model_runner, "auto_cpu_dtype", lambda *a: torch.float32)
+    assert ModelRunner(str(path)).prefill_gemm_dtype == torch.float32

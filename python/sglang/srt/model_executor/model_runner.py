@@ -127,6 +127,7 @@ class ModelRunner:
             best = auto_cpu_dtype(cfg.hidden_size, cfg.intermediate_size)
             self.model_config = dataclasses.replace(cfg, dtype=best)
         self.dtype = self.model_config.dtype
+        self.prefill_gemm_dtype = self.dtype
         torch.manual_seed(random_seed)
         self.model = load_model(
             self.source,
@@ -137,6 +138,8 @@ class ModelRunner:
             quantization=self.quantization,
         )
         self._calibrate_dense_gemm()
+        if dtype == "auto" and self.quantization != "none" and self.dtype == torch.float32:
+            self._choose_prefill_gemm_dtype()
         if attention_backend is None:  # the fused kernels on CPU, SDPA elsewhere
             attention_backend = "cpu" if self.device.type == "cpu" else "torch_native"
         self.attention_backend = canonical_backend(attention_backend)
@@ -171,6 +174,18 @@ class ModelRunner:
             attention_backend=args.attention_backend,
             quantization=args.quantization,
         )
+
+    def _choose_prefill_gemm_dtype(self) -> None:
+        """Quantized weights with --dtype auto: activations stay float32 (decode GEMVs, KV cache,
+        norms), and prefill-sized GEMMs run in bfloat16 where that is measured 1.5x faster here
+        (AMX / AVX-512 BF16). ``--dtype float32`` keeps every matmul in float32."""
+        cfg = self.model_config
+        if auto_cpu_dtype(cfg.hidden_size, cfg.intermediate_size) != torch.bfloat16:
+            return
+        for module in self.model.modules():
+            if isinstance(module, Linear) and module.quant is not None:
+                module.quant.gemm_dtype = torch.bfloat16
+        self.prefill_gemm_dtype = torch.bfloat16
 
     def _calibrate_dense_gemm(self) -> None:
         """Pick the small-batch float32 GEMM form on this CPU with the model's largest dense

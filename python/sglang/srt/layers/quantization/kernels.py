@@ -168,6 +168,27 @@ def _gemm_path(x: torch.Tensor, weight: torch.Tensor, fmt: int, k: int, out: tor
             out[:, j0 : j0 + rows] = torch.mm(x, w.t())
 
 
+def _gemm_bf16(x: torch.Tensor, weight: torch.Tensor, fmt: int, k: int) -> torch.Tensor:
+    """bfloat16 [M, N] = x (bfloat16) @ dequant(W)^T with bfloat16 tiles: the prefill of a model
+    run in bfloat16 (``--dtype bfloat16``) gets the BLAS's bf16 GEMM (AMX / AVX-512 BF16), the
+    precision the user chose for the activations; float32 inputs never come here."""
+    core, n = _core(), weight.shape[0]
+    tile_rows = max(1, min(n, _TILE_ELEMENTS // k))
+    tile = _scratch.get(tile_rows * k).view(tile_rows, k)
+    tile16 = torch.empty((tile_rows, k), dtype=torch.bfloat16)
+    out = torch.empty((x.shape[0], n), dtype=torch.bfloat16)
+    for j0 in range(0, n, tile_rows):
+        rows = min(tile_rows, n - j0)
+        core.dequantize_cpu(fmt, weight[j0].data_ptr(), rows, k, tile.data_ptr(), k, 1)
+        w = tile16[:rows]
+        w.copy_(tile[:rows])
+        if rows == n:
+            torch.mm(x, w.t(), out=out)
+        else:
+            out[:, j0 : j0 + rows] = torch.mm(x, w.t())
+    return out
+
+
 def _quant_matmul_2d(
     x: torch.Tensor, weight: torch.Tensor, fmt: int, k: int, bias: torch.Tensor | None
 ) -> torch.Tensor:
@@ -203,6 +224,11 @@ def _quant_matmul_impl(
 ) -> torch.Tensor:
     """The body of ``torch.ops.sglang.quant_matmul``."""
     _check_inputs(x, weight, fmt, k, bias)
+    if x.dtype == torch.bfloat16 and _use_gemm(x.numel() // k):
+        out = _gemm_bf16(x.reshape(-1, k).contiguous(), weight, fmt, k)
+        if bias is not None:
+            out += bias.to(torch.bfloat16)
+        return out.reshape(*x.shape[:-1], weight.shape[0])
     plain = x.dim() == 2 and x.dtype == torch.float32  # the decode case: no reshape, no cast
     x2 = x if plain else x.reshape(-1, k).to(torch.float32)
     if (k > 1 and x2.stride(1) != 1) or (x2.shape[0] > 1 and x2.stride(0) < k):
