@@ -107,8 +107,6 @@ class ServerArgs:
             self.random_seed = random.randint(0, 1 << 30)
         if self.device is None:
             self.device = _default_device()
-        if self.attention_backend is None:  # fused C++ kernels on CPU, SDPA on CUDA
-            self.attention_backend = "cpu" if self.device == "cpu" else "torch_native"
         if self.grammar_backend is None:
             self.grammar_backend = "xgrammar"
         if self.chunked_prefill_size is None:
@@ -130,11 +128,13 @@ class ServerArgs:
               f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
         check(self.load_format in LOAD_FORMATS,
               f"--load-format must be one of {', '.join(LOAD_FORMATS)}, got {self.load_format!r}")
-        check(self.attention_backend in ATTENTION_BACKENDS,
+        # None: the ModelRunner picks (the fused C++ kernels on CPU where the model's shapes fit
+        # them, SDPA otherwise).
+        check(self.attention_backend is None or self.attention_backend in ATTENTION_BACKENDS,
               f"--attention-backend must be one of {', '.join(ATTENTION_BACKENDS)}, "
               f"got {self.attention_backend!r}")
         check(self.device in ("cpu", "cuda"), f"--device must be cpu or cuda, got {self.device!r}")
-        check(self.device == "cpu" or self.attention_backend in ("torch_native",),
+        check(self.device == "cpu" or self.attention_backend in (None, "torch_native"),
               f"--attention-backend {self.attention_backend} runs on the CPU only")
         check(self.page_size >= 1, f"--page-size must be at least 1, got {self.page_size}")
         check(self.max_running_requests >= 1, "--max-running-requests must be at least 1")

@@ -140,11 +140,14 @@ class ModelRunner:
         self._calibrate_dense_gemm()
         if dtype == "auto" and self.quantization != "none" and self.dtype == torch.float32:
             self._choose_prefill_gemm_dtype()
-        if attention_backend is None:  # the fused kernels on CPU, SDPA elsewhere
-            attention_backend = "cpu" if self.device.type == "cpu" else "torch_native"
+        unfit = self._cpu_kernels_unfit()
+        if attention_backend is None:  # the fused kernels on CPU where they fit, SDPA elsewhere
+            attention_backend = "torch_native" if unfit else "cpu"
         self.attention_backend = canonical_backend(attention_backend)
-        if self.attention_backend in CPU_ONLY and self.device.type != "cpu":
-            raise ValueError(f"attention backend '{attention_backend}' runs on the CPU only")
+        if self.attention_backend in CPU_ONLY and unfit:
+            raise ValueError(
+                f"attention backend '{attention_backend}' cannot run this model: {unfit}"
+            )
         self.attn_backend = create_attention_backend(self.attention_backend)
         if self.attention_backend == "cpu":
             enable_cpu_kernels(self.model)
@@ -174,6 +177,17 @@ class ModelRunner:
             attention_backend=args.attention_backend,
             quantization=args.quantization,
         )
+
+    def _cpu_kernels_unfit(self) -> str | None:
+        """Why the fused CPU kernels cannot run this model (None when they can)."""
+        cfg = self.model_config
+        if self.device.type != "cpu":
+            return f"they run on the CPU only, the device is {self.device}"
+        if self.dtype not in (torch.float32, torch.bfloat16):
+            return f"they take float32 or bfloat16, the model runs in {self.dtype}"
+        if cfg.head_dim % 16 or cfg.head_dim > 256:
+            return f"they need a head_dim that is a multiple of 16 up to 256, got {cfg.head_dim}"
+        return None
 
     def _choose_prefill_gemm_dtype(self) -> None:
         """Quantized weights with --dtype auto: activations stay float32 (decode GEMVs, KV cache,
