@@ -63,6 +63,8 @@ class ServerArgs:
     random_seed: int | None = None
     attention_backend: str | None = None
     disable_cuda_graph: bool = False
+    enable_torch_compile: bool = False
+    torch_compile_max_bs: int = 32
     cuda_graph_max_bs: int | None = None
     tp_size: int = 1
     dp_size: int = 1
@@ -140,6 +142,7 @@ class ServerArgs:
         check(self.max_running_requests >= 1, "--max-running-requests must be at least 1")
         check(self.max_prefill_tokens >= 1, "--max-prefill-tokens must be at least 1")
         check(self.stream_interval >= 1, "--stream-interval must be at least 1")
+        check(self.torch_compile_max_bs >= 1, "--torch-compile-max-bs must be at least 1")
         check(self.tp_size == 1 and self.dp_size == 1,
               "tensor and data parallelism (--tp-size/--dp-size > 1) are not supported yet")
         if self.reasoning_parser is not None:
@@ -217,6 +220,10 @@ class ServerArgs:
         a("--schedule-policy", type=str, default="fcfs", choices=SCHEDULE_POLICIES)
         a("--random-seed", type=int, default=None)
         a("--attention-backend", type=str, default=None, choices=ATTENTION_BACKENDS)
+        a("--enable-torch-compile", action="store_true",
+          help="Compile each decoder layer's MLP with torch.compile (inductor) for batches up to "
+          "--torch-compile-max-bs tokens.")
+        a("--torch-compile-max-bs", type=int, default=d["torch_compile_max_bs"].default)
         a("--cuda-graph-max-bs", type=int, default=None)
         a("--tp-size", "--tensor-parallel-size", dest="tp_size", type=int, default=1)
         a("--dp-size", "--data-parallel-size", dest="dp_size", type=int, default=1)

@@ -10,6 +10,11 @@ from torch import nn
 from sglang.srt.layers import cpu_ops
 
 
+def _compiling() -> bool:
+    """Under torch.compile the torch formula is traced (inductor fuses it) instead of the kernel."""
+    return torch.compiler.is_compiling()
+
+
 class SiluAndMul(nn.Module):
     """``silu(x[..., :d]) * x[..., d:]`` for ``d = x.shape[-1] // 2`` (one fused C++ kernel with
     ``use_cpu_kernels``, set by the ModelRunner for the ``cpu`` attention backend)."""
@@ -19,7 +24,7 @@ class SiluAndMul(nn.Module):
         self.use_cpu_kernels = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_cpu_kernels and x.dim() == 2 and x.is_contiguous():
+        if self.use_cpu_kernels and x.dim() == 2 and x.is_contiguous() and not _compiling():
             return cpu_ops.silu_and_mul(x)
         d = x.shape[-1] // 2
         return F.silu(x[..., :d]).mul_(x[..., d:])

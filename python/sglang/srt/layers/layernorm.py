@@ -38,7 +38,7 @@ class RMSNorm(nn.Module):
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``norm(x)``, or with ``residual``: ``(norm(x + residual), x + residual)``."""
-        if self.use_cpu_kernels and x.is_contiguous():
+        if self.use_cpu_kernels and x.is_contiguous() and not torch.compiler.is_compiling():
             if residual is None:  # any leading dims (per-head q/k norms): rows of the last one
                 rows = x.view(-1, x.shape[-1])
                 return cpu_ops.rms_norm(rows, self.weight, self.eps).view(x.shape)

@@ -30,15 +30,15 @@ from sglang.srt.model_loader.resolve import resolve_model_path
 logger = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=8)
-def auto_cpu_dtype(hidden: int, intermediate: int, repeats: int = 3) -> torch.dtype:
+@functools.lru_cache(maxsize=1)
+def auto_cpu_dtype(repeats: int = 3) -> torch.dtype:
     """``--dtype auto`` for dense weights on CPU: bfloat16 when a prefill-shaped bfloat16 matmul
-    of the model's MLP ([256, hidden] x [hidden, intermediate]) runs at least 1.5x faster than in
-    float32 on this CPU (AMX tiles, or AVX-512 BF16 where the BLAS uses them), else float32.
-    Measured once per shape and process (a few milliseconds)."""
+    ([256, 1024] x [1024, 4096], the same probe for every model, so the choice is a property of
+    the machine) runs at least 1.5x faster than in float32 on this CPU (AMX tiles, or AVX-512
+    BF16 where oneDNN uses them), else float32. Measured once per process (~0.1 s)."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(256, hidden, generator=gen)
-    w = torch.randn(intermediate, hidden, generator=gen)
+    x = torch.randn(256, 1024, generator=gen)
+    w = torch.randn(4096, 1024, generator=gen)
     times = {}
     with torch.inference_mode():
         for dt in (torch.float32, torch.bfloat16):
@@ -60,6 +60,15 @@ def auto_cpu_dtype(hidden: int, intermediate: int, repeats: int = 3) -> torch.dt
         times[torch.bfloat16] * 1e3,
     )
     return choice
+
+
+def compile_mlps(model: torch.nn.Module, max_tokens: int) -> None:
+    """--enable-torch-compile: each decoder layer's MLP through torch.compile (dynamic shapes,
+    inductor), used for steps of at most ``max_tokens`` tokens; the first steps compile."""
+    for module in model.modules():
+        if hasattr(module, "compiled_mlp"):
+            module.compiled_mlp = torch.compile(module.mlp, dynamic=True)
+            module.compiled_max_tokens = max_tokens
 
 
 def enable_cpu_kernels(model: torch.nn.Module, fused_decode: bool = True) -> None:
@@ -104,6 +113,8 @@ class ModelRunner:
         random_seed: int = 0,
         attention_backend: str | None = None,
         quantization: str | None = None,
+        enable_torch_compile: bool = False,
+        torch_compile_max_bs: int = 32,
     ) -> None:
         if load_format not in LOAD_FORMATS:
             raise ValueError(f"Unknown load format '{load_format}'; expected one of {LOAD_FORMATS}")
@@ -124,10 +135,8 @@ class ModelRunner:
         )
         if dtype == "auto" and self.device.type == "cpu" and self.quantization == "none":
             cfg = self.model_config
-            best = auto_cpu_dtype(cfg.hidden_size, cfg.intermediate_size)
-            self.model_config = dataclasses.replace(cfg, dtype=best)
+            self.model_config = dataclasses.replace(cfg, dtype=auto_cpu_dtype())
         self.dtype = self.model_config.dtype
-        self.prefill_gemm_dtype = self.dtype
         torch.manual_seed(random_seed)
         self.model = load_model(
             self.source,
@@ -138,8 +147,6 @@ class ModelRunner:
             quantization=self.quantization,
         )
         self._calibrate_dense_gemm()
-        if dtype == "auto" and self.quantization != "none" and self.dtype == torch.float32:
-            self._choose_prefill_gemm_dtype()
         unfit = self._cpu_kernels_unfit()
         if attention_backend is None:  # the fused kernels on CPU where they fit, SDPA elsewhere
             attention_backend = "torch_native" if unfit else "cpu"
@@ -151,6 +158,8 @@ class ModelRunner:
         self.attn_backend = create_attention_backend(self.attention_backend)
         if self.attention_backend == "cpu":
             enable_cpu_kernels(self.model)
+        if enable_torch_compile:
+            compile_mlps(self.model, torch_compile_max_bs)
         self.kv_pool: KVPool | None = None
         logger.info(
             "loaded %s (%s) on %s in %s, quantization %s, %d threads",
@@ -176,6 +185,8 @@ class ModelRunner:
             random_seed=args.random_seed,
             attention_backend=args.attention_backend,
             quantization=args.quantization,
+            enable_torch_compile=args.enable_torch_compile,
+            torch_compile_max_bs=args.torch_compile_max_bs,
         )
 
     def _cpu_kernels_unfit(self) -> str | None:
@@ -188,18 +199,6 @@ class ModelRunner:
         if cfg.head_dim % 16 or cfg.head_dim > 256:
             return f"they need a head_dim that is a multiple of 16 up to 256, got {cfg.head_dim}"
         return None
-
-    def _choose_prefill_gemm_dtype(self) -> None:
-        """Quantized weights with --dtype auto: activations stay float32 (decode GEMVs, KV cache,
-        norms), and prefill-sized GEMMs run in bfloat16 where that is measured 1.5x faster here
-        (AMX / AVX-512 BF16). ``--dtype float32`` keeps every matmul in float32."""
-        cfg = self.model_config
-        if auto_cpu_dtype(cfg.hidden_size, cfg.intermediate_size) != torch.bfloat16:
-            return
-        for module in self.model.modules():
-            if isinstance(module, Linear) and module.quant is not None:
-                module.quant.gemm_dtype = torch.bfloat16
-        self.prefill_gemm_dtype = torch.bfloat16
 
     def _calibrate_dense_gemm(self) -> None:
         """Pick the small-batch float32 GEMM form on this CPU with the model's largest dense

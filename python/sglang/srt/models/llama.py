@@ -125,6 +125,9 @@ class LlamaDecoderLayer(nn.Module):
         eps = config.rms_norm_eps
         self.input_layernorm = RMSNorm(config.hidden_size, eps, **kw)  # type: ignore[arg-type]
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, **kw)  # type: ignore[arg-type]
+        # --enable-torch-compile: the MLP compiled by inductor, for batches up to its max size.
+        self.compiled_mlp: nn.Module | None = None
+        self.compiled_max_tokens = 0
 
     def forward(
         self,
@@ -140,6 +143,8 @@ class LlamaDecoderLayer(nn.Module):
             hidden, residual = self.input_layernorm(hidden, residual)
         hidden = self.self_attn(hidden, rope, batch)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
+        if self.compiled_mlp is not None and hidden.shape[0] <= self.compiled_max_tokens:
+            return self.compiled_mlp(hidden), residual
         return self.mlp(hidden), residual
 
 

@@ -72,10 +72,6 @@ class QuantWeight:
         self.in_features = in_features
         self.out_features = sum(p.rows for p in self.parts)
         self.dtype = dtype  # the activations' dtype (inputs and outputs)
-        # Prefill-sized float32 inputs run their GEMM in this dtype (bfloat16 where the
-        # ModelRunner measured the CPU's bf16 GEMM to be much faster and the user left --dtype
-        # auto); decode-sized inputs always take the float32 GEMV kernel.
-        self.gemm_dtype = torch.float32
 
     @property
     def formats(self) -> list[str]:
@@ -90,12 +86,15 @@ class QuantWeight:
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x @ W^T + bias`` for x [..., in_features], in x's dtype."""
-        if len(self.parts) == 1 and x.dim() == 2 and x.dtype == torch.float32:
+        if (
+            len(self.parts) == 1
+            and x.dim() == 2
+            and x.dtype == torch.float32
+            and not torch.compiler.is_compiling()  # traced: the registered op instead
+        ):
             out = self._gemv(x)
             if out is not None:
                 return out if bias is None else out.add_(bias)
-            if self.gemm_dtype != torch.float32:
-                return self.matmul(x.to(self.gemm_dtype), bias).to(x.dtype)
         outs = []
         for p in self.parts:
             if p.quant is not None:
