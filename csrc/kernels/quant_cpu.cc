@@ -1,13 +1,13 @@
 // CPU launchers of the GGUF block-quant kernels (semantics in sglang/kernels/quant.h).
 //
 // quant_matmul_cpu splits the weight rows over threads in tiles of kTileRows rows. Decode-sized
-// calls (m <= kIntRows = 2) of Q4_0 / Q4_1 / Q8_0 on AVX2 / AVX-512 take the integer path (x
-// quantized once per call to 16 bits per block, integer block dot products: see "integer decode
-// path" below). Otherwise, per tile, the x rows are taken in groups of up to MR (the register
-// tile: 4 on AVX-512, 2 on AVX2) and each group makes one pass over the tile's blocks, FMAing
-// every decoded weight vector into kTileRows x MR fp32 accumulators. So the weight is read from
-// memory once per call whatever m is (decode is memory-bound), and its decode is shared by MR x
-// rows. Two fp32 decoders:
+// calls (m <= 4 with AVX-512 VNNI, else 2) of Q4_0 / Q4_1 / Q8_0 on AVX2 / AVX-512 take the
+// integer path (x quantized once per call to 16 bits per block, integer block dot products: see
+// "integer decode path" below). Otherwise, per tile, the x rows are taken in groups of up to MR
+// (the register tile: 4 on AVX-512, 2 on AVX2) and each group makes one pass over the tile's
+// blocks, FMAing every decoded weight vector into kTileRows x MR fp32 accumulators. So the weight
+// is read from memory once per call whatever m is (decode is memory-bound), and its decode is
+// shared by MR x rows. Two fp32 decoders:
 //   * fused (Q4_0 / Q4_1 / Q8_0 on AVX2 / AVX-512): a 32-value block goes straight from its 16
 //     nibble bytes / 32 int8 into fp32 lanes (w = d * q + m in one FMA), rows prefetched ahead;
 //   * unpack (K-quants, and every format on the scalar path): each row of the tile is first
@@ -516,7 +516,7 @@ int run_fused(QuantFormat fmt, CpuIsa isa, const FusedArgs& a, int64_t rows_left
   }
 }
 
-// ---- integer decode path for the 32-value formats (Q4_0 / Q4_1 / Q8_0), m <= kIntRows ----
+// ---- integer decode path for the 32-value formats (Q4_0 / Q4_1 / Q8_0), decode-sized m ----
 // The fp32 fused kernels spend most of their time widening weights to fp32 (cvtepi8_epi32 +
 // cvtepi32_ps per 16 weights) and are compute-bound well below DRAM bandwidth. Here each x row
 // is quantized once per call to 16 bits per 32-value block (s_b = max|x_b| / 32639,
@@ -535,10 +535,12 @@ int run_fused(QuantFormat fmt, CpuIsa isa, const FusedArgs& a, int64_t rows_left
 // a shift and an add to combine the planes, vs. two here; the weights' widening to int16 is done
 // once per block and shared by the x rows. (Measured ~8% faster on Zen 4 at m = 1; it also
 // avoids maddubs' int16 saturation and, for Q8_0, the sign trick's -(-128) = -128 on xl.)
-// The fp32 kernels stay the path for m > kIntRows: per x row this path costs two dots, a convert,
-// a multiply and an FMA per block vs. two FMAs there, so the shared decode stops paying off.
+// The fp32 kernels stay the path for larger m: per x row and block this path costs two dots, a
+// convert, a permute and an FMA vs. two FMAs there, so its cheaper decode stops paying off
+// (at m = 4 on Zen 4 it was still 1.2x faster; AVX2 stops at 2 rows for its 16 registers).
 
-constexpr int kIntRows = 2;  // x rows up to which quant_matmul_cpu takes the integer path
+constexpr int kIntRowsVnni = 4;  // x rows up to which quant_matmul_cpu takes the integer path:
+constexpr int kIntRowsAvx2 = 2;  // 4 x 4 / 2 x 4 ymm accumulators (AVX2 has 16 registers)
 
 /// One quantized 32-value block of an x row (128 bytes, so every field is 32-byte aligned).
 struct alignas(64) XBlock {
@@ -550,8 +552,8 @@ struct alignas(64) XBlock {
 static_assert(sizeof(XBlock) == 128);
 
 /// True when quant_matmul_cpu takes the integer path (the fp32 kernels are the scalar cap's path).
-bool use_int_path(QuantFormat fmt, CpuIsa isa, int64_t m) {
-  return isa != CpuIsa::kScalar && m <= kIntRows &&
+bool use_int_path(QuantFormat fmt, CpuIsa isa, bool vnni, int64_t m) {
+  return isa != CpuIsa::kScalar && m <= (vnni ? kIntRowsVnni : kIntRowsAvx2) &&
          (fmt == QuantFormat::kQ4_0 || fmt == QuantFormat::kQ4_1 || fmt == QuantFormat::kQ8_0);
 }
 
@@ -718,9 +720,14 @@ SGL_INT_KERNEL(int_avx2, __attribute__((target("avx2,fma,f16c"))), SGL_DOT_AVX2)
 
 template <QuantFormat F>
 void run_int_format(bool vnni, const IntArgs& a, int64_t m, float res[][kTileRows]) {
-  static_assert(kIntRows == 2);
+  static_assert(kIntRowsVnni == 4 && kIntRowsAvx2 == 2);
   if (vnni) {
-    m == 1 ? int_vnni<F, 1>(a, res) : int_vnni<F, 2>(a, res);
+    switch (m) {
+      case 1: int_vnni<F, 1>(a, res); return;
+      case 2: int_vnni<F, 2>(a, res); return;
+      case 3: int_vnni<F, 3>(a, res); return;
+      default: int_vnni<F, 4>(a, res); return;
+    }
   } else {
     m == 1 ? int_avx2<F, 1>(a, res) : int_avx2<F, 2>(a, res);
   }
@@ -779,7 +786,7 @@ void matmul_tile(const MatmulArgs& a, int64_t j0) {
     for (int64_t i = 0; i < kTileRows; ++i) {
       t.rows[i] = a.weight + std::min(j0 + i, a.n - 1) * a.row_bytes;
     }
-    float res[kIntRows][kTileRows];
+    float res[kIntRowsVnni][kTileRows];
     switch (a.fmt) {
       case QuantFormat::kQ4_0: run_int_format<QuantFormat::kQ4_0>(a.vnni, t, a.m, res); break;
       case QuantFormat::kQ4_1: run_int_format<QuantFormat::kQ4_1>(a.vnni, t, a.m, res); break;
@@ -861,7 +868,7 @@ Status quant_matmul_cpu(QuantFormat fmt, const void* weight, int64_t n, int64_t 
   const XBlock* xq = nullptr;
   // VNNI's vpdpwssd on AVX-512 CPUs that have it; AVX-512 without VNNI runs the AVX2 kernel.
   const bool vnni = isa == CpuIsa::kAvx512 && cpu_features().avx512_vnni;
-  if (use_int_path(fmt, isa, m)) {
+  if (use_int_path(fmt, isa, vnni, m)) {
     thread_local std::vector<XBlock> xbuf;
     const int64_t blocks = k / 32;
     xbuf.resize(static_cast<size_t>(m * blocks));
