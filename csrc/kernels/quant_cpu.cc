@@ -1,10 +1,13 @@
 // CPU launchers of the GGUF block-quant kernels (semantics in sglang/kernels/quant.h).
 //
-// quant_matmul_cpu splits the weight rows over threads in tiles of kTileRows rows; per tile, the
-// x rows are taken in groups of up to MR (the register tile: 4 on AVX-512, 2 on AVX2) and each
-// group makes one pass over the tile's blocks, FMAing every decoded weight vector into
-// kTileRows x MR fp32 accumulators. So the weight is read from memory once per call whatever m
-// is (decode is memory-bound), and its decode is shared by MR x rows. Two decoders:
+// quant_matmul_cpu splits the weight rows over threads in tiles of kTileRows rows. Decode-sized
+// calls (m <= 4 with AVX-512 VNNI, else 2) of Q4_0 / Q4_1 / Q8_0 on AVX2 / AVX-512 take the
+// integer path (x quantized once per call to 16 bits per block, integer block dot products: see
+// "integer decode path" below). Otherwise, per tile, the x rows are taken in groups of up to MR
+// (the register tile: 4 on AVX-512, 2 on AVX2) and each group makes one pass over the tile's
+// blocks, FMAing every decoded weight vector into kTileRows x MR fp32 accumulators. So the weight
+// is read from memory once per call whatever m is (decode is memory-bound), and its decode is
+// shared by MR x rows. Two fp32 decoders:
 //   * fused (Q4_0 / Q4_1 / Q8_0 on AVX2 / AVX-512): a 32-value block goes straight from its 16
 //     nibble bytes / 32 int8 into fp32 lanes (w = d * q + m in one FMA), rows prefetched ahead;
 //   * unpack (K-quants, and every format on the scalar path): each row of the tile is first
@@ -27,6 +30,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "sglang/kernels/cpu_isa.h"
@@ -512,6 +516,223 @@ int run_fused(QuantFormat fmt, CpuIsa isa, const FusedArgs& a, int64_t rows_left
   }
 }
 
+// ---- integer decode path for the 32-value formats (Q4_0 / Q4_1 / Q8_0), decode-sized m ----
+// The fp32 fused kernels spend most of their time widening weights to fp32 (cvtepi8_epi32 +
+// cvtepi32_ps per 16 weights) and are compute-bound well below DRAM bandwidth. Here each x row
+// is quantized once per call to 16 bits per 32-value block (s_b = max|x_b| / 32639,
+// x16 = round(x / s_b), |x16| <= 32639), and a block's dot product with the weights' integer q
+// is exact in int32: q widened to int16 (vpmovzxbw + a nibble mask / shift, vpmovsxbw for Q8_0),
+// then vpdpwssd (AVX-512 VNNI) or madd_epi16 (AVX2) against x16: 8 int32 lanes of 4 products
+// each, converted once and scaled by d_w * s_b with one FMA. 16-bit activations give ~1.5e-5
+// relative error per element (the tests allow 1e-4 of max |out|).
+//   * Q4_0's q - 8: the accumulator starts at corr = -8 * (the lane's 4 x16 summed), so the offset
+//     cancels exactly in int32;
+//   * Q4_1 adds m_w * s_b * sum(x16), for the tile's 4 rows in one 4-lane FMA: the min term sees
+//     the same rounded x as d_w * q, so x's rounding error meets w = d_w * q + m_w as a whole
+//     (d_w * q alone is 0..15 d_w, not centred: the error was 1.6e-4 of max |out| in a test).
+// Why 16-bit x and int16 weights rather than two int8 planes of x (x16 = 256 * xh + xl) against
+// u8 weights with vpdpbusd / maddubs: per block and x row that takes two dot instructions plus
+// a shift and an add to combine the planes, vs. two here; the weights' widening to int16 is done
+// once per block and shared by the x rows. (Measured ~8% faster on Zen 4 at m = 1; it also
+// avoids maddubs' int16 saturation and, for Q8_0, the sign trick's -(-128) = -128 on xl.)
+// The fp32 kernels stay the path for larger m: per x row and block this path costs two dots, a
+// convert, a permute and an FMA vs. two FMAs there, so its cheaper decode stops paying off
+// (at m = 4 on Zen 4 it was still 1.2x faster; AVX2 stops at 2 rows for its 16 registers).
+
+constexpr int kIntRowsVnni = 4;  // x rows up to which quant_matmul_cpu takes the integer path:
+constexpr int kIntRowsAvx2 = 2;  // 4 x 4 / 2 x 4 ymm accumulators (AVX2 has 16 registers)
+
+/// One quantized 32-value block of an x row (128 bytes, so every field is 32-byte aligned).
+struct alignas(64) XBlock {
+  int16_t x16[32];  // round(x / s)
+  int32_t corr[8];  // -offset * (x16[2l] + x16[2l + 1] + x16[16 + 2l] + x16[17 + 2l]) for lane l
+  float s;          // s_b = max|x_b| / 32639
+  float sum;        // s_b * sum(x16) (Q4_1's min term)
+};
+static_assert(sizeof(XBlock) == 128);
+
+/// True when quant_matmul_cpu takes the integer path (the fp32 kernels are the scalar cap's path).
+bool use_int_path(QuantFormat fmt, CpuIsa isa, bool vnni, int64_t m) {
+  return isa != CpuIsa::kScalar && m <= (vnni ? kIntRowsVnni : kIntRowsAvx2) &&
+         (fmt == QuantFormat::kQ4_0 || fmt == QuantFormat::kQ4_1 || fmt == QuantFormat::kQ8_0);
+}
+
+/// Quantizes x row `x` (k values) into k / 32 XBlocks; `offset` is the weights' zero point (8 for
+/// Q4_0, else 0). A block with a non-finite value gets s = NaN (its outputs become NaN, as with
+/// the fp32 path). AVX2 (the library's floor); cvtps_epi32 rounds half to even.
+void quantize_x_row(const float* x, int64_t k, int32_t offset, XBlock* out) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256 lim = _mm256_set1_ps(32639.0f);
+  const __m256 neg_lim = _mm256_set1_ps(-32639.0f);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t b = 0; b < k / 32; ++b) {
+    const float* xb = x + b * 32;
+    XBlock& q = out[b];
+    __m256 v[4];
+    __m256 amax8 = _mm256_setzero_ps();
+    __m256 nan8 = _mm256_setzero_ps();
+    for (int h = 0; h < 4; ++h) {
+      v[h] = _mm256_loadu_ps(xb + 8 * h);
+      amax8 = _mm256_max_ps(amax8, _mm256_and_ps(v[h], abs_mask));  // (max_ps drops a NaN)
+      nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(v[h], v[h], _CMP_UNORD_Q));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax8), _mm256_extractf128_ps(amax8, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    const bool finite = std::isfinite(amax) && _mm256_movemask_ps(nan8) == 0;
+    q.s = finite ? amax * (1.0f / 32639.0f) : std::numeric_limits<float>::quiet_NaN();
+    // |x * inv| <= 32639 up to roundings: the clamp only guards that last ulp.
+    const __m256 inv = _mm256_set1_ps(finite && amax > 0.0f ? 32639.0f / amax : 0.0f);
+    __m256i i32[4];
+    for (int h = 0; h < 4; ++h) {
+      const __m256 r = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v[h], inv), neg_lim), lim);
+      i32[h] = _mm256_cvtps_epi32(r);
+    }
+    // packs works per 128-bit lane: [0..3 8..11 4..7 12..15] -> permute the 64-bit quarters.
+    const __m256i lo = _mm256_permute4x64_epi64(_mm256_packs_epi32(i32[0], i32[1]), 0xD8);
+    const __m256i hi = _mm256_permute4x64_epi64(_mm256_packs_epi32(i32[2], i32[3]), 0xD8);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(q.x16), lo);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(q.x16 + 16), hi);
+    // Lane l of madd / vpdpwssd over (elements 0..15, elements 16..31) sums these four values.
+    const __m256i lanes =
+        _mm256_add_epi32(_mm256_madd_epi16(lo, ones), _mm256_madd_epi16(hi, ones));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(q.corr),
+                       _mm256_mullo_epi32(lanes, _mm256_set1_epi32(-offset)));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256(lanes, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    q.sum = q.s * static_cast<float>(_mm_cvtsi128_si32(s4));
+  }
+}
+
+struct IntArgs {
+  const uint8_t* rows[kTileRows];  // as FusedArgs
+  int64_t blocks;                  // k / 32
+  const XBlock* x;                 // MR rows of `blocks` XBlocks, one after the other
+};
+
+/// The 32 q of a block as int16: elements 0..15 in *q0, 16..31 in *q1 (Q4 nibbles 0..15: the
+/// low nibble of byte i is element i, the high nibble element 16 + i; Q8_0 int8 sign-extended).
+template <QuantFormat F>
+inline void block_q16(const uint8_t* b, __m256i* q0, __m256i* q1) {
+  if constexpr (F == QuantFormat::kQ8_0) {
+    *q0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2)));
+    *q1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 18)));
+  } else {
+    constexpr int kHeader = F == QuantFormat::kQ4_0 ? 2 : 4;
+    const __m256i v =
+        _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + kHeader)));
+    *q0 = _mm256_and_si256(v, _mm256_set1_epi16(0x0F));
+    *q1 = _mm256_srli_epi16(v, 4);  // zero-extended bytes: nothing above the high nibble
+  }
+}
+
+inline float hsum256(__m256 v) {
+  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(h2, _mm_movehdup_ps(h2)));
+}
+
+inline __m256i load_si256(const void* p) {
+  return _mm256_load_si256(static_cast<const __m256i*>(p));
+}
+
+/// The fp16 at byte `off` of block b of the 4 tile rows, as 4 fp32 lanes (Q4_1's m: the min term
+/// is one 4-lane FMA per block and x row for the whole tile, not one per weight row).
+template <int64_t kBytes, int kOff>
+inline __m128 tile_halves(const IntArgs& a, int64_t b) {
+  auto h = [&](int i) {
+    uint16_t v;
+    std::memcpy(&v, a.rows[i] + b * kBytes + kOff, 2);
+    return static_cast<int>(v);
+  };
+  static_assert(kTileRows == 4);
+  __m128i v = _mm_cvtsi32_si128(h(0));
+  v = _mm_insert_epi16(v, h(1), 1);
+  v = _mm_insert_epi16(v, h(2), 2);
+  v = _mm_insert_epi16(v, h(3), 3);
+  return _mm_cvtph_ps(v);
+}
+
+// The two kernels differ only in the dot instruction. Integer ranges: |q| <= 128 (Q8_0) and
+// |x16| <= 32639, so a lane (4 products, plus Q4_0's |corr| <= 8 * 4 * 32639) stays below 2^24:
+// no int32 overflow (madd's pairs included), and the int32 -> fp32 convert is exact.
+#define SGL_INT_KERNEL(NAME, TARGET, DOT)                                                        \
+  template <QuantFormat F, int MR>                                                               \
+  TARGET void NAME(const IntArgs& a, float res[][kTileRows]) {                                   \
+    constexpr int64_t kBytes =                                                                   \
+        F == QuantFormat::kQ8_0 ? 34 : (F == QuantFormat::kQ4_1 ? 20 : 18);                      \
+    __m256 acc[kTileRows][MR];                                                                   \
+    for (auto& row : acc) {                                                                      \
+      for (auto& v : row) v = _mm256_setzero_ps();                                               \
+    }                                                                                            \
+    __m128 min_acc[MR];                                                                          \
+    for (auto& v : min_acc) v = _mm_setzero_ps();                                                \
+    for (int64_t b = 0; b < a.blocks; ++b) {                                                     \
+      /* d_w * s_b of the 4 rows at once; row i's is lane i, broadcast by one permute */         \
+      const __m128 d4 = tile_halves<kBytes, 0>(a, b);                                            \
+      __m256 scale4[MR];                                                                         \
+      for (int r = 0; r < MR; ++r) {                                                             \
+        scale4[r] = _mm256_castps128_ps256(_mm_mul_ps(d4, _mm_set1_ps(a.x[r * a.blocks + b].s))); \
+      }                                                                                          \
+      if constexpr (F == QuantFormat::kQ4_1) {                                                   \
+        const __m128 m4 = tile_halves<kBytes, 2>(a, b);                                          \
+        for (int r = 0; r < MR; ++r) {                                                           \
+          min_acc[r] = _mm_fmadd_ps(m4, _mm_set1_ps(a.x[r * a.blocks + b].sum), min_acc[r]);     \
+        }                                                                                        \
+      }                                                                                          \
+      for (int i = 0; i < kTileRows; ++i) {                                                      \
+        const uint8_t* blk = a.rows[i] + b * kBytes;                                             \
+        _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchBlocks * kBytes), _MM_HINT_T0); \
+        __m256i q0, q1;                                                                          \
+        block_q16<F>(blk, &q0, &q1);                                                             \
+        for (int r = 0; r < MR; ++r) {                                                           \
+          const XBlock& xb = a.x[r * a.blocks + b];                                              \
+          const __m256i init =                                                                   \
+              F == QuantFormat::kQ4_0 ? load_si256(xb.corr) : _mm256_setzero_si256();            \
+          const __m256i dot = DOT(init, q0, q1, xb.x16);                                         \
+          const __m256 scale = _mm256_permutevar8x32_ps(scale4[r], _mm256_set1_epi32(i));        \
+          acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[i][r]);                \
+        }                                                                                        \
+      }                                                                                          \
+    }                                                                                            \
+    for (int r = 0; r < MR; ++r) {                                                               \
+      float mins[kTileRows];                                                                     \
+      _mm_storeu_ps(mins, min_acc[r]);                                                           \
+      for (int i = 0; i < kTileRows; ++i) res[r][i] = hsum256(acc[i][r]) + mins[i];              \
+    }                                                                                            \
+  }
+
+#define SGL_VNNI_TARGET \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+#define SGL_DOT_VNNI(init, q0, q1, x)                                                    \
+  _mm256_dpwssd_epi32(_mm256_dpwssd_epi32(init, q0, load_si256(x)), q1, load_si256((x) + 16))
+#define SGL_DOT_AVX2(init, q0, q1, x)                                           \
+  _mm256_add_epi32(_mm256_add_epi32(init, _mm256_madd_epi16(q0, load_si256(x))), \
+                   _mm256_madd_epi16(q1, load_si256((x) + 16)))
+
+SGL_INT_KERNEL(int_vnni, SGL_VNNI_TARGET, SGL_DOT_VNNI)
+SGL_INT_KERNEL(int_avx2, __attribute__((target("avx2,fma,f16c"))), SGL_DOT_AVX2)
+
+#undef SGL_INT_KERNEL
+#undef SGL_DOT_VNNI
+#undef SGL_DOT_AVX2
+
+template <QuantFormat F>
+void run_int_format(bool vnni, const IntArgs& a, int64_t m, float res[][kTileRows]) {
+  static_assert(kIntRowsVnni == 4 && kIntRowsAvx2 == 2);
+  if (vnni) {
+    switch (m) {
+      case 1: int_vnni<F, 1>(a, res); return;
+      case 2: int_vnni<F, 2>(a, res); return;
+      case 3: int_vnni<F, 3>(a, res); return;
+      default: int_vnni<F, 4>(a, res); return;
+    }
+  } else {
+    m == 1 ? int_avx2<F, 1>(a, res) : int_avx2<F, 2>(a, res);
+  }
+}
+
 struct MatmulArgs {
   QuantFormat fmt;
   FormatInfo f;
@@ -526,6 +747,8 @@ struct MatmulArgs {
   float* out;
   int64_t ldo;
   CpuIsa isa;
+  const XBlock* xq;  // the integer path's quantized x (m rows of k / 32 blocks), or null
+  bool vnni;         // the integer path's kernel: int_vnni, else int_avx2
 };
 
 /// Writes res (done x rows from r0) to out, plus bias.
@@ -558,6 +781,20 @@ bool matmul_tile_fused(const MatmulArgs& a, int64_t j0) {
 /// Weight rows [j0, j0 + kTileRows) (clipped to n; missing rows are zero) times every x row:
 /// the fused decoder when the format / ISA has one, else unpack + micro-kernel.
 void matmul_tile(const MatmulArgs& a, int64_t j0) {
+  if (a.xq != nullptr) {
+    IntArgs t{{}, a.k / 32, a.xq};
+    for (int64_t i = 0; i < kTileRows; ++i) {
+      t.rows[i] = a.weight + std::min(j0 + i, a.n - 1) * a.row_bytes;
+    }
+    float res[kIntRowsVnni][kTileRows];
+    switch (a.fmt) {
+      case QuantFormat::kQ4_0: run_int_format<QuantFormat::kQ4_0>(a.vnni, t, a.m, res); break;
+      case QuantFormat::kQ4_1: run_int_format<QuantFormat::kQ4_1>(a.vnni, t, a.m, res); break;
+      default: run_int_format<QuantFormat::kQ8_0>(a.vnni, t, a.m, res); break;
+    }
+    store_tile(a, j0, 0, static_cast<int>(a.m), res);
+    return;
+  }
   if (matmul_tile_fused(a, j0)) return;
   TileScratch& scratch = tile_scratch();
   scratch.reserve(a.k);
@@ -625,6 +862,22 @@ Status quant_matmul_cpu(QuantFormat fmt, const void* weight, int64_t n, int64_t 
   }
   if (m == 0 || n == 0) return Status::kOk;
   if (weight == nullptr || x == nullptr || out == nullptr) return Status::kInvalidArgument;
+  const CpuIsa isa = active_isa();
+  // Decode-sized m: x quantized once here, on the calling thread, before the parallel part (the
+  // workers only read it; the caller waits for them, so its thread-local buffer outlives them).
+  const XBlock* xq = nullptr;
+  // VNNI's vpdpwssd on AVX-512 CPUs that have it; AVX-512 without VNNI runs the AVX2 kernel.
+  const bool vnni = isa == CpuIsa::kAvx512 && cpu_features().avx512_vnni;
+  if (use_int_path(fmt, isa, vnni, m)) {
+    thread_local std::vector<XBlock> xbuf;
+    const int64_t blocks = k / 32;
+    xbuf.resize(static_cast<size_t>(m * blocks));
+    const int32_t offset = fmt == QuantFormat::kQ4_0 ? 8 : 0;
+    for (int64_t r = 0; r < m; ++r) {
+      quantize_x_row(x + r * ldx, k, offset, xbuf.data() + r * blocks);
+    }
+    xq = xbuf.data();
+  }
   const MatmulArgs a{.fmt = fmt,
                      .f = f,
                      .weight = static_cast<const uint8_t*>(weight),
@@ -637,7 +890,9 @@ Status quant_matmul_cpu(QuantFormat fmt, const void* weight, int64_t n, int64_t 
                      .bias = bias,
                      .out = out,
                      .ldo = ldo,
-                     .isa = active_isa()};
+                     .isa = isa,
+                     .xq = xq,
+                     .vnni = vnni};
   const int64_t tiles = (n + kTileRows - 1) / kTileRows;
   const int threads = plan_threads(tiles, kTileRows * k * m, num_threads);
   parallel_ranges(tiles, threads, [&](int64_t t) { matmul_tile(a, t * kTileRows); });

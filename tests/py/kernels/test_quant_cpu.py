@@ -124,6 +124,56 @@ def test_matmul_matches_reference_on_every_path(isa: str, fmt: int) -> None:
                 _check_close(got, ref, f"{isa} fmt={fmt} n={n} k={k} m={m} pad={pad}")
 
 
+def _decode_x_cases(rng: np.random.Generator, k: int) -> dict[str, np.ndarray]:
+    """[4, k] float32 x rows that stress the decode path's per-block 16-bit quantization of x."""
+    base = rng.standard_normal((4, k)).astype(np.float32)
+    outlier = base.copy()
+    pos = rng.integers(0, 32, (4, k // 32)) + 32 * np.arange(k // 32)
+    np.put_along_axis(outlier, pos, np.where(rng.random(pos.shape) < 0.5, -1e3, 1e3), axis=1)
+    zero_block = base.copy()
+    zero_block[:, :32] = 0.0
+    return {
+        "normal": base,
+        "large": base * 1e6,
+        "tiny": base * 1e-6,
+        "one huge outlier per block": outlier,
+        "all negative": -np.abs(base) - 0.5,
+        "all positive, equal": np.full((4, k), 3.0, np.float32),
+        "a zero block": zero_block,
+    }
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt", [2, 3, 8])
+def test_decode_rows_integer_path_edge_cases(isa: str, fmt: int) -> None:
+    """m = 1..4 (the decode GEMV: on AVX2 / AVX-512 the 32-value formats quantize x to 16 bits
+    per block and take integer dot products) against the float64 reference, on x that breaks a
+    wrong block scale, offset (Q4_0's -8, Q4_1's min) or int16 range: huge / tiny magnitudes, one
+    outlier per block (x16 at its +-32639 limits), all-negative rows, a zero block, k = 32."""
+    _core.set_cpu_isa(isa)
+    rng = np.random.default_rng(100 + fmt)
+    n = 67
+    for k in (32, 96, 1024):
+        w = _blocks(fmt, n, k)
+        ref_w = _reference(fmt, n, k).astype(np.float64)
+        for name, xs in _decode_x_cases(rng, k).items():
+            for m in (1, 2, 3, 4):
+                x = xs[:m]
+                got = _core_matmul(w, fmt, k, x, None, 1 if m % 2 else 0)
+                ref = x.astype(np.float64) @ ref_w.T
+                _check_close(got, ref, f"{isa} fmt={fmt} k={k} m={m} x={name}")
+
+
+def test_decode_rows_nan_x_gives_nan() -> None:
+    """A NaN in x shows up in the output (the integer path must not turn it into a number)."""
+    fmt, n, k = 3, 8, 64
+    w = _blocks(fmt, n, k)
+    x = np.ones((1, k), np.float32)
+    x[0, 40] = np.nan
+    got = _core_matmul(w, fmt, k, x, None, 0)
+    assert np.isnan(got).all()
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fmt", FORMAT_IDS)
 def test_dequantize_is_bit_exact(isa: str, fmt: int) -> None:
