@@ -216,6 +216,7 @@ def test_gemm_path_tiles_large_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     gemm_path = kernels._gemm_path
     monkeypatch.setattr(kernels, "_gemm_path", lambda *a: calls.append(1) or gemm_path(*a))
+    monkeypatch.setattr(kernels, "gemm_min_rows", lambda isa: 0)  # whatever this CPU measured
     fmt, k = 8, 64
     n = kernels._TILE_ELEMENTS // k + 37
     torch.manual_seed(1)
@@ -227,6 +228,18 @@ def test_gemm_path_tiles_large_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == [1]
     kernels.quant_matmul(x[:1], w, fmt, k)  # one row: the GEMV kernel
     assert calls == [1]
+
+
+def test_gemm_path_only_where_measured_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The BLAS path is taken from the measured crossover on, never for decode-sized inputs."""
+    rows = kernels.gemm_min_rows(_core.cpu_isa())
+    assert rows == float("inf") or rows in kernels.GEMM_PROBE_ROWS
+    r = _core.quant_matmul_rows_per_pass()
+    monkeypatch.setattr(kernels, "gemm_min_rows", lambda isa: 64)
+    assert not kernels._use_gemm(4 * r) and not kernels._use_gemm(63)
+    assert kernels._use_gemm(64) and kernels._use_gemm(4096)
+    monkeypatch.setattr(kernels, "gemm_min_rows", lambda isa: float("inf"))
+    assert not kernels._use_gemm(4096)
 
 
 def test_non_contiguous_rows_of_x() -> None:

@@ -17,13 +17,16 @@ with fake implementations, so ``torch.compile`` can trace models that use them.
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
 from dataclasses import dataclass
 
 import torch
 
 __all__ = [
     "FORMATS",
+    "gemm_min_rows",
     "QuantFormatInfo",
     "dequantize",
     "format_info",
@@ -124,17 +127,64 @@ def _check_inputs(
 
 
 def _use_gemm(m: int) -> bool:
-    """Whether M rows go to the dequantize + torch.mm path instead of the GEMV kernel.
+    """Whether M float32 rows go to the dequantize + torch.mm path instead of the C++ kernel.
 
-    From the kernel's structure, not a tuned constant: one GEMV pass over the weights serves
-    R = ``rows_per_pass`` rows, and every further pass decodes every weight again. The GEMM path
-    decodes once, but writes and re-reads the weight as fp32 (8 bytes per weight against the
-    0.56-1.06 a GEMV pass reads), which costs a few passes' worth, after which sgemm runs the
-    same FMAs at a higher rate than the R x 4 register tile. So GEMV while it needs at most
-    4 passes (M <= 4 * R), GEMM beyond. (Measured on a Zen 4 EPYC, single thread, 1536 x 576
-    Q4_1: the two paths cross between 4R and 8R on AVX-512 and near 4R on AVX2.)
+    The kernel serves every M: R = ``rows_per_pass`` rows per pass over the weights decoded in
+    registers (integer dot products for Q4_0/Q4_1/Q8_0 at decode sizes), an fp32 register tile
+    beyond. Whether dequantizing tiles for the BLAS pays off at prefill sizes depends on the
+    machine (its sgemm, AMX) and on torch's OpenMP threads, which spin after each mm and stall
+    the kernels' own pool on small core counts: measured once per process and ISA path
+    (``_gemm_beats_kernel``), never assumed. Up to 4R rows the kernel always runs (it reads the
+    weights once; the GEMM path would dequantize them all).
     """
-    return m > 4 * _core().quant_matmul_rows_per_pass()
+    if m <= 4 * _core().quant_matmul_rows_per_pass():
+        return False
+    return m >= gemm_min_rows(_core().cpu_isa())
+
+
+GEMM_PROBE_ROWS = (32, 64, 128, 256, 512)
+
+
+@functools.lru_cache(maxsize=4)
+def gemm_min_rows(isa: str) -> float:
+    """The fewest rows from which the GEMM path beats the kernel on this machine (inf: never):
+    the smallest probe size where it is 10% faster (~0.2 s, once per process and ISA path;
+    the ModelRunner calls it at load time so no request pays for it)."""
+    for m in GEMM_PROBE_ROWS:
+        if _gemm_beats_kernel(m):
+            return m
+    return float("inf")
+
+
+def _gemm_beats_kernel(m: int, repeats: int = 3) -> bool:
+    """Times both paths on a synthetic Q4_1 [1536, 576] weight with m rows."""
+    core = _core()
+    fmt, n, k = 3, 1536, 576
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randint(0, 256, (n, row_bytes(fmt, k)), dtype=torch.uint8, generator=gen)
+    scales = torch.tensor([2**-7, 2**-8], dtype=torch.float16).view(torch.uint8)
+    weight.view(n, k // 32, 20)[:, :, :4] = scales  # sane d and m fields
+    x = torch.randn(m, k, generator=gen)
+    out = torch.empty(m, n)
+
+    def kernel() -> None:
+        core.quant_matmul_cpu(
+            fmt, weight.data_ptr(), n, k, x.data_ptr(), m, k, 0, out.data_ptr(), n
+        )
+
+    def gemm() -> None:
+        _gemm_path(x, weight, fmt, k, out)
+
+    best = {}
+    for name, fn in (("kernel", kernel), ("gemm", gemm)):
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        best[name] = min(times)
+    return best["gemm"] < 0.9 * best["kernel"]
 
 
 class _Scratch(threading.local):
