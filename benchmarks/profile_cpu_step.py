@@ -60,6 +60,8 @@ INSTRUMENTED = (
         "CpuAttnBackend.forward_rope",
         "sglang::rope+attention",
     ),
+    ("sglang.srt.layers.decode_layers_cpu", "FusedDecodeLayers.run", "sglang::decode_layers"),
+    ("sglang.srt.layers.quantization.weights", "QuantWeight._gemv", "sglang::quant_matmul (gemv)"),
 )
 
 
@@ -237,7 +239,7 @@ def main() -> None:
     decode = profile_phase(driver, steps, f"decode bs={bs} at context {il}", decoding_batch)
     header = {
         "cpu": cpu_name(),
-        "isa": _core.cpu_isa(),
+        "isa": getattr(_core, "cpu_isa", lambda: "n/a (before ISA dispatch)")(),
         "threads": torch.get_num_threads(),
         "dtype": str(runner.dtype),
         "server_args": args.server_args,
