@@ -4,8 +4,8 @@ The model's layers run the fused CPU kernels one Python call per operation; for 
 decode step the Python between those calls costs as much as the kernels. When the model fits
 what the C++ runner composes (Llama-style layers without q/k norms, every projection kept
 quantized in one block format, float32 activations, the ``cpu`` attention backend) and the step
-is a decode step of at most the GEMV kernel's batch (4 x ``quant_matmul_rows_per_pass``), the
-model hands its layers to ``FusedDecodeLayers.run``: the same kernels in the same order, so the
+is a decode step (any batch size: the quantized kernel serves every row count), the model hands
+its layers to ``FusedDecodeLayers.run``: the same kernels in the same order, so the
 results are bit-identical. Everything else (prefill, larger batches, other models) runs in Python.
 
 The pointer table of the weights and KV caches is built once and rebuilt when the KV pool or a
@@ -70,7 +70,6 @@ class FusedDecodeLayers:
         return (
             self.supported
             and batch.is_decode
-            and batch.batch_size <= 4 * _core.quant_matmul_rows_per_pass()
             and getattr(batch.attn_backend, "fuses_rope", False)
             and batch.kv_pool is not None
             and batch.kv_pool.dtype == torch.float32
