@@ -147,7 +147,9 @@ TEST(QuantCpu, EveryPathMatchesDequantizedProduct) {
         }
         for (int64_t j = n; j < ldo; ++j) EXPECT_EQ(out[i * ldo + j], -7.0f);
       }
-      EXPECT_LE(max_err, 1e-5 * max_ref) << "format " << int(fmt) << " isa " << isa;
+      // The contract (quant.h): 1e-4 of the largest output. The fp32 paths are ~1e-6; the
+      // integer path (16-bit activations, Q4_0/Q4_1/Q8_0 on AVX2/AVX-512) ~3e-5.
+      EXPECT_LE(max_err, 1e-4 * max_ref) << "format " << int(fmt) << " isa " << isa;
     }
   }
 }
