@@ -15,7 +15,6 @@ Q4_0 / Q4_1 / Q8_0, random bytes with small fp16 scales for the K-quants.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from collections.abc import Callable
 
@@ -24,20 +23,9 @@ import torch
 import torch.nn.functional as F
 from sglang import _core
 from sglang.srt.layers.quantization import kernels
+from sglang.utils import cpu_model_name
 
 SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576)]
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (platform.processor() as a fallback)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def random_blocks(fmt: int, n: int, k: int, rng: np.random.Generator) -> torch.Tensor:
@@ -107,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
 
     print(
-        f"CPU: {cpu_model()}; best ISA {_core.best_cpu_isa()}; torch threads "
+        f"CPU: {cpu_model_name()}; best ISA {_core.best_cpu_isa()}; torch threads "
         f"{torch.get_num_threads()}; rows per GEMV pass (auto) {_core.quant_matmul_rows_per_pass()}"
     )
     print(

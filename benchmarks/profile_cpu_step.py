@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -34,6 +33,7 @@ from sglang.bench_one_batch import StaticBatchDriver
 from sglang.srt.model_executor.forward_batch import ForwardBatch
 from sglang.srt.model_executor.model_runner import ModelRunner
 from sglang.srt.server_args import ServerArgs
+from sglang.utils import cpu_model_name
 
 # Category of an op, by substring of its profiler name (first match wins).
 CATEGORIES = (
@@ -97,17 +97,6 @@ def category(name: str) -> str:
         if any(k in name for k in keys):
             return cat
     return "other ops"
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class PhaseTimer:
@@ -238,7 +227,7 @@ def main() -> None:
     prefill = profile_phase(driver, 1, f"prefill bs={bs} x {il} tokens", lambda: new_batch(4))
     decode = profile_phase(driver, steps, f"decode bs={bs} at context {il}", decoding_batch)
     header = {
-        "cpu": cpu_name(),
+        "cpu": cpu_model_name(),
         "isa": getattr(_core, "cpu_isa", lambda: "n/a (before ISA dispatch)")(),
         "threads": torch.get_num_threads(),
         "dtype": str(runner.dtype),

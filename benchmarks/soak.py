@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import aiohttp
 import psutil
 import requests
 
-from sglang.utils import append_jsonl
+from sglang.utils import append_jsonl, cpu_model_name
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "py", "server"))
@@ -57,14 +56,6 @@ GRAMMARS = [
 ]
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def prompt(rng: random.Random) -> str:
@@ -279,7 +270,7 @@ def main() -> None:
                   and state.get("num_used_tokens") == 0
                   and abs(summary["rss_drift"]["total"]) < args.max_rss_drift)
         record = {
-            "bench": "soak", "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_name(),
+            "bench": "soak", "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_model_name(),
             "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
             "server_args": server_args, "duration_s": args.duration, "warmup_s": args.warmup,
             "capacity_req_s": capacity, "load": args.load, "requests": len(soak.results),

@@ -13,7 +13,6 @@ import subprocess
 import time
 from typing import Any
 
-
 _port_locks: dict[int, socket.socket] = {}
 
 
@@ -150,6 +149,21 @@ async def async_stream_and_merge(llm: Any, prompt: str, sampling_params: dict[st
         cleaned = trim_overlap(final_text, chunk["text"])
         final_text += cleaned
         yield cleaned
+
+
+def cpu_model_name() -> str:
+    """The CPU model name from /proc/cpuinfo (``platform.processor()`` elsewhere), for benchmark
+    records."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
 
 
 def append_jsonl(path: str | None, record: dict[str, Any]) -> None:
