@@ -36,12 +36,16 @@
 #include "sglang/kernels/cpu_isa.h"
 #include "sglang/kernels/quant.h"
 #include "sglang/kernels/thread_pool.h"
+#include "quant_cpu_impl.h"
 
 #define SGL_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 
 namespace sglang::kernels {
 
 namespace {
+
+using quant_internal::XBlock;
+using quant_internal::quantize_x_row;
 
 constexpr int64_t kChunk = 16;    // weights per scale/offset entry (Q6_K's sub-block size)
 constexpr int64_t kTileRows = 4;  // weight rows per micro-kernel pass
@@ -542,14 +546,6 @@ int run_fused(QuantFormat fmt, CpuIsa isa, const FusedArgs& a, int64_t rows_left
 constexpr int kIntRowsVnni = 4;  // x rows up to which quant_matmul_cpu takes the integer path:
 constexpr int kIntRowsAvx2 = 2;  // 4 x 4 / 2 x 4 ymm accumulators (AVX2 has 16 registers)
 
-/// One quantized 32-value block of an x row (128 bytes, so every field is 32-byte aligned).
-struct alignas(64) XBlock {
-  int16_t x16[32];  // round(x / s)
-  int32_t corr[8];  // -offset * (x16[2l] + x16[2l + 1] + x16[16 + 2l] + x16[17 + 2l]) for lane l
-  float s;          // s_b = max|x_b| / 32639
-  float sum;        // s_b * sum(x16) (Q4_1's min term)
-};
-static_assert(sizeof(XBlock) == 128);
 
 /// True when quant_matmul_cpu takes the integer path (the fp32 kernels are the scalar cap's path).
 /// Any m: each weight tile serves the x rows in groups of kIntRowsVnni / kIntRowsAvx2 while it
@@ -560,54 +556,6 @@ bool use_int_path(QuantFormat fmt, CpuIsa isa, bool vnni, int64_t m) {
   (void)m;
   return isa != CpuIsa::kScalar &&
          (fmt == QuantFormat::kQ4_0 || fmt == QuantFormat::kQ4_1 || fmt == QuantFormat::kQ8_0);
-}
-
-/// Quantizes x row `x` (k values) into k / 32 XBlocks; `offset` is the weights' zero point (8 for
-/// Q4_0, else 0). A block with a non-finite value gets s = NaN (its outputs become NaN, as with
-/// the fp32 path). AVX2 (the library's floor); cvtps_epi32 rounds half to even.
-void quantize_x_row(const float* x, int64_t k, int32_t offset, XBlock* out) {
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-  const __m256 lim = _mm256_set1_ps(32639.0f);
-  const __m256 neg_lim = _mm256_set1_ps(-32639.0f);
-  const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t b = 0; b < k / 32; ++b) {
-    const float* xb = x + b * 32;
-    XBlock& q = out[b];
-    __m256 v[4];
-    __m256 amax8 = _mm256_setzero_ps();
-    __m256 nan8 = _mm256_setzero_ps();
-    for (int h = 0; h < 4; ++h) {
-      v[h] = _mm256_loadu_ps(xb + 8 * h);
-      amax8 = _mm256_max_ps(amax8, _mm256_and_ps(v[h], abs_mask));  // (max_ps drops a NaN)
-      nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(v[h], v[h], _CMP_UNORD_Q));
-    }
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax8), _mm256_extractf128_ps(amax8, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
-    const bool finite = std::isfinite(amax) && _mm256_movemask_ps(nan8) == 0;
-    q.s = finite ? amax * (1.0f / 32639.0f) : std::numeric_limits<float>::quiet_NaN();
-    // |x * inv| <= 32639 up to roundings: the clamp only guards that last ulp.
-    const __m256 inv = _mm256_set1_ps(finite && amax > 0.0f ? 32639.0f / amax : 0.0f);
-    __m256i i32[4];
-    for (int h = 0; h < 4; ++h) {
-      const __m256 r = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v[h], inv), neg_lim), lim);
-      i32[h] = _mm256_cvtps_epi32(r);
-    }
-    // packs works per 128-bit lane: [0..3 8..11 4..7 12..15] -> permute the 64-bit quarters.
-    const __m256i lo = _mm256_permute4x64_epi64(_mm256_packs_epi32(i32[0], i32[1]), 0xD8);
-    const __m256i hi = _mm256_permute4x64_epi64(_mm256_packs_epi32(i32[2], i32[3]), 0xD8);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(q.x16), lo);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(q.x16 + 16), hi);
-    // Lane l of madd / vpdpwssd over (elements 0..15, elements 16..31) sums these four values.
-    const __m256i lanes =
-        _mm256_add_epi32(_mm256_madd_epi16(lo, ones), _mm256_madd_epi16(hi, ones));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(q.corr),
-                       _mm256_mullo_epi32(lanes, _mm256_set1_epi32(-offset)));
-    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256(lanes, 1));
-    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
-    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
-    q.sum = q.s * static_cast<float>(_mm_cvtsi128_si32(s4));
-  }
 }
 
 struct IntArgs {
@@ -846,6 +794,58 @@ void parallel_ranges(int64_t items, int threads, const Fn& fn) {
 
 }  // namespace
 
+namespace quant_internal {
+
+/// Quantizes x row `x` (k values) into k / 32 XBlocks; `offset` is the weights' zero point (8 for
+/// Q4_0, else 0). A block with a non-finite value gets s = NaN (its outputs become NaN, as with
+/// the fp32 path). AVX2 (the library's floor); cvtps_epi32 rounds half to even.
+void quantize_x_row(const float* x, int64_t k, int32_t offset, XBlock* out) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256 lim = _mm256_set1_ps(32639.0f);
+  const __m256 neg_lim = _mm256_set1_ps(-32639.0f);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t b = 0; b < k / 32; ++b) {
+    const float* xb = x + b * 32;
+    XBlock& q = out[b];
+    __m256 v[4];
+    __m256 amax8 = _mm256_setzero_ps();
+    __m256 nan8 = _mm256_setzero_ps();
+    for (int h = 0; h < 4; ++h) {
+      v[h] = _mm256_loadu_ps(xb + 8 * h);
+      amax8 = _mm256_max_ps(amax8, _mm256_and_ps(v[h], abs_mask));  // (max_ps drops a NaN)
+      nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(v[h], v[h], _CMP_UNORD_Q));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax8), _mm256_extractf128_ps(amax8, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    const bool finite = std::isfinite(amax) && _mm256_movemask_ps(nan8) == 0;
+    q.s = finite ? amax * (1.0f / 32639.0f) : std::numeric_limits<float>::quiet_NaN();
+    // |x * inv| <= 32639 up to roundings: the clamp only guards that last ulp.
+    const __m256 inv = _mm256_set1_ps(finite && amax > 0.0f ? 32639.0f / amax : 0.0f);
+    __m256i i32[4];
+    for (int h = 0; h < 4; ++h) {
+      const __m256 r = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v[h], inv), neg_lim), lim);
+      i32[h] = _mm256_cvtps_epi32(r);
+    }
+    // packs works per 128-bit lane: [0..3 8..11 4..7 12..15] -> permute the 64-bit quarters.
+    const __m256i lo = _mm256_permute4x64_epi64(_mm256_packs_epi32(i32[0], i32[1]), 0xD8);
+    const __m256i hi = _mm256_permute4x64_epi64(_mm256_packs_epi32(i32[2], i32[3]), 0xD8);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(q.x16), lo);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(q.x16 + 16), hi);
+    // Lane l of madd / vpdpwssd over (elements 0..15, elements 16..31) sums these four values.
+    const __m256i lanes =
+        _mm256_add_epi32(_mm256_madd_epi16(lo, ones), _mm256_madd_epi16(hi, ones));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(q.corr),
+                       _mm256_mullo_epi32(lanes, _mm256_set1_epi32(-offset)));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256(lanes, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    q.sum = q.s * static_cast<float>(_mm_cvtsi128_si32(s4));
+  }
+}
+
+}  // namespace quant_internal
+
 bool quant_format_valid(int32_t fmt) {
   FormatInfo f;
   return format_info(static_cast<QuantFormat>(fmt), &f);
@@ -880,6 +880,12 @@ Status quant_matmul_cpu(QuantFormat fmt, const void* weight, int64_t n, int64_t 
   // VNNI's vpdpwssd on AVX-512 CPUs that have it; AVX-512 without VNNI runs the AVX2 kernel.
   const bool vnni = isa == CpuIsa::kAvx512 && cpu_features().avx512_vnni;
   if (use_int_path(fmt, isa, vnni, m)) {
+    const int64_t lanes_rows = quant_internal::lanes_gemm_min_rows(isa);
+    if (lanes_rows > 0 && m >= lanes_rows) {
+      quant_internal::lanes_gemm(fmt, isa, static_cast<const uint8_t*>(weight), n, k, x, m, ldx,
+                                 bias, out, ldo, num_threads);
+      return Status::kOk;
+    }
     thread_local std::vector<XBlock> xbuf;
     const int64_t blocks = k / 32;
     xbuf.resize(static_cast<size_t>(m * blocks));

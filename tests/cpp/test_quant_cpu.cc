@@ -123,8 +123,10 @@ TEST(QuantCpu, EveryPathMatchesDequantizedProduct) {
   IsaGuard guard;
   std::mt19937 rng(7);
   std::normal_distribution<float> dist;
-  for (QuantFormat fmt : kAll) {
-    const int64_t n = 13, k = 2 * quant_block_size(fmt), m = 6, ldx = k + 3, ldo = n + 2;
+  // m = 6: the decode-sized paths; m = 40: the batched integer GEMM (rows in the SIMD lanes,
+  // from 16 rows with VNNI / 32 with AVX2) with a partial lane tile and a partial weight panel.
+  for (QuantFormat fmt : kAll) for (const int64_t m : {int64_t{6}, int64_t{40}}) {
+    const int64_t n = 13, k = 2 * quant_block_size(fmt), ldx = k + 3, ldo = n + 2;
     const auto w = random_blocks(fmt, n, k, static_cast<uint32_t>(fmt));
     std::vector<float> wf(n * k);
     ASSERT_EQ(dequantize_cpu(fmt, w.data(), n, k, wf.data(), k, 0), Status::kOk);
@@ -149,7 +151,7 @@ TEST(QuantCpu, EveryPathMatchesDequantizedProduct) {
       }
       // The contract (quant.h): 1e-4 of the largest output. The fp32 paths are ~1e-6; the
       // integer path (16-bit activations, Q4_0/Q4_1/Q8_0 on AVX2/AVX-512) ~3e-5.
-      EXPECT_LE(max_err, 1e-4 * max_ref) << "format " << int(fmt) << " isa " << isa;
+      EXPECT_LE(max_err, 1e-4 * max_ref) << "format " << int(fmt) << " isa " << isa << " m " << m;
     }
   }
 }

@@ -164,6 +164,41 @@ def test_decode_rows_integer_path_edge_cases(isa: str, fmt: int) -> None:
                 _check_close(got, ref, f"{isa} fmt={fmt} k={k} m={m} x={name}")
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt", [2, 3, 8])
+def test_batched_integer_path_edge_cases(isa: str, fmt: int) -> None:
+    """The batched integer GEMM (x rows in the SIMD lanes: from 16 rows with AVX-512 VNNI, 32
+    with AVX2) on the same hard x as the decode rows, stacked with random rows: row counts that
+    leave partial lane tiles (17, 33, 71), weight rows that leave partial panels (n = 67), every
+    row against the float64 reference."""
+    _core.set_cpu_isa(isa)
+    rng = np.random.default_rng(200 + fmt)
+    n = 67
+    for k in (32, 1024):
+        w = _blocks(fmt, n, k)
+        ref_w = _reference(fmt, n, k).astype(np.float64)
+        for name, xs in _decode_x_cases(rng, k).items():
+            for m in (17, 33, 71):
+                x = rng.standard_normal((m, k)).astype(np.float32)
+                x[m - 4 :] = xs  # the hard rows land in the last, partial tile
+                x[:4] = xs  # and in the first, full one
+                got = _core_matmul(w, fmt, k, x, None, 1 if m % 2 else 0)
+                ref = x.astype(np.float64) @ ref_w.T
+                for i in range(m):  # per row: the hard rows' scale differs from the others'
+                    _check_close(got[i], ref[i], f"{isa} fmt={fmt} k={k} m={m} x={name} row={i}")
+
+
+def test_batched_rows_nan_stays_in_its_row() -> None:
+    """A NaN in one x row of a batched call makes that row's outputs NaN and no other's."""
+    fmt, n, k, m = 3, 50, 64, 40
+    w = _blocks(fmt, n, k)
+    x = np.random.default_rng(0).standard_normal((m, k)).astype(np.float32)
+    x[21, 40] = np.nan
+    got = _core_matmul(w, fmt, k, x, None, 0)
+    assert np.isnan(got[21]).all()
+    assert np.isfinite(np.delete(got, 21, axis=0)).all()
+
+
 def test_decode_rows_nan_x_gives_nan() -> None:
     """A NaN in x shows up in the output (the integer path must not turn it into a number)."""
     fmt, n, k = 3, 8, 64

@@ -1,0 +1,37 @@
+// Internal to the CPU quant kernels (quant_cpu.cc, quant_gemm_cpu.cc): the 16-bit quantized
+// activation block both integer paths share, and the batched ("rows in lanes") integer GEMM.
+#pragma once
+
+#include <cstdint>
+
+#include "sglang/kernels/cpu_isa.h"
+#include "sglang/kernels/quant.h"
+
+namespace sglang::kernels::quant_internal {
+
+/// One quantized 32-value block of an x row (128 bytes, so every field is 32-byte aligned).
+struct alignas(64) XBlock {
+  int16_t x16[32];  // round(x / s)
+  int32_t corr[8];  // -offset * (x16[2l] + x16[2l + 1] + x16[16 + 2l] + x16[17 + 2l]) for lane l
+  float s;          // s_b = max|x_b| / 32639
+  float sum;        // s_b * sum(x16) (Q4_1's min term)
+};
+static_assert(sizeof(XBlock) == 128);
+
+/// Quantizes x row `x` (k values) into k / 32 XBlocks; `offset` is the weights' zero point (8 for
+/// Q4_0, else 0). A block with a non-finite value gets s = NaN (its outputs become NaN, as with
+/// the fp32 path). AVX2 (the library's floor); cvtps_epi32 rounds half to even.
+void quantize_x_row(const float* x, int64_t k, int32_t offset, XBlock* out);
+
+/// x rows from which quant_matmul_cpu takes the batched integer GEMM on this ISA path (one full
+/// register of rows), or 0 when the path has none (scalar).
+int64_t lanes_gemm_min_rows(CpuIsa isa);
+
+/// The batched integer GEMM (quant_gemm_cpu.cc): Q4_0 / Q4_1 / Q8_0 only, arguments already
+/// checked by quant_matmul_cpu. x rows sit in the SIMD lanes (16 per zmm, 8 per ymm), so each
+/// decoded weight pair is one broadcast shared by a whole register of rows.
+void lanes_gemm(QuantFormat fmt, CpuIsa isa, const uint8_t* weight, int64_t n, int64_t k,
+                const float* x, int64_t m, int64_t ldx, const float* bias, float* out, int64_t ldo,
+                int num_threads);
+
+}  // namespace sglang::kernels::quant_internal
