@@ -232,7 +232,9 @@ def test_dequantize_strided_output() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("m", [1, 5, 40])
 def test_torch_op_dtypes_leading_dims_and_both_paths(dtype: torch.dtype, m: int) -> None:
-    """m = 40 exceeds 4 * rows_per_pass on every ISA, so it takes the dequantize + mm path."""
+    """m = 40 (x 2 leading rows) exceeds 4 * rows_per_pass on every ISA: float32 takes the
+    batched integer GEMM, bfloat16 the dequantize + bf16 mm path where the probe found it
+    faster."""
     fmt, n, k = 3, 67, 96
     torch.manual_seed(m)
     w = torch.from_numpy(_blocks(fmt, n, k))
@@ -252,7 +254,7 @@ def test_gemm_path_tiles_large_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     gemm_path = kernels._gemm_path
     monkeypatch.setattr(kernels, "_gemm_path", lambda *a: calls.append(1) or gemm_path(*a))
     monkeypatch.setattr(kernels, "gemm_min_rows", lambda isa: 0)  # whatever this CPU measured
-    fmt, k = 8, 64
+    fmt, k = 14, 256  # Q6_K: a format on the fp32 kernels
     n = kernels._TILE_ELEMENTS // k + 37
     torch.manual_seed(1)
     w = torch.from_numpy(_blocks(fmt, n, k))
@@ -271,10 +273,13 @@ def test_gemm_path_only_where_measured_faster(monkeypatch: pytest.MonkeyPatch) -
     assert rows == float("inf") or rows in kernels.GEMM_PROBE_ROWS
     r = _core.quant_matmul_rows_per_pass()
     monkeypatch.setattr(kernels, "gemm_min_rows", lambda isa: 64)
-    assert not kernels._use_gemm(4 * r) and not kernels._use_gemm(63)
-    assert kernels._use_gemm(64) and kernels._use_gemm(4096)
+    for fmt in (12, 13, 14, None):  # the K-quants, and bfloat16 rows of any format
+        assert not kernels._use_gemm(4 * r, fmt) and not kernels._use_gemm(63, fmt)
+        assert kernels._use_gemm(64, fmt) and kernels._use_gemm(4096, fmt)
+    for fmt in kernels.INTEGER_FORMATS:  # float32 rows: the integer kernels at every size
+        assert kernels._use_gemm(4096, fmt) == (_core.cpu_isa() == "scalar")
     monkeypatch.setattr(kernels, "gemm_min_rows", lambda isa: float("inf"))
-    assert not kernels._use_gemm(4096)
+    assert not kernels._use_gemm(4096, 12)
 
 
 def test_non_contiguous_rows_of_x() -> None:

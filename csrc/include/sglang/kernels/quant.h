@@ -41,10 +41,11 @@ int64_t quant_block_bytes(QuantFormat fmt);
 /// x: row i at x + i * ldx (ldx >= k when m > 1); out: row i at out + i * ldo (ldo >= n when
 /// m > 1); bias: [n] or null. Within 1e-4 of the largest |out| of the fp32 product of the
 /// dequantized weights. fp32 activations and accumulation, except for Q4_0 / Q4_1 / Q8_0 on the
-/// AVX2 / AVX-512 paths (any m, in groups of 4 rows with AVX-512 VNNI, else 2): there each
-/// 32-value block of x is rounded to 16 bits (scale max|x_b| / 32639, ~1.5e-5 relative per
-/// element) and the block dot products are exact integer ones (AVX-512 VNNI vpdpwssd when the
-/// CPU has it, else AVX2 madd_epi16), 1.5-2x faster per thread. k must be a
+/// AVX2 / AVX-512 paths (any m): there each 32-value block of x is rounded to 16 bits (scale
+/// max|x_b| / 32639, ~1.5e-5 relative per element) and the block dot products are exact integer
+/// ones (AVX-512 VNNI vpdpwssd when the CPU has it, else AVX2 madd_epi16): the decode kernel
+/// (k in the SIMD lanes, rows in groups of 4 / 2) below 16 rows with VNNI / 32 with AVX2, the
+/// batched GEMM (rows in the lanes) from there. k must be a
 /// positive multiple of the block size. kInvalidArgument (nothing written) on a bad format, size,
 /// stride or a null pointer that would be read or written.
 Status quant_matmul_cpu(QuantFormat fmt, const void* weight, int64_t n, int64_t k, const float* x,

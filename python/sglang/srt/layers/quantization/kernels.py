@@ -127,12 +127,19 @@ def _check_inputs(
     return n
 
 
-def _use_gemm(m: int) -> bool:
-    """Whether M float32 rows go to the dequantize + torch.mm path instead of the C++ kernel.
+# Formats whose float32 products take the integer kernels on the SIMD paths (16-bit activations;
+# from 16-32 rows the batched integer GEMM, ~2x the BLAS's fp32 sgemm).
+INTEGER_FORMATS = frozenset({2, 3, 8})  # Q4_0, Q4_1, Q8_0
 
-    The kernel serves every M: R = ``rows_per_pass`` rows per pass over the weights decoded in
-    registers (integer dot products for Q4_0/Q4_1/Q8_0 at decode sizes), an fp32 register tile
-    beyond. Whether dequantizing tiles for the BLAS pays off at prefill sizes depends on the
+
+def _use_gemm(m: int, fmt: int | None) -> bool:
+    """Whether M rows go to the dequantize + torch.mm path instead of the C++ kernel.
+
+    float32 rows of Q4_0/Q4_1/Q8_0 (``fmt`` in INTEGER_FORMATS) never do on the AVX2/AVX-512
+    paths: the integer kernels serve every M (the decode kernel below 16-32 rows, the batched
+    GEMM above) and do twice the BLAS's fp32 work per cycle. For the K-quants (fp32 kernels,
+    R = ``rows_per_pass`` rows per pass over the weights), and for bfloat16 rows (``fmt`` None:
+    the BLAS's bf16 GEMM), whether dequantizing tiles for the BLAS pays off depends on the
     machine (its sgemm, AMX) and on torch's OpenMP threads, which spin after each mm and stall
     the kernels' own pool on small core counts: measured once per process and ISA path
     (``_gemm_beats_kernel``), never assumed. Up to 4R rows the kernel always runs (it reads the
@@ -140,7 +147,10 @@ def _use_gemm(m: int) -> bool:
     """
     if m <= 4 * _core().quant_matmul_rows_per_pass():
         return False
-    return m >= gemm_min_rows(_core().cpu_isa())
+    isa = _core().cpu_isa()
+    if fmt in INTEGER_FORMATS and isa != "scalar":
+        return False
+    return m >= gemm_min_rows(isa)
 
 
 GEMM_PROBE_ROWS = (32, 64, 128, 256, 512)
@@ -158,13 +168,14 @@ def gemm_min_rows(isa: str) -> float:
 
 
 def _gemm_beats_kernel(m: int, repeats: int = 3) -> bool:
-    """Times both paths on a synthetic Q4_1 [1536, 576] weight with m rows."""
+    """Times both paths on a synthetic Q4_K [1536, 512] weight (a format on the fp32 kernels)
+    with m rows."""
     core = _core()
-    fmt, n, k = 3, 1536, 576
+    fmt, n, k = 12, 1536, 512
     gen = torch.Generator().manual_seed(0)
     weight = torch.randint(0, 256, (n, row_bytes(fmt, k)), dtype=torch.uint8, generator=gen)
     scales = torch.tensor([2**-7, 2**-8], dtype=torch.float16).view(torch.uint8)
-    weight.view(n, k // 32, 20)[:, :, :4] = scales  # sane d and m fields
+    weight.view(n, k // 256, 144)[:, :, :4] = scales  # sane d and dmin fields
     x = torch.randn(m, k, generator=gen)
     out = torch.empty(m, n)
 
@@ -250,7 +261,7 @@ def _quant_matmul_2d(
     if m == 0 or n == 0:
         return out
     bias32 = None if bias is None else bias.to(torch.float32).contiguous()
-    if _use_gemm(m):
+    if _use_gemm(m, fmt):
         _gemm_path(x.contiguous(), weight, fmt, k, out)
         if bias32 is not None:
             out += bias32
@@ -275,7 +286,7 @@ def _quant_matmul_impl(
 ) -> torch.Tensor:
     """The body of ``torch.ops.sglang.quant_matmul``."""
     _check_inputs(x, weight, fmt, k, bias)
-    if x.dtype == torch.bfloat16 and _use_gemm(x.numel() // k):
+    if x.dtype == torch.bfloat16 and _use_gemm(x.numel() // k, None):
         out = _gemm_bf16(x.reshape(-1, k).contiguous(), weight, fmt, k)
         if bias is not None:
             out += bias.to(torch.bfloat16)
