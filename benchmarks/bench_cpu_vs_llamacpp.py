@@ -694,6 +694,14 @@ def format_table(
     return "\n".join(lines)
 
 
+def median_table(rounds: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float | None]]:
+    """Each (system, metric)'s median over the rounds that measured it."""
+    return {
+        system: {metric: statistics.median(values) for metric, values in metrics.items()}
+        for system, metrics in rounds.items()
+    }
+
+
 TABLE_NOTES = {
     "ours-runner": "runner rows: bench_one_batch (no HTTP); TTFT = the prefill step alone",
     "baseline-runner": "runner rows: bench_one_batch (no HTTP); TTFT = the prefill step alone",
@@ -737,6 +745,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--server-args",
         default="",
         help="Extra flags for our server and runner, e.g. '--dtype auto'.",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="Run the whole system list this many times, interleaved (A B A B ...), and report "
+        "each metric's median over the rounds: the dev VMs drift +-20%% over minutes.",
     )
     p.add_argument("--port", type=int, default=30171)
     p.add_argument("--server-timeout", type=float, default=600)
@@ -791,9 +806,11 @@ def main(argv: list[str] | None = None) -> int:
     print("llama.cpp build recommended for this CPU (then run this script with the same")
     print("CMAKE_ARGS in LLAMA_CPP_CMAKE_ARGS):\n  " + llamacpp_build_command(flags))
 
-    table: dict[str, dict[str, float | None]] = {}
+    rounds: dict[str, dict[str, list[float]]] = {}  # system -> metric -> one value per round
     failed: dict[str, str] = {}
-    for system in wanted:
+    for system, rnd in ((s, r) for r in range(max(1, args.rounds)) for s in wanted):
+        if system in failed:
+            continue
         extra: dict[str, Any] = {}
         if system.startswith("baseline") and not args.baseline_pythonpath:
             failed[system] = "skipped: no --baseline-pythonpath"
@@ -810,7 +827,10 @@ def main(argv: list[str] | None = None) -> int:
             extra["loader_pythonpath"] = args.helper_pythonpath
         if system.startswith(("ours", "baseline")):
             extra = {"code_commit": git_commit(Path(pythonpath)), "pythonpath": pythonpath}
-        print(f"\n=== {system} (load average {os.getloadavg()[0]:.2f}) ===", flush=True)
+        print(
+            f"\n=== {system}, round {rnd + 1} (load average {os.getloadavg()[0]:.2f}) ===",
+            flush=True,
+        )
         log = log_dir / f"{system}.log"
         start = time.perf_counter()
         try:
@@ -825,9 +845,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  !!! {failed[system]}", flush=True)
             continue
         print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
-        table[system] = {}
         for row in rows:
-            table[system][row["metric"]] = row["value"]
+            rounds.setdefault(system, {}).setdefault(row["metric"], []).append(row["value"])
             print(f"  {row['metric']:<14} {row['value']:10.2f} {row['unit']}", flush=True)
             if args.output:
                 record = {
@@ -835,6 +854,7 @@ def main(argv: list[str] | None = None) -> int:
                     "system": system,
                     **extra,
                     **row,
+                    "round": rnd + 1,
                     "loadavg_1m": os.getloadavg()[0],
                 }
                 Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -845,7 +865,13 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{meta['model_path']} on {meta['cpu_model']}, {args.threads} threads, "
         f"{meta['date']}, commit {meta['git_commit']}\n"
     )
+    table = median_table(rounds)
     print(format_table(table, args.concurrency, args.ttft_prompt_len))
+    if args.rounds > 1:
+        print(f"\nmedians over {args.rounds} interleaved rounds; every round:")
+        for system, metrics in rounds.items():
+            for metric, values in metrics.items():
+                print(f"  {system:<16} {metric:<14} " + "  ".join(f"{v:.1f}" for v in values))
     notes = sorted({TABLE_NOTES[s] for s in table if s in TABLE_NOTES})
     if "llamacpp" in table:
         info = llamacpp_info()

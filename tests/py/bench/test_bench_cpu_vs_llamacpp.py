@@ -59,3 +59,11 @@ def test_table_has_a_row_per_system_and_na_for_missing() -> None:
     )
     assert lines[2] == "| ours-runner | 123.5 | 45.6 | n/a | n/a |"
     assert lines[3] == "| llamacpp | 300.0 | 9.87 | 250.0 | n/a |"
+
+
+def test_rounds_report_the_median_per_system_and_metric() -> None:
+    rounds = {"ours-http": {"decode_tok_s": [150.0, 90.0, 120.0]}, "hf": {"ttft_ms": [2.0, 4.0]}}
+    assert bench.median_table(rounds) == {
+        "ours-http": {"decode_tok_s": 120.0},
+        "hf": {"ttft_ms": 3.0},
+    }
