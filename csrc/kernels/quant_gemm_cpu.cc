@@ -10,9 +10,12 @@
 //   * x is packed once per call into tiles of L rows: for block b and pair p (elements 2p, 2p+1
 //     of the block), one vector of L int32 lanes, lane r = the two int16 of row r. Plus the L
 //     scales s_b and the L min-term sums (s_b * sum(x16)) of the block.
-//   * the weights are decoded once per call, a panel of kPanelCols weight rows at a time, into
-//     int16 (natural order) plus per-block d and m: pair p of a weight row is one int32, which
-//     the micro-kernel broadcasts to all lanes (an embedded-broadcast memory operand).
+//   * the weights are decoded once per call (per x chunk), a panel of kPanelCols weight rows at
+//     a time, into int16 in natural order (a straight widening of each block, no shuffles)
+//     plus per-block d and m: pair p of a weight row is one int32, which the micro-kernel
+//     broadcasts to all lanes (an embedded-broadcast memory operand), one pointer per row.
+//     (An interleaved panel, pairs of the NC rows side by side, needed NC x NC permutes per
+//     block to build and was 10-18% slower at 16-32 rows on Zen 4.)
 //   * micro-kernel: RM x-row vectors x NC weight rows of int32 accumulators. Per pair: RM loads,
 //     NC broadcasts, RM * NC vpdpwssd (AVX-512 VNNI) or madd + add (AVX2). Per block: each
 //     accumulator is converted and FMAed into an fp32 accumulator with s_b (a vector: one per
@@ -21,7 +24,7 @@
 // never overflows (madd's pair sums included); the int32 -> fp32 convert rounds above 2^24
 // (relative 6e-8, well inside the 1e-4 contract).
 //
-// Loop order per work item (a weight panel x a range of x tiles): decode the panel (L2), then
+// Loop order per work item (a weight panel x a chunk of x tiles): decode the panel (L2), then
 // for each group of RM x tiles (L1: K * 4 bytes per 16 rows) run the micro-kernel over the
 // panel's weight rows NC at a time. Padding: x rows past m are zero, weight rows past n are
 // zero; their results are never stored.
@@ -107,10 +110,9 @@ struct Avx2 {
 /// (the pairs), then L floats s_b, then L floats s_b * sum(x16).
 constexpr int64_t block_ints(int64_t lanes) { return (kPairs + 2) * lanes; }
 
-/// The decoded weight panel, in the order the micro-kernel reads it: kPanelCols weight rows in
-/// groups of nc; per group and block, the kPairs pairs of the group's rows interleaved
-/// (q[((g * blocks + b) * kPairs + p) * nc + c] = pair p of block b of row g * nc + c, int16 q,
-/// Q4_0's q - 8), then d and m per (group, block, row): one pointer walks a whole group.
+/// The decoded weight panel: kPanelCols weight rows of k int16 q each (natural order; Q4_0's
+/// q - 8), viewed as int32 pairs (the micro-kernel broadcasts pair p of a row to all lanes), and
+/// per (group of nc rows, block, row in the group) d and m, so one broadcast address walks them.
 struct Panel {
   std::vector<int32_t> q;
   std::vector<float> d;
@@ -150,13 +152,12 @@ inline void decode_block(QuantFormat fmt, const uint8_t* blk, int16_t* q, float*
   _mm256_storeu_si256(out + 1, _mm256_sub_epi16(_mm256_srli_epi16(v, 4), bias));
 }
 
-/// Weight rows [j0, j0 + kPanelCols) (zero past n) into the panel, in groups of nc rows.
+/// Weight rows [j0, j0 + kPanelCols) (zero past n) into the panel (d and m in groups of nc).
 void decode_panel(QuantFormat fmt, const uint8_t* weight, int64_t n, int64_t k, int64_t j0,
                   int64_t nc, Panel* panel) {
   const int64_t blocks = k / 32;
   const int64_t bytes = fmt == QuantFormat::kQ8_0 ? 34 : (fmt == QuantFormat::kQ4_1 ? 20 : 18);
   const int64_t row_bytes = blocks * bytes;
-  alignas(32) int16_t q[32];
   for (int64_t c = 0; c < kPanelCols; ++c) {
     const int64_t g = c / nc;
     const int64_t ci = c % nc;
@@ -164,93 +165,15 @@ void decode_panel(QuantFormat fmt, const uint8_t* weight, int64_t n, int64_t k, 
     for (int64_t b = 0; b < blocks; ++b) {
       float d = 0.0f;
       float m = 0.0f;
+      int16_t* q = reinterpret_cast<int16_t*>(panel->q.data()) + c * k + b * 32;
       if (row != nullptr) {
         decode_block(fmt, row + b * bytes, q, &d, &m);
       } else {
         std::fill_n(q, 32, int16_t{0});
       }
       const int64_t gb = g * blocks + b;
-      int32_t* dst = panel->q.data() + gb * kPairs * nc + ci;
-      for (int64_t p = 0; p < kPairs; ++p) std::memcpy(dst + p * nc, q + 2 * p, 4);
       panel->d[static_cast<size_t>(gb * nc + ci)] = d;
       panel->m[static_cast<size_t>(gb * nc + ci)] = m;
-    }
-  }
-}
-
-/// The masked-permute tables that interleave NC decoded rows (one zmm of 16 pairs each) into
-/// the panel order: output vector j, lane i is stream element e = 16 j + i = pair e / NC of row
-/// e % NC. Output j = for each row c, permutexvar(idx[j][c], row c) under mask[j][c].
-template <int NC>
-struct InterleaveTables {
-  alignas(64) int32_t idx[NC][NC][16];
-  uint16_t mask[NC][NC];
-  constexpr InterleaveTables() : idx{}, mask{} {
-    for (int j = 0; j < NC; ++j) {
-      for (int i = 0; i < 16; ++i) {
-        const int e = 16 * j + i;
-        idx[j][e % NC][i] = e / NC;
-        mask[j][e % NC] = static_cast<uint16_t>(mask[j][e % NC] | (1u << i));
-      }
-    }
-  }
-};
-
-/// decode_panel for AVX-512 (the VNNI kernel's NC = 6): each block of the group's rows is
-/// decoded into one zmm per row and interleaved with NC x NC masked permutes, no scalar stores.
-SGL_LANES_VNNI_TARGET void decode_panel_avx512(QuantFormat fmt, const uint8_t* weight, int64_t n,
-                                               int64_t k, int64_t j0, Panel* panel) {
-  constexpr int NC = Avx512Vnni::NC;
-  static constexpr InterleaveTables<NC> kTables;
-  const int64_t blocks = k / 32;
-  const int64_t bytes = fmt == QuantFormat::kQ8_0 ? 34 : (fmt == QuantFormat::kQ4_1 ? 20 : 18);
-  const int64_t header = fmt == QuantFormat::kQ4_1 ? 4 : 2;
-  const int64_t row_bytes = blocks * bytes;
-  const __m512i shifts = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
-  const __m512i low4 = _mm512_set1_epi16(0x0F);
-  const __m512i bias = _mm512_set1_epi16(fmt == QuantFormat::kQ4_0 ? 8 : 0);
-  __m512i idx[NC][NC];
-  for (int j = 0; j < NC; ++j) {
-    for (int c = 0; c < NC; ++c) idx[j][c] = _mm512_load_si512(kTables.idx[j][c]);
-  }
-  for (int64_t g = 0; g < kPanelCols / NC; ++g) {
-    const uint8_t* rows[NC];
-    for (int c = 0; c < NC; ++c) {
-      const int64_t j = j0 + g * NC + c;
-      rows[c] = j < n ? weight + j * row_bytes : nullptr;
-    }
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t gb = g * blocks + b;
-      __m512i v[NC];
-      for (int c = 0; c < NC; ++c) {
-        float d = 0.0f;
-        float m = 0.0f;
-        if (rows[c] == nullptr) {
-          v[c] = _mm512_setzero_si512();
-        } else {
-          const uint8_t* blk = rows[c] + b * bytes;
-          d = half_to_float(blk);
-          if (fmt == QuantFormat::kQ8_0) {
-            v[c] = _mm512_cvtepi8_epi16(
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2)));
-          } else {
-            if (fmt == QuantFormat::kQ4_1) m = half_to_float(blk + 2);
-            const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + header));
-            const __m512i w = _mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(raw));
-            v[c] = _mm512_sub_epi16(_mm512_and_si512(_mm512_srlv_epi16(w, shifts), low4), bias);
-          }
-        }
-        panel->d[static_cast<size_t>(gb * NC + c)] = d;
-        panel->m[static_cast<size_t>(gb * NC + c)] = m;
-      }
-      int32_t* dst = panel->q.data() + gb * kPairs * NC;
-      for (int j = 0; j < NC; ++j) {
-        __m512i o = _mm512_setzero_si512();
-        for (int c = 0; c < NC; ++c) {
-          o = _mm512_mask_permutexvar_epi32(o, kTables.mask[j][c], idx[j][c], v[c]);
-        }
-        _mm512_storeu_si512(dst + 16 * j, o);
-      }
     }
   }
 }
@@ -296,14 +219,15 @@ void pack_tile(const float* x, int64_t m, int64_t ldx, int64_t k, int64_t lanes,
       for (auto& row : acc) {                                                                \
         for (auto& v : row) v = V::zero_i();                                                 \
       }                                                                                      \
-      const int32_t* w32 = wq + b * kPairs * NC;                                             \
+      const int32_t* wc[NC];                                                                 \
+      for (int c = 0; c < NC; ++c) wc[c] = wq + c * (k / 2) + b * kPairs;                    \
       _Pragma("GCC unroll 16") for (int64_t p = 0; p < kPairs; ++p) {                        \
         typename V::VI xv[RM_];                                                              \
         for (int r = 0; r < RM_; ++r) {                                                      \
           xv[r] = V::load_i(tiles[r] + b * block_ints(L) + p * L);                           \
         }                                                                                    \
         for (int c = 0; c < NC; ++c) {                                                       \
-          const typename V::VI w = V::bcast_i(w32 + p * NC + c);                             \
+          const typename V::VI w = V::bcast_i(wc[c] + p);                                    \
           for (int r = 0; r < RM_; ++r) acc[r][c] = V::dot(acc[r][c], xv[r], w);             \
         }                                                                                    \
       }                                                                                      \
@@ -376,11 +300,7 @@ void run_item(const GemmArgs& a, int64_t j0, int64_t t0, int64_t t1) {
   static_assert(kPanelCols % NC == 0);
   thread_local Panel panel;
   panel.reserve(a.k);
-  if constexpr (std::is_same_v<V, Avx512Vnni>) {
-    decode_panel_avx512(a.fmt, a.weight, a.n, a.k, j0, &panel);
-  } else {
-    decode_panel(a.fmt, a.weight, a.n, a.k, j0, NC, &panel);
-  }
+  decode_panel(a.fmt, a.weight, a.n, a.k, j0, NC, &panel);
   const int64_t blocks = a.k / 32;
   const int64_t tile_ints = blocks * block_ints(L);
   float res[NC * V::RM * L];
