@@ -637,7 +637,11 @@ inline __m128 tile_halves(const IntArgs& a, int64_t b) {
       }                                                                                          \
       for (int i = 0; i < kTileRows; ++i) {                                                      \
         const uint8_t* blk = a.rows[i] + b * kBytes;                                             \
-        _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchBlocks * kBytes), _MM_HINT_T0); \
+        /* the same block one tile (kTileRows rows) ahead: a tile's rows are contiguous, so    \
+           this stays one tile's bytes ahead of the stream (8 blocks ahead of each row was    \
+           ~10% slower over the demo model's layer GEMVs on Zen 4) */                         \
+        _mm_prefetch(reinterpret_cast<const char*>(blk + kTileRows * a.blocks * kBytes),       \
+                     _MM_HINT_T0);                                                             \
         __m256i q0, q1;                                                                          \
         block_q16<F>(blk, &q0, &q1);                                                             \
         for (int r = 0; r < MR; ++r) {                                                           \
