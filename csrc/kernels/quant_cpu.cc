@@ -849,6 +849,14 @@ void quantize_x_row(const float* x, int64_t k, int32_t offset, XBlock* out) {
   }
 }
 
+void unpack_k_superblock(QuantFormat fmt, const uint8_t* block, int8_t* q, float* s, float* o) {
+  if (fmt == QuantFormat::kQ5_K) {
+    unpack_q5_k(block, q, s, o);
+  } else {
+    unpack_q4_k(block, q, s, o);
+  }
+}
+
 }  // namespace quant_internal
 
 bool quant_format_valid(int32_t fmt) {
@@ -884,13 +892,13 @@ Status quant_matmul_cpu(QuantFormat fmt, const void* weight, int64_t n, int64_t 
   const XBlock* xq = nullptr;
   // VNNI's vpdpwssd on AVX-512 CPUs that have it; AVX-512 without VNNI runs the AVX2 kernel.
   const bool vnni = isa == CpuIsa::kAvx512 && cpu_features().avx512_vnni;
+  const int64_t lanes_rows = quant_internal::lanes_gemm_min_rows(isa);
+  if (lanes_rows > 0 && m >= lanes_rows && quant_internal::lanes_gemm_format(fmt)) {
+    quant_internal::lanes_gemm(fmt, isa, static_cast<const uint8_t*>(weight), n, k, x, m, ldx,
+                               bias, out, ldo, num_threads);
+    return Status::kOk;
+  }
   if (use_int_path(fmt, isa, vnni, m)) {
-    const int64_t lanes_rows = quant_internal::lanes_gemm_min_rows(isa);
-    if (lanes_rows > 0 && m >= lanes_rows) {
-      quant_internal::lanes_gemm(fmt, isa, static_cast<const uint8_t*>(weight), n, k, x, m, ldx,
-                                 bias, out, ldo, num_threads);
-      return Status::kOk;
-    }
     thread_local std::vector<XBlock> xbuf;
     const int64_t blocks = k / 32;
     xbuf.resize(static_cast<size_t>(m * blocks));

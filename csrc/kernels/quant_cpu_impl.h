@@ -23,12 +23,21 @@ static_assert(sizeof(XBlock) == 128);
 /// the fp32 path). AVX2 (the library's floor); cvtps_epi32 rounds half to even.
 void quantize_x_row(const float* x, int64_t k, int32_t offset, XBlock* out);
 
+/// A Q4_K (or Q5_K) superblock (256 values) as int8 q (0..15 / 0..31) plus, per 16 values, the
+/// scale s = d * sc and offset o = -dmin * mn (w = s * q + o; both halves of a 32-value
+/// sub-block share them).
+void unpack_k_superblock(QuantFormat fmt, const uint8_t* block, int8_t* q, float* s, float* o);
+
+/// True for the formats the batched integer GEMM multiplies: Q4_0, Q4_1, Q8_0 and Q4_K (its
+/// 32-value sub-blocks have one scale and offset each).
+bool lanes_gemm_format(QuantFormat fmt);
+
 /// x rows from which quant_matmul_cpu takes the batched integer GEMM on this ISA path (one full
 /// register of rows), or 0 when the path has none (scalar).
 int64_t lanes_gemm_min_rows(CpuIsa isa);
 
-/// The batched integer GEMM (quant_gemm_cpu.cc): Q4_0 / Q4_1 / Q8_0 only, arguments already
-/// checked by quant_matmul_cpu. x rows sit in the SIMD lanes (16 per zmm, 8 per ymm), so each
+/// The batched integer GEMM (quant_gemm_cpu.cc): lanes_gemm_format() formats only, arguments
+/// already checked by quant_matmul_cpu. x rows sit in the SIMD lanes (16 per zmm, 8 per ymm), so each
 /// decoded weight pair is one broadcast shared by a whole register of rows.
 void lanes_gemm(QuantFormat fmt, CpuIsa isa, const uint8_t* weight, int64_t n, int64_t k,
                 const float* x, int64_t m, int64_t ldx, const float* bias, float* out, int64_t ldo,

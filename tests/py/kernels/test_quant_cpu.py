@@ -165,16 +165,17 @@ def test_decode_rows_integer_path_edge_cases(isa: str, fmt: int) -> None:
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("fmt", [2, 3, 8])
+@pytest.mark.parametrize("fmt", [2, 3, 8, 12])
 def test_batched_integer_path_edge_cases(isa: str, fmt: int) -> None:
     """The batched integer GEMM (x rows in the SIMD lanes: from 16 rows with AVX-512 VNNI, 32
-    with AVX2) on the same hard x as the decode rows, stacked with random rows: row counts that
-    leave partial lane tiles (17, 33, 71), weight rows that leave partial panels (n = 67), every
-    row against the float64 reference."""
+    with AVX2; Q4_0/Q4_1/Q8_0 and Q4_K, whose 32-value sub-blocks have one scale and offset
+    each) on the same hard x as the decode rows, stacked with random rows: row
+    counts that leave partial lane tiles (17, 33, 71), weight rows that leave partial panels
+    (n = 67), every row against the float64 reference."""
     _core.set_cpu_isa(isa)
     rng = np.random.default_rng(200 + fmt)
     n = 67
-    for k in (32, 1024):
+    for k in (32, 1024) if fmt < 12 else (256, 1024):
         w = _blocks(fmt, n, k)
         ref_w = _reference(fmt, n, k).astype(np.float64)
         for name, xs in _decode_x_cases(rng, k).items():
@@ -273,13 +274,13 @@ def test_gemm_path_only_where_measured_faster(monkeypatch: pytest.MonkeyPatch) -
     assert rows == float("inf") or rows in kernels.GEMM_PROBE_ROWS
     r = _core.quant_matmul_rows_per_pass()
     monkeypatch.setattr(kernels, "gemm_min_rows", lambda isa: 64)
-    for fmt in (12, 13, 14, None):  # the K-quants, and bfloat16 rows of any format
+    for fmt in (13, 14, None):  # Q5_K, Q6_K, and bfloat16 rows of any format
         assert not kernels._use_gemm(4 * r, fmt) and not kernels._use_gemm(63, fmt)
         assert kernels._use_gemm(64, fmt) and kernels._use_gemm(4096, fmt)
     for fmt in kernels.INTEGER_FORMATS:  # float32 rows: the integer kernels at every size
         assert kernels._use_gemm(4096, fmt) == (_core.cpu_isa() == "scalar")
     monkeypatch.setattr(kernels, "gemm_min_rows", lambda isa: float("inf"))
-    assert not kernels._use_gemm(4096, 12)
+    assert not kernels._use_gemm(4096, 14)
 
 
 def test_non_contiguous_rows_of_x() -> None:

@@ -45,7 +45,7 @@ int64_t quant_block_bytes(QuantFormat fmt);
 /// max|x_b| / 32639, ~1.5e-5 relative per element) and the block dot products are exact integer
 /// ones (AVX-512 VNNI vpdpwssd when the CPU has it, else AVX2 madd_epi16): the decode kernel
 /// (k in the SIMD lanes, rows in groups of 4 / 2) below 16 rows with VNNI / 32 with AVX2, the
-/// batched GEMM (rows in the lanes) from there. k must be a
+/// batched GEMM (rows in the lanes) from there, which also takes Q4_K. k must be a
 /// positive multiple of the block size. kInvalidArgument (nothing written) on a bad format, size,
 /// stride or a null pointer that would be read or written.
 Status quant_matmul_cpu(QuantFormat fmt, const void* weight, int64_t n, int64_t k, const float* x,

@@ -127,17 +127,19 @@ def _check_inputs(
     return n
 
 
-# Formats whose float32 products take the integer kernels on the SIMD paths (16-bit activations;
-# from 16-32 rows the batched integer GEMM, ~2x the BLAS's fp32 sgemm).
-INTEGER_FORMATS = frozenset({2, 3, 8})  # Q4_0, Q4_1, Q8_0
+# Formats whose float32 products of more than 4R rows take the integer kernels on the SIMD paths
+# (16-bit activations; from 16-32 rows the batched integer GEMM, ~2x the BLAS's fp32 sgemm):
+# Q4_0, Q4_1, Q8_0 and Q4_K (one scale and offset per 32 values).
+INTEGER_FORMATS = frozenset({2, 3, 8, 12})
 
 
 def _use_gemm(m: int, fmt: int | None) -> bool:
     """Whether M rows go to the dequantize + torch.mm path instead of the C++ kernel.
 
-    float32 rows of Q4_0/Q4_1/Q8_0 (``fmt`` in INTEGER_FORMATS) never do on the AVX2/AVX-512
-    paths: the integer kernels serve every M (the decode kernel below 16-32 rows, the batched
-    GEMM above) and do twice the BLAS's fp32 work per cycle. For the K-quants (fp32 kernels,
+    float32 rows of Q4_0/Q4_1/Q8_0/Q4_K (``fmt`` in INTEGER_FORMATS) never do on the
+    AVX2/AVX-512 paths: the integer kernels serve every M (for the first three the decode
+    kernel below 16-32 rows; the batched GEMM above) and do twice the BLAS's fp32 work per
+    cycle. For Q5_K and Q6_K (fp32 kernels,
     R = ``rows_per_pass`` rows per pass over the weights), and for bfloat16 rows (``fmt`` None:
     the BLAS's bf16 GEMM), whether dequantizing tiles for the BLAS pays off depends on the
     machine (its sgemm, AMX) and on torch's OpenMP threads, which spin after each mm and stall
@@ -168,14 +170,14 @@ def gemm_min_rows(isa: str) -> float:
 
 
 def _gemm_beats_kernel(m: int, repeats: int = 3) -> bool:
-    """Times both paths on a synthetic Q4_K [1536, 512] weight (a format on the fp32 kernels)
+    """Times both paths on a synthetic Q6_K [1536, 512] weight (a format on the fp32 kernels)
     with m rows."""
     core = _core()
-    fmt, n, k = 12, 1536, 512
+    fmt, n, k = 14, 1536, 512
     gen = torch.Generator().manual_seed(0)
     weight = torch.randint(0, 256, (n, row_bytes(fmt, k)), dtype=torch.uint8, generator=gen)
-    scales = torch.tensor([2**-7, 2**-8], dtype=torch.float16).view(torch.uint8)
-    weight.view(n, k // 256, 144)[:, :, :4] = scales  # sane d and dmin fields
+    scale = torch.tensor([2**-7], dtype=torch.float16).view(torch.uint8)
+    weight.view(n, k // 256, 210)[:, :, 208:] = scale  # a sane d field
     x = torch.randn(m, k, generator=gen)
     out = torch.empty(m, n)
 
