@@ -548,10 +548,9 @@ constexpr int kIntRowsVnni = 4;  // x rows up to which quant_matmul_cpu takes th
 constexpr int kIntRowsAvx2 = 2;  // 4 x 4 / 2 x 4 ymm accumulators (AVX2 has 16 registers)
 
 
-/// True when quant_matmul_cpu takes the integer path (the fp32 kernels are the scalar cap's path).
-/// Any m: each weight tile serves the x rows in groups of kIntRowsVnni / kIntRowsAvx2 while it
-/// is in cache (measured on Zen 4: 3x the fp32 register tile at m = 32, and faster than
-/// dequantize + sgemm up to prefill sizes).
+/// True when quant_matmul_cpu takes the integer decode path (the fp32 kernels are the scalar
+/// cap's path). Any m below the batched GEMM's lanes_gemm_min_rows(): each weight tile serves
+/// the x rows in groups of kIntRowsVnni / kIntRowsAvx2 while it is in cache.
 bool use_int_path(QuantFormat fmt, CpuIsa isa, bool vnni, int64_t m) {
   (void)vnni;
   (void)m;
