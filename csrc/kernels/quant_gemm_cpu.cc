@@ -169,31 +169,32 @@ void decode_panel(QuantFormat fmt, const uint8_t* weight, int64_t n, int64_t k, 
   alignas(32) float s16[16];
   alignas(32) float o16[16];
   for (int64_t c = 0; c < kPanelCols; ++c) {
-    const int64_t g = c / nc;
-    const int64_t ci = c % nc;
-    const uint8_t* row = j0 + c < n ? weight + (j0 + c) * row_bytes : nullptr;
-    for (int64_t b = 0; b < blocks; ++b) {
-      float d = 0.0f;
-      float m = 0.0f;
-      int16_t* q = reinterpret_cast<int16_t*>(panel->q.data()) + c * k + b * 32;
-      const int64_t sub = b % per_block;  // 32-value sub-block of a K-quant superblock
-      if (row == nullptr) {
-        std::fill_n(q, 32, int16_t{0});
-      } else if (!k_quant) {
-        decode_block(fmt, row + b * bytes, q, &d, &m);
-      } else {
-        if (sub == 0) unpack_k_superblock(fmt, row + b / per_block * bytes, q8, s16, o16);
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 + 32 * sub));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q),
-                            _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 16),
-                            _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)));
-        d = s16[2 * sub];
-        m = o16[2 * sub];
+    int16_t* q = reinterpret_cast<int16_t*>(panel->q.data()) + c * k;
+    // Row c's d and m of block b at [(g * blocks + b) * nc + c % nc] (g = c / nc).
+    float* d = panel->d.data() + (c / nc) * blocks * nc + c % nc;
+    float* m = panel->m.data() + (c / nc) * blocks * nc + c % nc;
+    if (j0 + c >= n) {
+      std::fill_n(q, k, int16_t{0});
+      for (int64_t b = 0; b < blocks; ++b) d[b * nc] = m[b * nc] = 0.0f;
+      continue;
+    }
+    const uint8_t* row = weight + (j0 + c) * row_bytes;
+    if (!k_quant) {
+      for (int64_t b = 0; b < blocks; ++b) {
+        decode_block(fmt, row + b * bytes, q + b * 32, d + b * nc, m + b * nc);
       }
-      const int64_t gb = g * blocks + b;
-      panel->d[static_cast<size_t>(gb * nc + ci)] = d;
-      panel->m[static_cast<size_t>(gb * nc + ci)] = m;
+      continue;
+    }
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t sub = b % per_block;  // 32-value sub-block of the K-quant superblock
+      if (sub == 0) unpack_k_superblock(fmt, row + b / per_block * bytes, q8, s16, o16);
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 + 32 * sub));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32),
+                          _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32 + 16),
+                          _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)));
+      d[b * nc] = s16[2 * sub];
+      m[b * nc] = o16[2 * sub];
     }
   }
 }
