@@ -37,8 +37,8 @@ bool lanes_gemm_format(QuantFormat fmt);
 int64_t lanes_gemm_min_rows(CpuIsa isa);
 
 /// The batched integer GEMM (quant_gemm_cpu.cc): lanes_gemm_format() formats only, arguments
-/// already checked by quant_matmul_cpu. x rows sit in the SIMD lanes (16 per zmm, 8 per ymm), so each
-/// decoded weight pair is one broadcast shared by a whole register of rows.
+/// already checked by quant_matmul_cpu. x rows sit in the SIMD lanes (16 per zmm, 8 per ymm),
+/// so each decoded weight pair is one broadcast shared by a whole register of rows.
 void lanes_gemm(QuantFormat fmt, CpuIsa isa, const uint8_t* weight, int64_t n, int64_t k,
                 const float* x, int64_t m, int64_t ldx, const float* bias, float* out, int64_t ldo,
                 int num_threads);

@@ -174,7 +174,7 @@ void decode_panel(QuantFormat fmt, const uint8_t* weight, int64_t n, int64_t k, 
     float* d = panel->d.data() + (c / nc) * blocks * nc + c % nc;
     float* m = panel->m.data() + (c / nc) * blocks * nc + c % nc;
     if (j0 + c >= n) {
-      std::fill_n(q, k, int16_t{0});
+      std::memset(q, 0, static_cast<size_t>(k) * sizeof(int16_t));  // (the panel is int32 storage)
       for (int64_t b = 0; b < blocks; ++b) d[b * nc] = m[b * nc] = 0.0f;
       continue;
     }
