@@ -4,10 +4,10 @@
 // per call to 16 bits per block, integer block dot products): from lanes_gemm_min_rows() rows the
 // batched GEMM of quant_gemm_cpu.cc (x rows in the SIMD lanes; it takes Q4_K too), below it the
 // "integer decode path" below, which splits the weight rows over threads in tiles of kTileRows
-// rows and serves the x rows in groups of 4 (VNNI) / 2 (AVX2). Otherwise (K-quants at decode sizes, Q5_K/Q6_K,
-// the scalar path), per tile, the x rows are taken in groups of up to MR (the register tile: 4
-// on AVX-512, 2 on AVX2) and each group makes one pass over the tile's
-// blocks, FMAing every decoded weight vector into kTileRows x MR fp32 accumulators. So the weight
+// rows and serves the x rows in groups of 4 (VNNI) / 2 (AVX2). Otherwise (Q4_K at decode sizes,
+// Q5_K, Q6_K, the scalar path), per tile, the x rows are taken in groups of up to MR (the
+// register tile: 4 on AVX-512, 2 on AVX2) and each group makes one pass over the tile's blocks,
+// FMAing every decoded weight vector into kTileRows x MR fp32 accumulators. So the weight
 // is read from memory once per call whatever m is (decode is memory-bound), and its decode is
 // shared by MR x rows. Two fp32 decoders:
 //   * fused (Q4_0 / Q4_1 / Q8_0 on AVX2 / AVX-512): a 32-value block goes straight from its 16
