@@ -152,7 +152,7 @@ class ModelRunner:
             from sglang.srt.layers.quantization.kernels import gemm_min_rows
 
             rows = gemm_min_rows(_core.cpu_isa())
-            logger.info("K-quant / bf16 quantized matmuls: the BLAS path from %s rows on", rows)
+            logger.info("Q5_K/Q6_K and bf16 quantized matmuls: the BLAS path from %s rows on", rows)
         unfit = self._cpu_kernels_unfit()
         if attention_backend is None:  # the fused kernels on CPU where they fit, SDPA elsewhere
             attention_backend = "torch_native" if unfit else "cpu"
