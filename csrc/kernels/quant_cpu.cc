@@ -47,18 +47,14 @@ namespace sglang::kernels {
 namespace {
 
 using quant_internal::XBlock;
+using quant_internal::block_q16;
+using quant_internal::h2f;
 using quant_internal::quantize_x_row;
 
 constexpr int64_t kChunk = 16;    // weights per scale/offset entry (Q6_K's sub-block size)
 constexpr int64_t kTileRows = 4;  // weight rows per micro-kernel pass
 constexpr int kMaxRowsAvx512 = 4;  // x rows per weight pass: 16 zmm accumulators of 32
 constexpr int kMaxRowsAvx2 = 2;    // x rows per weight pass: 8 ymm accumulators of 16
-
-inline float h2f(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
 
 inline uint16_t f2h(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
 
@@ -564,22 +560,6 @@ struct IntArgs {
   int64_t blocks;                  // k / 32
   const XBlock* x;                 // MR rows of `blocks` XBlocks, one after the other
 };
-
-/// The 32 q of a block as int16: elements 0..15 in *q0, 16..31 in *q1 (Q4 nibbles 0..15: the
-/// low nibble of byte i is element i, the high nibble element 16 + i; Q8_0 int8 sign-extended).
-template <QuantFormat F>
-inline void block_q16(const uint8_t* b, __m256i* q0, __m256i* q1) {
-  if constexpr (F == QuantFormat::kQ8_0) {
-    *q0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2)));
-    *q1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 18)));
-  } else {
-    constexpr int kHeader = F == QuantFormat::kQ4_0 ? 2 : 4;
-    const __m256i v =
-        _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + kHeader)));
-    *q0 = _mm256_and_si256(v, _mm256_set1_epi16(0x0F));
-    *q1 = _mm256_srli_epi16(v, 4);  // zero-extended bytes: nothing above the high nibble
-  }
-}
 
 inline float hsum256(__m256 v) {
   const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

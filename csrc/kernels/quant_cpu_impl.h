@@ -2,7 +2,10 @@
 // activation block both integer paths share, and the batched ("rows in lanes") integer GEMM.
 #pragma once
 
+#include <immintrin.h>
+
 #include <cstdint>
+#include <cstring>
 
 #include "sglang/kernels/cpu_isa.h"
 #include "sglang/kernels/quant.h"
@@ -17,6 +20,29 @@ struct alignas(64) XBlock {
   float sum;        // s_b * sum(x16) (Q4_1's min term)
 };
 static_assert(sizeof(XBlock) == 128);
+
+/// An fp16 at p (unaligned) as float.
+inline float h2f(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+/// The 32 q of a block as int16: elements 0..15 in *q0, 16..31 in *q1 (Q4 nibbles 0..15: the
+/// low nibble of byte i is element i, the high nibble element 16 + i; Q8_0 int8 sign-extended).
+template <QuantFormat F>
+inline void block_q16(const uint8_t* b, __m256i* q0, __m256i* q1) {
+  if constexpr (F == QuantFormat::kQ8_0) {
+    *q0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2)));
+    *q1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 18)));
+  } else {
+    constexpr int kHeader = F == QuantFormat::kQ4_0 ? 2 : 4;
+    const __m256i v =
+        _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + kHeader)));
+    *q0 = _mm256_and_si256(v, _mm256_set1_epi16(0x0F));
+    *q1 = _mm256_srli_epi16(v, 4);  // zero-extended bytes: nothing above the high nibble
+  }
+}
 
 /// Quantizes x row `x` (k values) into k / 32 XBlocks; `offset` is the weights' zero point (8 for
 /// Q4_0, else 0). A block with a non-finite value gets s = NaN (its outputs become NaN, as with

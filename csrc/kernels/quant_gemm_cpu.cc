@@ -126,32 +126,28 @@ struct Panel {
   }
 };
 
-inline float half_to_float(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
+/// The 32 q of one block as int16 in natural order (block_q16; Q4_0 minus 8), and its d and m.
+template <QuantFormat F>
+inline void decode_block(const uint8_t* blk, int16_t* q, float* d, float* m) {
+  __m256i q0, q1;
+  block_q16<F>(blk, &q0, &q1);
+  if constexpr (F == QuantFormat::kQ4_0) {
+    q0 = _mm256_sub_epi16(q0, _mm256_set1_epi16(8));
+    q1 = _mm256_sub_epi16(q1, _mm256_set1_epi16(8));
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), q0);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 16), q1);
+  *d = h2f(blk);
+  *m = F == QuantFormat::kQ4_1 ? h2f(blk + 2) : 0.0f;
 }
 
-/// The 32 q of one block as int16 in natural order (Q4: element i is the low nibble of byte i,
-/// element 16 + i its high nibble; Q4_0 minus 8; Q8_0 sign-extended), and its d and m.
-inline void decode_block(QuantFormat fmt, const uint8_t* blk, int16_t* q, float* d, float* m) {
-  __m256i* out = reinterpret_cast<__m256i*>(q);
-  *d = half_to_float(blk);
-  if (fmt == QuantFormat::kQ8_0) {
-    *m = 0.0f;
-    _mm256_storeu_si256(
-        out, _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2))));
-    _mm256_storeu_si256(out + 1, _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                                     reinterpret_cast<const __m128i*>(blk + 18))));
-    return;
+/// A 32-value-format weight row into the panel: q natural order, d / m every nc floats.
+template <QuantFormat F>
+void decode_row(const uint8_t* row, int64_t blocks, int64_t nc, int16_t* q, float* d, float* m) {
+  constexpr int64_t kBytes = F == QuantFormat::kQ8_0 ? 34 : (F == QuantFormat::kQ4_1 ? 20 : 18);
+  for (int64_t b = 0; b < blocks; ++b) {
+    decode_block<F>(row + b * kBytes, q + b * 32, d + b * nc, m + b * nc);
   }
-  const int64_t header = fmt == QuantFormat::kQ4_1 ? 4 : 2;
-  *m = fmt == QuantFormat::kQ4_1 ? half_to_float(blk + 2) : 0.0f;
-  const __m256i v =
-      _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + header)));
-  const __m256i bias = _mm256_set1_epi16(fmt == QuantFormat::kQ4_0 ? 8 : 0);
-  _mm256_storeu_si256(out, _mm256_sub_epi16(_mm256_and_si256(v, _mm256_set1_epi16(0x0F)), bias));
-  _mm256_storeu_si256(out + 1, _mm256_sub_epi16(_mm256_srli_epi16(v, 4), bias));
 }
 
 /// Weight rows [j0, j0 + kPanelCols) (zero past n) into the panel (d and m in groups of nc).
@@ -160,10 +156,7 @@ void decode_panel(QuantFormat fmt, const uint8_t* weight, int64_t n, int64_t k, 
   const int64_t blocks = k / 32;
   const bool k_quant = fmt == QuantFormat::kQ4_K;
   const int64_t per_block = k_quant ? 8 : 1;  // 32-value blocks per stored block
-  const int64_t bytes = fmt == QuantFormat::kQ8_0   ? 34
-                        : fmt == QuantFormat::kQ4_1 ? 20
-                        : fmt == QuantFormat::kQ4_0 ? 18
-                                                    : 144;  // Q4_K
+  const int64_t bytes = quant_block_bytes(fmt);
   const int64_t row_bytes = blocks / per_block * bytes;
   alignas(32) int8_t q8[256];
   alignas(32) float s16[16];
@@ -180,8 +173,10 @@ void decode_panel(QuantFormat fmt, const uint8_t* weight, int64_t n, int64_t k, 
     }
     const uint8_t* row = weight + (j0 + c) * row_bytes;
     if (!k_quant) {
-      for (int64_t b = 0; b < blocks; ++b) {
-        decode_block(fmt, row + b * bytes, q + b * 32, d + b * nc, m + b * nc);
+      switch (fmt) {
+        case QuantFormat::kQ4_0: decode_row<QuantFormat::kQ4_0>(row, blocks, nc, q, d, m); break;
+        case QuantFormat::kQ4_1: decode_row<QuantFormat::kQ4_1>(row, blocks, nc, q, d, m); break;
+        default: decode_row<QuantFormat::kQ8_0>(row, blocks, nc, q, d, m); break;
       }
       continue;
     }
@@ -287,7 +282,6 @@ struct GemmArgs {
   const uint8_t* weight;
   int64_t n, k, m;
   const int32_t* xt;  // the packed x tiles
-  int64_t tiles;      // ceil(m / L)
   const float* bias;
   float* out;
   int64_t ldo;
@@ -370,7 +364,7 @@ void gemm(QuantFormat fmt, const uint8_t* weight, int64_t n, int64_t k, const fl
   } else {
     ThreadPool::global().parallel_for(tiles, pack_threads, pack);
   }
-  const GemmArgs a{fmt, weight, n, k, m, xt_data, tiles, bias, out, ldo};
+  const GemmArgs a{fmt, weight, n, k, m, xt_data, bias, out, ldo};
   // Work items: (x chunk, weight panel) pairs. A chunk is at most kChunkBytes of packed x, so it
   // stays in the L2 while every panel passes over it (a whole 4096-row prefill would stream
   // from L3 once per panel: 115 vs 150 GMAC/s measured on Zen 4); each chunk decodes every panel
