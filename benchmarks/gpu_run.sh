@@ -2,15 +2,20 @@
 # The GPU checks in one run on a CUDA machine; every result goes under $OUT (default ./gpu_out).
 #
 #   build         pip install . with the CUDA kernels for this GPU's architecture
-#   gpu-tests     every `gpu`-marked test (CUDA sampling kernels vs the CPU ones, models on CUDA)
+#   gpu-tests     every `gpu`-marked test (CUDA sampling kernels vs the CPU ones, models on CUDA:
+#                 triton vs torch_native, CUDA graphs on/off) and the Triton kernel tests
 #   bench         benchmarks/bench_sampling.py: the sampling kernels on the CPU and CUDA, same run
 #   server-tests  the server's sampling, model-feature and structured-output tests on CUDA (the
 #                 server picks CUDA when there is one); needs the demo model in the sglang cache
 #                 ($SGLANG_CACHE_DIR, default ~/.cache/sglang), skipped when it is not there
+#   model-bench   bench_one_batch on the Llama-3-8B and Qwen2.5-0.5B shapes (benchmarks/model_shapes.py,
+#                 --load-format dummy, bf16), once per backend in $BENCH_BACKENDS (default: triton
+#                 torch_native); results appended to $OUT/bench_one_batch.jsonl
 #   hf-baseline   ../shared/gpu/hf_baseline.py (or .whl/hf_baseline.py): HF transformers on the
 #                 same GPU, the baseline of model benchmarks
 #
 # Usage: bash benchmarks/gpu_run.sh [stage ...]     (no stage: all, in the order above)
+# Each command of a stage is stopped after $STAGE_TIMEOUT seconds (default 1200).
 # Wheels in .whl/ (an offline machine) are installed into /tmp/site first. Exit status 1 when any
 # stage failed; $OUT/summary.txt has one line per stage.
 set -uo pipefail
@@ -18,7 +23,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(build gpu-tests bench server-tests hf-baseline)
+[ ${#stages[@]} -gt 0 ] || stages=(build gpu-tests bench server-tests model-bench hf-baseline)
 export PYTHONUNBUFFERED=1
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site \
@@ -33,7 +38,7 @@ run() {
   shift
   start=$(date +%s)
   echo "== $name: $*"
-  "$@" > "$OUT/$name.log" 2>&1
+  timeout "${STAGE_TIMEOUT:-1200}" "$@" > "$OUT/$name.log" 2>&1
   rc=$?
   tail -n 25 "$OUT/$name.log"
   echo "$name rc=$rc $(( $(date +%s) - start ))s" | tee -a "$OUT/summary.txt"
@@ -53,10 +58,17 @@ for stage in "${stages[@]}"; do
   case $stage in
     build)
       arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d '.')
-      run build env SGLANG_ENABLE_CUDA=ON CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=${arch:-90}" \
+      run build env SGLANG_ENABLE_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+        CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=${arch:-90}" \
         python3 -m pip install --no-build-isolation --no-deps . ;;
     gpu-tests)
-      run gpu_tests python3 -m pytest tests/py -m gpu -q -p no:cacheprovider -rfE ;;
+      # gpu-marked tests, and the Triton kernel tests (on CPU they run interpreted; here compiled).
+      # tests/py/server needs client packages the GPU image may lack: its GPU checks are the
+      # server-tests stage.
+      run gpu_tests python3 -m pytest tests/py/kernels tests/py/models -m gpu -q \
+        -p no:cacheprovider -rfE
+      run triton_tests python3 -m pytest tests/py/kernels/test_triton_attention.py \
+        tests/py/kernels/test_triton_elementwise.py -q -p no:cacheprovider -rfE ;;
     bench)
       run bench_sampling python3 benchmarks/bench_sampling.py ;;
     server-tests)
@@ -68,6 +80,20 @@ for stage in "${stages[@]}"; do
       else
         echo "server_tests skipped: no demo model in $cache" | tee -a "$OUT/summary.txt"
       fi ;;
+    model-bench)
+      shapes=$(mktemp -d)
+      python3 benchmarks/model_shapes.py "$shapes" >/dev/null
+      for backend in ${BENCH_BACKENDS:-triton torch_native}; do
+        common=(--load-format dummy --dtype bfloat16 --attention-backend "$backend"
+                --cuda-graph-max-bs 64
+                --input-len 128 --output-len 256 --output-file "$OUT/bench_one_batch.jsonl")
+        run "one_batch_llama8b_$backend" python3 -m sglang.bench_one_batch \
+          --model-path "$shapes/llama-3-8b" --batch-size 1 64 --run-name "llama-3-8b $backend" \
+          "${common[@]}"
+        run "one_batch_qwen05b_$backend" python3 -m sglang.bench_one_batch \
+          --model-path "$shapes/qwen2.5-0.5b" --batch-size 1 --run-name "qwen2.5-0.5b $backend" \
+          "${common[@]}"
+      done ;;
     hf-baseline)
       script=../shared/gpu/hf_baseline.py
       [ -f "$script" ] || script=.whl/hf_baseline.py

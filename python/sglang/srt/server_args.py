@@ -19,7 +19,7 @@ from sglang.srt.parser.tool_call_parser import TOOL_CALL_PARSERS
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 LOAD_FORMATS = ("auto", "pt", "safetensors", "gguf", "dummy")
-ATTENTION_BACKENDS = ("cpu", "torch_native", "intel_amx")
+ATTENTION_BACKENDS = ("cpu", "torch_native", "intel_amx", "triton")
 QUANTIZATIONS = ("none", "gguf", "w8a16")
 GRAMMAR_BACKENDS = ("xgrammar", "outlines", "none")
 SECRET_FIELDS = ("api_key", "admin_api_key")
@@ -131,13 +131,15 @@ class ServerArgs:
         check(self.load_format in LOAD_FORMATS,
               f"--load-format must be one of {', '.join(LOAD_FORMATS)}, got {self.load_format!r}")
         # None: the ModelRunner picks (the fused C++ kernels on CPU where the model's shapes fit
-        # them, SDPA otherwise).
+        # them, SDPA otherwise; triton on CUDA).
         check(self.attention_backend is None or self.attention_backend in ATTENTION_BACKENDS,
               f"--attention-backend must be one of {', '.join(ATTENTION_BACKENDS)}, "
               f"got {self.attention_backend!r}")
         check(self.device in ("cpu", "cuda"), f"--device must be cpu or cuda, got {self.device!r}")
-        check(self.device == "cpu" or self.attention_backend in (None, "torch_native"),
+        check(self.device == "cpu" or self.attention_backend in (None, "torch_native", "triton"),
               f"--attention-backend {self.attention_backend} runs on the CPU only")
+        check(self.device != "cpu" or self.attention_backend != "triton",
+              "--attention-backend triton runs on CUDA only")
         check(self.page_size >= 1, f"--page-size must be at least 1, got {self.page_size}")
         check(self.max_running_requests >= 1, "--max-running-requests must be at least 1")
         check(self.max_prefill_tokens >= 1, "--max-prefill-tokens must be at least 1")

@@ -22,9 +22,14 @@ class SiluAndMul(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.use_cpu_kernels = False
+        self.use_triton_kernels = False  # set by the ModelRunner on CUDA (one Triton kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_cpu_kernels and x.dim() == 2 and x.is_contiguous() and not _compiling():
             return cpu_ops.silu_and_mul(x)
+        if self.use_triton_kernels and x.is_cuda and x.stride(-1) == 1 and not _compiling():
+            from sglang.srt.layers.triton_ops.elementwise import silu_and_mul
+
+            return silu_and_mul(x)
         d = x.shape[-1] // 2
         return F.silu(x[..., :d]).mul_(x[..., d:])

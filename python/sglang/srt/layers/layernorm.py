@@ -10,11 +10,19 @@ states, ``residual`` the sum), so callers must pass tensors they own.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sglang.srt.layers import cpu_ops
+
+
+def triton_elementwise() -> Any:
+    from sglang.srt.layers.triton_ops import elementwise
+
+    return elementwise
 
 
 class RMSNorm(nn.Module):
@@ -33,6 +41,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.shape = (hidden_size,)
         self.use_cpu_kernels = False
+        self.use_triton_kernels = False  # set by the ModelRunner on CUDA (fused Triton kernels)
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
@@ -44,6 +53,12 @@ class RMSNorm(nn.Module):
                 return cpu_ops.rms_norm(rows, self.weight, self.eps).view(x.shape)
             if x.dim() == 2 and residual.is_contiguous():
                 cpu_ops.fused_add_rms_norm_(x, residual, self.weight, self.eps)
+                return x, residual
+        if self.use_triton_kernels and x.is_cuda and not torch.compiler.is_compiling():
+            if residual is None:
+                return triton_elementwise().rms_norm(x, self.weight, self.eps)
+            if x.dim() == 2 and x.is_contiguous() and residual.is_contiguous():
+                triton_elementwise().fused_add_rms_norm_(x, residual, self.weight, self.eps)
                 return x, residual
         if residual is None:
             return self._norm(x)

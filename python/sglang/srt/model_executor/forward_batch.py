@@ -5,7 +5,7 @@ Comes from ``sglang._core.Scheduler.schedule()`` (flat int32 numpy arrays, see
 ``ModelRunner.forward`` -> the model -> the attention backend. Each array is converted once per
 step. On CPU everything is a zero-copy view of the plan (only the few indices that torch wants
 as int64 are widened); on CUDA the arrays, and the rows of ``req_to_token`` the batch uses, are
-packed into one host buffer and uploaded with a single copy.
+packed into one pinned host buffer and uploaded with a single asynchronous copy.
 """
 
 from __future__ import annotations
@@ -113,6 +113,34 @@ class ForwardBatch:
         return batch
 
 
+class PinnedStaging:
+    """One growing page-locked host buffer per process for the step's upload: the arrays are
+    concatenated into it and copied to the GPU asynchronously (one copy per step). The copy's
+    event is waited on before the buffer is rewritten by the next step."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+        self.event: Any = None
+
+    def upload(self, parts: list[np.ndarray], device: torch.device) -> torch.Tensor:
+        total = sum(len(p) for p in parts)
+        if device.type != "cuda":  # (the CPU test of this path) a plain copy
+            return torch.from_numpy(np.concatenate(parts)).to(device)
+        if self.event is not None:
+            self.event.synchronize()
+        if self.buffer is None or self.buffer.numel() < total:
+            self.buffer = torch.empty(max(total, 4096) * 2, dtype=torch.int32, pin_memory=True)
+        host = self.buffer[:total]
+        np.concatenate(parts, out=host.numpy())
+        flat = host.to(device, non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record(torch.cuda.current_stream(device))
+        return flat
+
+
+_STAGING = PinnedStaging()
+
+
 @dataclass
 class _PlanArrays:
     """The numpy arrays of a plan that the forward pass reads (int32, contiguous)."""
@@ -185,7 +213,7 @@ class _PlanArrays:
         rows = np.ascontiguousarray(table[self.req_pool_indices, :max_len], dtype=np.int32)
         named["req_pool_indices"] = np.arange(len(self.seq_lens), dtype=np.int32)
         parts = [*named.values(), rows.reshape(-1)]
-        flat = torch.from_numpy(np.concatenate(parts)).to(device)
+        flat = _STAGING.upload(parts, device)
         tensors, offset = {}, 0
         for name, value in named.items():
             tensors[name] = flat[offset : offset + len(value)]

@@ -23,11 +23,16 @@ from sglang.srt.layers.decode_layers_cpu import FusedDecodeLayers
 from sglang.srt.layers.linear import Linear, calibrate_small_batch_gemm
 from sglang.srt.layers.logits_processor import LogitsOutput
 from sglang.srt.mem_cache.kv_pool import KVPool
+from sglang.srt.model_executor.cuda_graph_runner import CudaGraphRunner
 from sglang.srt.model_executor.forward_batch import ForwardBatch
 from sglang.srt.model_loader.loader import LOAD_FORMATS, load_model, resolve_quantization
 from sglang.srt.model_loader.resolve import resolve_model_path
 
 logger = logging.getLogger(__name__)
+
+# Decode batches up to this size replay CUDA graphs unless --cuda-graph-max-bs says otherwise
+# (never above --max-running-requests).
+DEFAULT_CUDA_GRAPH_MAX_BS = 160
 
 
 @functools.lru_cache(maxsize=1)
@@ -83,6 +88,23 @@ def enable_cpu_kernels(model: torch.nn.Module, fused_decode: bool = True) -> Non
             module.fused_decode = runner if fused_decode and runner.supported else None
 
 
+def enable_gpu_kernels(model: torch.nn.Module) -> None:
+    """Switch the layers that have fused Triton kernels (norms, activations) to them (CUDA)."""
+    for module in model.modules():
+        if hasattr(module, "use_triton_kernels"):
+            module.use_triton_kernels = True
+
+
+def default_attention_backend(device: torch.device, cpu_kernels_unfit: str | None) -> str:
+    """The fused C++ kernels on CPU where they fit, SDPA elsewhere on CPU; Triton on CUDA when
+    it is installed."""
+    if device.type == "cuda":
+        from sglang.srt.layers.triton_ops import available
+
+        return "triton" if available() else "torch_native"
+    return "torch_native" if cpu_kernels_unfit else "cpu"
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` -> cuda when available, else cpu."""
     if str(device) == "auto":
@@ -115,6 +137,8 @@ class ModelRunner:
         quantization: str | None = None,
         enable_torch_compile: bool = False,
         torch_compile_max_bs: int = 32,
+        disable_cuda_graph: bool = False,
+        cuda_graph_max_bs: int = DEFAULT_CUDA_GRAPH_MAX_BS,
     ) -> None:
         if load_format not in LOAD_FORMATS:
             raise ValueError(f"Unknown load format '{load_format}'; expected one of {LOAD_FORMATS}")
@@ -154,16 +178,31 @@ class ModelRunner:
             rows = gemm_min_rows(_core.cpu_isa())
             logger.info("Q5_K/Q6_K and bf16 quantized matmuls: the BLAS path from %s rows on", rows)
         unfit = self._cpu_kernels_unfit()
-        if attention_backend is None:  # the fused kernels on CPU where they fit, SDPA elsewhere
-            attention_backend = "torch_native" if unfit else "cpu"
+        if attention_backend is None:
+            attention_backend = default_attention_backend(self.device, unfit)
         self.attention_backend = canonical_backend(attention_backend)
         if self.attention_backend in CPU_ONLY and unfit:
             raise ValueError(
                 f"attention backend '{attention_backend}' cannot run this model: {unfit}"
             )
+        if self.attention_backend == "triton" and self.device.type != "cuda":
+            from sglang.srt.layers.triton_ops import interpreting
+
+            if not interpreting():
+                raise ValueError("attention backend 'triton' runs on CUDA (or TRITON_INTERPRET=1)")
         self.attn_backend = create_attention_backend(self.attention_backend)
         if self.attention_backend == "cpu":
             enable_cpu_kernels(self.model)
+        if self.device.type == "cuda" and self.attention_backend == "triton":
+            enable_gpu_kernels(self.model)
+        # Decode steps from CUDA graphs (captured in init_kv_pool, once the pool exists).
+        self.use_cuda_graph = (
+            self.device.type == "cuda"
+            and not disable_cuda_graph
+            and getattr(self.attn_backend, "supports_cuda_graph", False)
+        )
+        self.cuda_graph_max_bs = cuda_graph_max_bs
+        self.graph_runner: CudaGraphRunner | None = None
         if enable_torch_compile:
             compile_mlps(self.model, torch_compile_max_bs)
         self.kv_pool: KVPool | None = None
@@ -193,6 +232,9 @@ class ModelRunner:
             quantization=args.quantization,
             enable_torch_compile=args.enable_torch_compile,
             torch_compile_max_bs=args.torch_compile_max_bs,
+            disable_cuda_graph=args.disable_cuda_graph,
+            cuda_graph_max_bs=args.cuda_graph_max_bs
+            or min(DEFAULT_CUDA_GRAPH_MAX_BS, args.max_running_requests),
         )
 
     def _cpu_kernels_unfit(self) -> str | None:
@@ -243,6 +285,11 @@ class ModelRunner:
             self.dtype,
             self.device,
         )
+        if self.use_cuda_graph:
+            width = min(cfg.context_length, num_slots)
+            self.graph_runner = CudaGraphRunner(
+                self._forward_eager, self.cuda_graph_max_bs, width, self.device
+            )
         return self.kv_pool
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -253,6 +300,12 @@ class ModelRunner:
         """Run the model on one step; writes the batch's K/V into the pool."""
         if self.kv_pool is None:
             raise RuntimeError("init_kv_pool() must be called before forward()")
+        if self.graph_runner is not None and self.graph_runner.can_run(batch):
+            with torch.inference_mode():
+                return self.graph_runner.replay(batch)
+        return self._forward_eager(batch)
+
+    def _forward_eager(self, batch: ForwardBatch) -> LogitsOutput:
         batch.kv_pool = self.kv_pool
         batch.attn_backend = self.attn_backend
         with torch.inference_mode():

@@ -85,14 +85,23 @@ def _folder_format(folder: str) -> str:
 
 
 def init_dummy_weights(model: nn.Module, seed: int, std: float = 0.02) -> None:
-    """Seeded random weights: norms at 1, everything else N(0, std) (biases too)."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    """Seeded random weights: norms at 1, everything else N(0, std) (biases too). On CPU drawn in
+    float32 from a CPU generator; on a GPU drawn there, in the parameter's dtype (an 8B model
+    in seconds rather than minutes), from a generator on that device."""
+    generators: dict[torch.device, torch.Generator] = {}
     for name, param in model.named_parameters():
         if "norm" in name:
             param.data.fill_(1.0)
             continue
-        values = torch.randn(param.shape, generator=generator, dtype=torch.float32) * std
-        param.data.copy_(values)
+        device = param.device
+        if device not in generators:
+            generators[device] = torch.Generator(device=device).manual_seed(seed)
+        gen = generators[device]
+        if device.type == "cpu":
+            values = torch.randn(param.shape, generator=gen, dtype=torch.float32) * std
+            param.data.copy_(values)
+        else:
+            param.data.normal_(0.0, std, generator=gen)
 
 
 def load_model(

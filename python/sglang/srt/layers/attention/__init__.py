@@ -3,7 +3,8 @@
 ``torch_native``: SDPA over gathered K/V (CPU and CUDA; the reference). ``cpu``: the fused C++
 kernels (paged decode/extend attention reading K/V through the slot table, RoPE fused with the
 KV store); the default on CPU. ``intel_amx`` (SGLang's name for its CPU backend) is an alias of
-``cpu``.
+``cpu``. ``triton``: Triton kernels reading K/V through the slot table, RoPE fused with the KV
+store (the default on CUDA; CPU tensors only under ``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,17 @@ def _cpu_backend() -> Any:
     return CpuAttnBackend()
 
 
-BACKENDS = {"torch_native": TorchNativeAttnBackend, "cpu": _cpu_backend}
+def _triton_backend() -> Any:
+    from sglang.srt.layers.triton_ops import available
+
+    if not available():
+        raise ValueError("attention backend 'triton' needs the triton package (pip install triton)")
+    from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
+
+    return TritonAttnBackend()
+
+
+BACKENDS = {"torch_native": TorchNativeAttnBackend, "cpu": _cpu_backend, "triton": _triton_backend}
 CPU_ONLY = ("cpu",)
 
 
