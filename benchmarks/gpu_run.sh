@@ -11,6 +11,10 @@
 #   model-bench   bench_one_batch on the Llama-3-8B and Qwen2.5-0.5B shapes (benchmarks/model_shapes.py,
 #                 --load-format dummy, bf16), once per backend in $BENCH_BACKENDS (default: triton
 #                 torch_native); results appended to $OUT/bench_one_batch.jsonl
+#   engine-bench  the Llama-3-8B shape through the engine: bench_offline_throughput (256 prompts,
+#                 1024 in / 512 out) and bench_serving against launch_server (4 req/s, 1024 in /
+#                 256 out); needs tokenizer files (any HF tokenizer folder, default
+#                 .whl/tokenizer: the demo model's), results appended to $OUT/engine_bench.jsonl
 #   hf-baseline   ../shared/gpu/hf_baseline.py (or .whl/hf_baseline.py): HF transformers on the
 #                 same GPU, the baseline of model benchmarks
 #
@@ -23,7 +27,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(build gpu-tests bench server-tests model-bench hf-baseline)
+[ ${#stages[@]} -gt 0 ] || stages=(build gpu-tests bench server-tests model-bench engine-bench hf-baseline)
 export PYTHONUNBUFFERED=1
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site \
@@ -94,6 +98,35 @@ for stage in "${stages[@]}"; do
           --model-path "$shapes/qwen2.5-0.5b" --batch-size 1 --run-name "qwen2.5-0.5b $backend" \
           "${common[@]}"
       done ;;
+    engine-bench)
+      tok=${BENCH_TOKENIZER:-.whl/tokenizer}
+      if [ ! -f "$tok/tokenizer.json" ]; then
+        echo "engine_bench skipped: no tokenizer.json in $tok" | tee -a "$OUT/summary.txt"
+        continue
+      fi
+      shapes=$(mktemp -d)
+      python3 benchmarks/model_shapes.py "$shapes" "$tok" >/dev/null
+      model=(--model-path "$shapes/llama-3-8b" --load-format dummy --dtype bfloat16)
+      run offline_llama8b python3 -m sglang.bench_offline_throughput "${model[@]}" \
+        --num-prompts 256 --random-input-len 1024 --random-output-len 512 \
+        --random-range-ratio 1 --cuda-graph-max-bs 256 --output-file "$OUT/engine_bench.jsonl"
+      python3 -m sglang.launch_server "${model[@]}" --port 30000 > "$OUT/server.log" 2>&1 &
+      server=$!
+      python3 - <<'PY' || echo "server did not come up: see server.log"
+import time, urllib.request
+for _ in range(180):
+    try:
+        urllib.request.urlopen("http://localhost:30000/health", timeout=2)
+        break
+    except Exception:
+        time.sleep(1)
+PY
+      run serving_llama8b python3 -m sglang.bench_serving --backend sglang --port 30000 \
+        --dataset-name random --num-prompts 120 --random-input-len 1024 \
+        --random-output-len 256 --random-range-ratio 1 --request-rate 4 \
+        --output-file "$OUT/engine_bench.jsonl"
+      kill "$server"
+      wait "$server" 2>/dev/null ;;
     hf-baseline)
       script=../shared/gpu/hf_baseline.py
       [ -f "$script" ] || script=.whl/hf_baseline.py
