@@ -145,6 +145,8 @@ class ServerArgs:
         check(self.max_prefill_tokens >= 1, "--max-prefill-tokens must be at least 1")
         check(self.stream_interval >= 1, "--stream-interval must be at least 1")
         check(self.torch_compile_max_bs >= 1, "--torch-compile-max-bs must be at least 1")
+        check(self.cuda_graph_max_bs is None or self.cuda_graph_max_bs >= 1,
+              f"--cuda-graph-max-bs must be at least 1, got {self.cuda_graph_max_bs}")
         check(self.tp_size == 1 and self.dp_size == 1,
               "tensor and data parallelism (--tp-size/--dp-size > 1) are not supported yet")
         if self.reasoning_parser is not None:

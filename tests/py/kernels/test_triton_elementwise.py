@@ -59,7 +59,10 @@ def test_fused_add_rms_norm_updates_both_in_place(dtype: torch.dtype) -> None:
 
 
 def test_fused_add_rms_norm_rejects_mismatched_shapes() -> None:
-    x, residual = _rand(3, 8, dtype=torch.float32, seed=4), _rand(3, 16, dtype=torch.float32, seed=5)
+    x, residual = (
+        _rand(3, 8, dtype=torch.float32, seed=4),
+        _rand(3, 16, dtype=torch.float32, seed=5),
+    )
     with pytest.raises(ValueError, match="fused_add_rms_norm_"):
         _ops().fused_add_rms_norm_(x, residual, torch.ones(8, device=DEVICE), 1e-6)
 

@@ -47,6 +47,9 @@ def test_unfit_shapes_fall_back_or_fail_clearly(head_dim_8: Path) -> None:
         (["--attention-backend", "flashinfer"], "invalid choice"),
         (["--torch-compile-max-bs", "0"], "--torch-compile-max-bs must be at least 1"),
         (["--device", "cuda", "--attention-backend", "cpu"], "runs on the CPU only"),
+        (["--device", "cpu", "--attention-backend", "triton"], "runs on CUDA only"),
+        (["--cuda-graph-max-bs", "0"], "--cuda-graph-max-bs must be at least 1"),
+        (["--cuda-graph-max-bs", "two"], "invalid int value"),
     ],
 )
 def test_cpu_path_flags_are_validated(argv: list[str], message: str) -> None:

@@ -44,6 +44,25 @@ def test_triton_backend_needs_cuda_or_the_interpreter(
         ModelRunner(str(tiny_models["llama"]), dtype="float32", attention_backend="triton")
 
 
+def test_gpu_flags_parse_and_reach_the_runner() -> None:
+    import argparse
+
+    from sglang.srt.model_executor.model_runner import DEFAULT_CUDA_GRAPH_MAX_BS
+    from sglang.srt.server_args import ServerArgs
+
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    argv = ["--model-path", "m", "--device", "cuda", "--attention-backend", "triton",
+            "--disable-cuda-graph", "--cuda-graph-max-bs", "24"]  # fmt: skip
+    args = ServerArgs.from_cli_args(parser.parse_args(argv))
+    assert (args.attention_backend, args.disable_cuda_graph, args.cuda_graph_max_bs) == (
+        "triton", True, 24,
+    )  # fmt: skip
+    args = ServerArgs.from_cli_args(parser.parse_args(["--model-path", "m", "--device", "cuda"]))
+    assert args.attention_backend is None and not args.disable_cuda_graph
+    assert DEFAULT_CUDA_GRAPH_MAX_BS >= 8
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 SCHEDULES = [{}, {"page_size": 16, "chunked_prefill_size": 8}]
 
@@ -107,3 +126,49 @@ def test_bfloat16_graphs_on_off_identical_and_logprobs_close(
 # these models (measured): at most 0.22, on average 0.014-0.024. The GPU run must stay within
 # about twice that.
 BF16_MAX_DIFF, BF16_MEAN_DIFF = 0.5, 0.05
+
+
+def test_graph_buckets() -> None:
+    from sglang.srt.model_executor.cuda_graph_runner import bucket_for, graph_batch_sizes
+
+    assert graph_batch_sizes(1) == [1]
+    assert graph_batch_sizes(8) == [1, 2, 4, 8]
+    assert graph_batch_sizes(30) == [1, 2, 4, 8, 16, 24, 30]
+    assert graph_batch_sizes(160)[-3:] == [144, 152, 160]
+    with pytest.raises(ValueError, match="at least 1"):
+        graph_batch_sizes(0)
+    sizes = graph_batch_sizes(30)
+    assert [bucket_for(sizes, n) for n in (1, 3, 8, 9, 17, 25, 30, 31)] == [
+        1, 4, 8, 16, 24, 30, 30, None,
+    ]  # fmt: skip
+
+
+def test_static_inputs_pad_rows_to_the_padding_slot() -> None:
+    """What a replay of n requests in a larger bucket reads: the step's rows, then padding rows
+    that write slot 0 and attend over one key (checked on CPU tensors; the copies are the same
+    on a GPU)."""
+    from sglang.srt.model_executor.cuda_graph_runner import StaticDecodeInputs
+    from sglang.srt.model_executor.forward_batch import ForwardBatch, ForwardMode
+
+    inputs = StaticDecodeInputs(8, 16, torch.device("cpu"))
+    inputs.out_slots.fill_(99)  # stale values of an earlier, larger step
+    inputs.seq_lens.fill_(7)
+    i64 = lambda *v: torch.tensor(v, dtype=torch.int64)
+    i32 = lambda *v: torch.tensor(v, dtype=torch.int32)
+    table = torch.arange(40, dtype=torch.int32).view(4, 10)
+    step = ForwardBatch(
+        mode=ForwardMode.DECODE, batch_size=3, num_tokens=3, input_ids=i64(5, 6, 7),
+        positions=i64(2, 9, 4), out_slots=i64(12, 29, 34), req_pool_indices=i64(1, 2, 3),
+        seq_lens=i32(3, 10, 5), prefix_lens=i32(2, 9, 4), extend_lens=i32(1, 1, 1),
+        extend_start=i32(0, 1, 2, 3), logits_rows=i64(0, 1, 2), req_to_token=table,
+        req_pool_indices_cpu=[1, 2, 3], seq_lens_cpu=[3, 10, 5], prefix_lens_cpu=[2, 9, 4],
+        extend_start_cpu=[0, 1, 2, 3],
+    )  # fmt: skip
+    inputs.load(step, 4)
+    assert inputs.input_ids[:3].tolist() == [5, 6, 7]
+    assert inputs.out_slots[:4].tolist() == [12, 29, 34, 0]
+    assert inputs.seq_lens[:4].tolist() == [3, 10, 5, 1]
+    assert torch.equal(inputs.table[:3, :10], table[1:4])
+    batch = inputs.batch(4)
+    assert batch.batch_size == 4 and batch.req_to_token.shape == (4, 16)
+    assert batch.req_pool_indices.tolist() == [0, 1, 2, 3]

@@ -17,6 +17,7 @@ Kernels: ``sglang.srt.layers.triton_ops``.
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,7 +58,7 @@ class TritonAttnBackend:
         max_extend = 0
         if not batch.is_decode:
             starts = batch.extend_start_cpu
-            max_extend = max((b - a for a, b in zip(starts, starts[1:])), default=0)
+            max_extend = max((b - a for a, b in itertools.pairwise(starts)), default=0)
         batch.attn_metadata = TritonAttnMetadata(batch.req_pool_indices, max_extend)
 
     def forward(
@@ -111,7 +112,9 @@ class TritonAttnBackend:
         if batch.is_decode:
             device = None
             if q.device.type == "cuda":
-                device = q.device.index if q.device.index is not None else torch.cuda.current_device()
+                device = (
+                    q.device.index if q.device.index is not None else torch.cuda.current_device()
+                )
             splits = ops.decode_splits(batch.batch_size, layer.num_kv_heads, _num_sms(device))
             ops.decode_attention(
                 q, k_cache, v_cache, batch.req_to_token, meta.row_index, batch.seq_lens,

@@ -22,7 +22,7 @@ def available() -> bool:
     """Whether ``triton`` imports (the kernels' modules import it at their top)."""
     try:
         import triton  # noqa: F401
-    except Exception:  # ImportError, or a broken install failing at import time
+    except Exception:  # noqa: BLE001 (ImportError, or a broken install failing at import)
         return False
     return True
 
