@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from sglang import _core
+from sglang.srt.layers.attention.base import PagedAttnBackend
 
 if TYPE_CHECKING:
     from sglang.srt.layers.radix_attention import RadixAttention
@@ -57,7 +58,7 @@ def _index(t: torch.Tensor, name: str, dtype: torch.dtype) -> torch.Tensor:
     return t.contiguous()
 
 
-class CpuAttnBackend:
+class CpuAttnBackend(PagedAttnBackend):
     """Stateless apart from the per-step metadata stored on the ForwardBatch."""
 
     fuses_rope = True
@@ -98,19 +99,6 @@ class CpuAttnBackend:
             rope=(positions.data_ptr(), out_slots.data_ptr(), batch.num_tokens),
             tensors=tensors,
         )
-
-    def forward(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        layer: RadixAttention,
-        batch: ForwardBatch,
-    ) -> torch.Tensor:
-        """q [T, H, D] and k/v [T, KVH, D], already rotated -> attention output [T, H * D]."""
-        pool = self._pool(batch)
-        pool.set_kv(layer.layer_id, batch.out_slots, k, v)
-        return self._attend(q, pool, layer, batch)
 
     def forward_rope(
         self,
@@ -164,17 +152,8 @@ class CpuAttnBackend:
         )
         return self._attend(q, pool, layer, batch)
 
-    def _pool(self, batch: ForwardBatch) -> KVPool:
-        pool = batch.kv_pool
-        if pool is None:
-            raise RuntimeError("ForwardBatch has no KV pool (run it through ModelRunner)")
-        if batch.attn_metadata is None:
-            self.init_forward_metadata(batch)
-        return pool
-
-    @staticmethod
     def _attend(
-        q: torch.Tensor, pool: KVPool, layer: RadixAttention, batch: ForwardBatch
+        self, q: torch.Tensor, pool: KVPool, layer: RadixAttention, batch: ForwardBatch
     ) -> torch.Tensor:
         meta: CpuAttnMetadata = batch.attn_metadata
         k_cache, v_cache = pool.get_kv(layer.layer_id)

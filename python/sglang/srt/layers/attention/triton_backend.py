@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from sglang.srt.layers.attention.base import PagedAttnBackend
 from sglang.srt.layers.triton_ops import attention as ops
 from sglang.srt.layers.triton_ops.elementwise import rope_kv_store_
 
@@ -48,7 +49,7 @@ def _num_sms(device_index: int | None) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-class TritonAttnBackend:
+class TritonAttnBackend(PagedAttnBackend):
     """Stateless apart from the per-step metadata stored on the ForwardBatch."""
 
     fuses_rope = True
@@ -60,19 +61,6 @@ class TritonAttnBackend:
             starts = batch.extend_start_cpu
             max_extend = max((b - a for a, b in itertools.pairwise(starts)), default=0)
         batch.attn_metadata = TritonAttnMetadata(batch.req_pool_indices, max_extend)
-
-    def forward(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        layer: RadixAttention,
-        batch: ForwardBatch,
-    ) -> torch.Tensor:
-        """q [T, H, D] and k/v [T, KVH, D], already rotated -> attention output [T, H * D]."""
-        pool = self._pool(batch)
-        pool.set_kv(layer.layer_id, batch.out_slots, k, v)
-        return self._attend(q, pool, layer, batch)
 
     def forward_rope(
         self,
@@ -93,17 +81,8 @@ class TritonAttnBackend:
         )
         return self._attend(q, pool, layer, batch)
 
-    def _pool(self, batch: ForwardBatch) -> KVPool:
-        pool = batch.kv_pool
-        if pool is None:
-            raise RuntimeError("ForwardBatch has no KV pool (run it through ModelRunner)")
-        if batch.attn_metadata is None:
-            self.init_forward_metadata(batch)
-        return pool
-
-    @staticmethod
     def _attend(
-        q: torch.Tensor, pool: KVPool, layer: RadixAttention, batch: ForwardBatch
+        self, q: torch.Tensor, pool: KVPool, layer: RadixAttention, batch: ForwardBatch
     ) -> torch.Tensor:
         meta: TritonAttnMetadata = batch.attn_metadata
         k_cache, v_cache = pool.get_kv(layer.layer_id)

@@ -32,6 +32,34 @@ MAX_DECODE_SPLITS = 16
 
 
 @triton.jit
+def _attend_keys(
+    q, m, denom, acc, K, V, table_row, n, n_mask, visible, kv_head,
+    stride_kt, stride_kh, stride_vt, stride_vh, d, d_mask, scale,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One block of keys ``n`` (table positions; ``n_mask`` in range) for a tile of queries:
+    reads K/V through ``table_row``, scores them against q [rows, D], keeps the scores where
+    ``visible`` [rows, keys] and folds them into the online-softmax state (m, denom, acc)."""
+    slots = tl.load(table_row + n, mask=n_mask, other=0).to(tl.int64)
+    kv_mask = n_mask[:, None] & d_mask[None, :]
+    k = tl.load(K + slots[:, None] * stride_kt + kv_head * stride_kh + d[None, :],
+                mask=kv_mask, other=0.0)  # fmt: skip
+    v = tl.load(V + slots[:, None] * stride_vt + kv_head * stride_vh + d[None, :],
+                mask=kv_mask, other=0.0)  # fmt: skip
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    s = tl.dot(q.to(k.dtype), tl.trans(k), input_precision=PRECISION) * scale
+    s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, 1))
+    alpha = tl.exp(m - m_new)
+    p = tl.exp(s - m_new[:, None])
+    denom = denom * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, denom, acc
+
+
+@triton.jit
 def _decode_stage1(
     Q, K, V, Table, RowIndex, SeqLens, MidO, MidLse,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_table,
@@ -65,23 +93,11 @@ def _decode_stage1(
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_mask = n < end
-        slots = tl.load(Table + row * stride_table + n, mask=n_mask, other=0).to(tl.int64)
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(K + slots[:, None] * stride_kt + kv_head * stride_kh + d[None, :],
-                    mask=kv_mask, other=0.0)  # fmt: skip
-        v = tl.load(V + slots[:, None] * stride_vt + kv_head * stride_vh + d[None, :],
-                    mask=kv_mask, other=0.0)  # fmt: skip
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        s = tl.dot(q.to(k.dtype), tl.trans(k), input_precision=PRECISION) * scale
-        s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        alpha = tl.exp(m - m_new)
-        p = tl.exp(s - m_new[:, None])
-        denom = denom * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m = m_new
+        m, denom, acc = _attend_keys(
+            q, m, denom, acc, K, V, Table + row * stride_table, n, n_mask, n_mask[None, :],
+            kv_head, stride_kt, stride_kh, stride_vt, stride_vh, d, d_mask, scale,
+            UPCAST, PRECISION,
+        )  # fmt: skip
 
     mid = (b * NUM_HEADS + heads) * NUM_SPLITS + split  # [B, H, NUM_SPLITS] scratch rows
     o_mask = h_mask[:, None] & d_mask[None, :]
@@ -149,27 +165,16 @@ def _extend_fwd(
     m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     denom = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    visible = tl.minimum(seq_len, prefix + (block + 1) * BLOCK_M)  # keys the last query sees
-    for n0 in range(0, visible, BLOCK_N):
+    last_key = tl.minimum(seq_len, prefix + (block + 1) * BLOCK_M)  # keys the last query sees
+    for n0 in range(0, last_key, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = n < visible
-        slots = tl.load(Table + row * stride_table + n, mask=n_mask, other=0).to(tl.int64)
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(K + slots[:, None] * stride_kt + kv_head * stride_kh + d[None, :],
-                    mask=kv_mask, other=0.0)  # fmt: skip
-        v = tl.load(V + slots[:, None] * stride_vt + kv_head * stride_vh + d[None, :],
-                    mask=kv_mask, other=0.0)  # fmt: skip
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        s = tl.dot(q.to(k.dtype), tl.trans(k), input_precision=PRECISION) * scale
-        s = tl.where(n_mask[None, :] & (n[None, :] <= q_pos[:, None]), s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        alpha = tl.exp(m - m_new)
-        p = tl.exp(s - m_new[:, None])
-        denom = denom * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m = m_new
+        n_mask = n < last_key
+        causal = n_mask[None, :] & (n[None, :] <= q_pos[:, None])
+        m, denom, acc = _attend_keys(
+            q, m, denom, acc, K, V, Table + row * stride_table, n, n_mask, causal,
+            kv_head, stride_kt, stride_kh, stride_vt, stride_vh, d, d_mask, scale,
+            UPCAST, PRECISION,
+        )  # fmt: skip
     out = acc / denom[:, None]
     tl.store(Out + q_rows[:, None] * stride_ot + h * stride_oh + d[None, :],
              out.to(Out.dtype.element_ty), mask=i_mask[:, None] & d_mask[None, :])  # fmt: skip

@@ -101,16 +101,29 @@ def _rows(x: torch.Tensor, name: str) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
 
 
+def _launch_rms_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    out: torch.Tensor,
+    eps: float,
+) -> None:
+    """One program per row of the 2-D ``x``; ``residual`` (updated in place) when fused."""
+    if x.shape[0] == 0:
+        return
+    block = triton.next_power_of_2(x.shape[1])
+    res = x if residual is None else residual
+    _rms_norm[(x.shape[0],)](
+        x, res, weight, out, x.stride(0), res.stride(0), out.stride(0), x.shape[1], eps,
+        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=_warps(block),
+    )  # fmt: skip
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``norm(x) * weight`` over the last dimension, any leading dims; a new tensor."""
     rows = _rows(x, "rms_norm")
     out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
-    if rows.shape[0]:
-        block = triton.next_power_of_2(rows.shape[1])
-        _rms_norm[(rows.shape[0],)](
-            rows, rows, weight, out, rows.stride(0), rows.stride(0), out.stride(0),
-            rows.shape[1], eps, HAS_RESIDUAL=False, BLOCK=block, num_warps=_warps(block),
-        )  # fmt: skip
+    _launch_rms_norm(rows, None, weight, out, eps)
     return out.view(x.shape)
 
 
@@ -120,12 +133,7 @@ def fused_add_rms_norm_(
     """In place: ``residual += x`` (in the dtype), ``x = norm(residual) * weight``. [T, N]."""
     if x.dim() != 2 or x.shape != residual.shape or x.stride(1) != 1 or residual.stride(1) != 1:
         raise ValueError("fused_add_rms_norm_ needs two [tokens, hidden] row-major tensors")
-    if x.shape[0]:
-        block = triton.next_power_of_2(x.shape[1])
-        _rms_norm[(x.shape[0],)](
-            x, residual, weight, x, x.stride(0), residual.stride(0), x.stride(0),
-            x.shape[1], eps, HAS_RESIDUAL=True, BLOCK=block, num_warps=_warps(block),
-        )  # fmt: skip
+    _launch_rms_norm(x, residual, weight, x, eps)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
