@@ -61,7 +61,8 @@ def test_no_route_answers_5xx_or_hangs(case, fuzz_server: str) -> None:
 def test_fuzzing_covered_the_schema_and_left_the_engine_clean(fuzz_server: str) -> None:
     paths = {p for _, p, _ in CASES}
     assert len(CASES) >= MIN_CASES, collections.Counter((m, p) for m, p, _ in CASES)
-    assert {"/generate", "/tokenize", "/detokenize", "/abort_request", "/v1/completions",
+    assert {"/generate", "/encode", "/tokenize", "/detokenize", "/abort_request",
+            "/v1/completions",
             "/v1/chat/completions", "/v1/embeddings", "/v1/messages",
             "/v1/messages/count_tokens"} <= paths
     for path in ("/generate", "/v1/completions", "/v1/chat/completions", "/v1/messages"):

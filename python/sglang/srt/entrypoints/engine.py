@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from sglang.srt.managers.io_struct import GenerateReqInput
+from sglang.srt.managers.io_struct import EmbeddingReqInput, GenerateReqInput
 from sglang.srt.managers.tokenizer_manager import ReqState, RequestFailed, TokenizerManager
 from sglang.srt.server_args import ServerArgs
 
@@ -145,6 +145,29 @@ class Engine:
             yield item
 
     # ---- management ------------------------------------------------------------------------------
+    async def _encode(self, obj: EmbeddingReqInput) -> Any:
+        tm = self.tokenizer_manager
+        states, is_list = await tm.encode(obj)
+        try:
+            for s in states:
+                await tm.wait(s)
+                s.raise_if_failed()
+            results = [tm.embedding_response(s) for s in states]
+        finally:
+            await self._cleanup(states)
+        return results if is_list else results[0]
+
+    def encode(self, prompt: Any = None, image_data: Any = None, dimensions: int | None = None,
+               input_ids: Any = None, rid: Any = None) -> Any:
+        """Embeddings (an ``is_embedding=True`` engine): ``{"embedding", "meta_info"}`` for one
+        input, a list for a list of inputs. ValueError for an invalid request."""
+        obj = EmbeddingReqInput(text=prompt, input_ids=input_ids, image_data=image_data,
+                                dimensions=dimensions, rid=rid)
+        try:
+            return self._call(self._encode(obj))
+        except RequestFailed as exc:
+            raise ValueError(exc.message) from exc
+
     def flush_cache(self) -> bool:
         return self._call(self.tokenizer_manager.flush_cache())
 

@@ -159,6 +159,19 @@ async def wait_all(tm: TokenizerManager, states: list[ReqState], request: Reques
     return True
 
 
+async def encode_states(tm: TokenizerManager, obj: Any, request: Request
+                        ) -> tuple[list[ReqState], bool]:
+    """Submits an embedding request (``EmbeddingReqInput``) and waits for every input's vector;
+    returns the finished states and whether the reply is a list. ValueError / RequestFailed /
+    EngineDeadError as ``TokenizerManager.encode`` and ``wait_all`` raise them."""
+    states, is_list = await tm.encode(obj)
+    try:
+        await wait_all(tm, states, request)
+    finally:
+        await abort_unfinished(tm, states)
+    return states, is_list
+
+
 async def abort_unfinished(tm: TokenizerManager, states: list[ReqState]) -> None:
     """Aborts what has not finished and forgets every state (routes call it in ``finally``)."""
     for s in states:

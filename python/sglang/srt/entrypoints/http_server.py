@@ -36,6 +36,7 @@ from sglang.srt.entrypoints.http_common import (
     e1,
     e3,
     e4,
+    encode_states,
     failed_reply,
     merged,
     parse_body,
@@ -55,6 +56,7 @@ from sglang.srt.entrypoints.openapi import (
 from sglang.srt.managers.io_struct import (
     AbortReqInput,
     DetokenizeReqInput,
+    EmbeddingReqInput,
     GenerateReqInput,
     TokenizeReqInput,
 )
@@ -188,6 +190,25 @@ async def _stream(tm: TokenizerManager, states: list[ReqState], is_list: bool
     yield SSE_DONE
 
 
+# ---- embeddings ----------------------------------------------------------------------------------
+@app.api_route("/encode", methods=["POST", "PUT"],
+               openapi_extra={"requestBody": body_schema(EmbeddingReqInput)})
+async def encode(request: Request) -> Response:
+    """Embeddings of one input or a batch (an --is-embedding server)."""
+    tm = _tm()
+    obj = await parse_body(request, EmbeddingReqInput, {"max_batch_size": tm.args.max_batch_size})
+    try:
+        states = await encode_states(tm, obj, request)
+    except ValueError as exc:
+        return e1(str(exc))
+    except RequestFailed as exc:
+        return failed_reply(exc)
+    except EngineDeadError as exc:
+        return e4(str(exc), 503)
+    results = [tm.embedding_response(s) for s in states[0]]
+    return ORJSONResponse(results if states[1] else results[0])
+
+
 # ---- health, info, cache -------------------------------------------------------------------------
 @app.get("/health")
 @app.get("/health_generate")
@@ -199,9 +220,13 @@ async def health() -> Response:
     if tm.status != "ready" or tm.engine_dead:
         return Response(status_code=503, headers=retry_headers(503))
     start = time.time()
-    obj = GenerateReqInput(input_ids=[0], sampling_params={"max_new_tokens": 1, "temperature": 0})
     try:
-        states, _ = await tm.generate(obj, internal=True)
+        if tm.info.is_embedding:
+            states, _ = await tm.encode(EmbeddingReqInput(input_ids=[0]), internal=True)
+        else:
+            obj = GenerateReqInput(input_ids=[0],
+                                   sampling_params={"max_new_tokens": 1, "temperature": 0})
+            states, _ = await tm.generate(obj, internal=True)
     except (ValueError, EngineDeadError, RequestFailed):
         return Response(status_code=503, headers=retry_headers(503))
     state = states[0]
@@ -435,12 +460,15 @@ def _warmup(args: ServerArgs) -> None:
         except requests.RequestException:
             time.sleep(0.5)
     try:
-        payload: dict[str, Any] = {"sampling_params": {"max_new_tokens": 8, "temperature": 0}}
+        payload: dict[str, Any] = {}
+        if not args.is_embedding:
+            payload["sampling_params"] = {"max_new_tokens": 8, "temperature": 0}
         if args.skip_tokenizer_init:
             payload["input_ids"] = [10, 11, 12]
         else:
             payload["text"] = "The capital city of France is"
-        r = requests.post(f"{url}/generate", json=payload, headers=headers, timeout=600)
+        route = "/encode" if args.is_embedding else "/generate"
+        r = requests.post(f"{url}{route}", json=payload, headers=headers, timeout=600)
         if r.status_code == 200:
             logger.info("The server is fired up and ready to roll!")
         else:

@@ -61,9 +61,14 @@ def run_engine_process(server_args: ServerArgs, ipc_in: str, ipc_out: str, ready
     )
     parent = os.getppid()
     try:
-        from sglang.srt.managers.engine_core import EngineCore
+        if server_args.is_embedding:
+            from sglang.srt.managers.embedding_core import EmbeddingEngineCore
 
-        engine = EngineCore(server_args)
+            engine: Any = EmbeddingEngineCore(server_args)
+        else:
+            from sglang.srt.managers.engine_core import EngineCore
+
+            engine = EngineCore(server_args)
     except Exception as exc:  # report any start-up failure to the parent, clearly
         logger.error("engine start-up failed:\n%s", traceback.format_exc())
         ready_conn.send(("error", f"{type(exc).__name__}: {exc}"))

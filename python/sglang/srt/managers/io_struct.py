@@ -307,6 +307,101 @@ def _token_ids_item(value: Any, i: int, batch_size: int) -> list[int] | None:
     return list(value)
 
 
+# Fields of SGLang's /encode that this server does not implement yet (a 400 when set).
+EMBEDDING_UNSUPPORTED_FIELDS = {
+    "image_data": "image inputs (no multimodal model is supported yet)",
+    "video_data": "video inputs (no multimodal model is supported yet)",
+    "audio_data": "audio inputs (no multimodal model is supported yet)",
+    "lora_path": "LoRA adapters",
+    "priority": "priority scheduling",
+    "is_cross_encoder_request": "cross-encoder (rerank) requests",
+}
+IS_EMBEDDING_NEEDED = (
+    "This model does not appear to be an embedding model by default. "
+    "Please add `--is-embedding` when launching the server or try another model."
+)
+IS_GENERATION_NEEDED = (
+    "This model is served as an embedding model (--is-embedding): it does not generate text. "
+    "Use /encode or /v1/embeddings, or launch the server without `--is-embedding`."
+)
+
+
+class EmbeddingReqInput(BaseModel):
+    """The /encode body (also what /v1/embeddings is translated into)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    text: Optional[Union[list[str], str]] = None
+    input_ids: Optional[TokenIds] = None
+    rid: Optional[Union[list[str], str]] = None
+    dimensions: Optional[int] = None
+    sampling_params: Optional[Any] = None  # accepted and ignored, as in SGLang
+    log_metrics: bool = True
+    # Not supported yet (EMBEDDING_UNSUPPORTED_FIELDS): declared so that setting one is a 400.
+    image_data: Optional[Any] = None
+    video_data: Optional[Any] = None
+    audio_data: Optional[Any] = None
+    lora_path: Optional[Any] = None
+    priority: Optional[Any] = None
+    is_cross_encoder_request: Optional[bool] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_large_lists(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict):
+            limit = (info.context or {}).get("max_batch_size")
+            if limit is not None:
+                _check_batch_size(data, limit)
+            _check_nested(data.get("input_ids"), "input_ids", _is_int, "an integer", depth=2)
+            text = data.get("text")
+            if isinstance(text, list):
+                if text and isinstance(text[0], list):
+                    raise ValueError("Text pairs ([[query, document], ...]) are cross-encoder "
+                                     "requests, which are not supported by this server yet.")
+                _check_nested(text, "text", lambda v: isinstance(v, str), "a string", depth=1)
+        return data
+
+    def unsupported_fields(self) -> list[str]:
+        return [n for n in EMBEDDING_UNSUPPORTED_FIELDS if _is_set(getattr(self, n))]
+
+    def normalize(self) -> tuple[list[SingleGenerateReq], bool]:
+        """One item per input (text or token ids) and whether the reply is a list."""
+        if self.text is None and self.input_ids is None:
+            raise ValueError("Either text or input_ids should be provided.")
+        if self.dimensions is not None and self.dimensions < 1:
+            raise ValueError("Requested dimensions must be greater than 0")
+        if self.input_ids is not None:
+            ids = self.input_ids
+            is_batch = bool(ids) and isinstance(ids[0], list)
+            items = [list(i) for i in ids] if is_batch else [list(ids)]
+            if not ids or any(len(i) == 0 for i in items):
+                raise ValueError("input_ids cannot be empty.")
+            prompts = [{"input_ids": i} for i in items]
+        else:
+            is_batch = isinstance(self.text, list)
+            texts = self.text if is_batch else [self.text]
+            if is_batch and not texts:
+                raise ValueError("Either text or input_ids should be provided.")
+            prompts = [{"text": t} for t in texts]
+        rids = self._rids(len(prompts), is_batch)
+        return [
+            SingleGenerateReq(rid=rids[i], text=p.get("text"), input_ids=p.get("input_ids"),
+                              index=i, prompt_index=i)
+            for i, p in enumerate(prompts)
+        ], is_batch
+
+    def _rids(self, count: int, is_batch: bool) -> list[str]:
+        if self.rid is None:
+            return [uuid.uuid4().hex for _ in range(count)]
+        if isinstance(self.rid, str):
+            if is_batch:
+                raise ValueError("The rid should be a list for batch requests.")
+            return [self.rid]
+        if len(self.rid) != count:
+            raise ValueError("The length of rid should be equal to the batch size.")
+        return list(self.rid)
+
+
 class AbortReqInput(BaseModel):
     """The /abort_request body."""
 
@@ -408,6 +503,8 @@ class TokenizedGenerateReq:
     # Radix-cache namespace: requests only share cached prefixes within one namespace
     # (input_embeds requests get one per embedding content, their token ids being placeholders).
     cache_namespace: str = ""
+    # An embedding request (--is-embedding servers): keep this many leading features (None: all).
+    dimensions: int | None = None
 
 
 @dataclasses.dataclass
@@ -450,6 +547,7 @@ class ReqOutput:
     input_top_logprobs: list[list[tuple[float, int]] | None] | None = None
     input_token_ids_logprobs: list[list[tuple[float, int]] | None] | None = None
     hidden_states: list[Any] | None = None
+    embedding: list[float] | None = None  # the pooled vector of an embedding request
 
 
 @dataclasses.dataclass
@@ -494,3 +592,5 @@ class EngineReady:
     dtype: str
     memory_usage: dict[str, float]
     generation_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    is_embedding: bool = False  # an --is-embedding engine: /encode, no generation
+    matryoshka: bool = False  # the embedding model accepts ``dimensions``

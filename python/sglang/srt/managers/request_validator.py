@@ -18,7 +18,9 @@ import numpy as np
 from sglang import _core
 from sglang.srt.constrained.base_grammar_backend import check_grammar_supported, grammar_key
 from sglang.srt.managers.io_struct import (
+    EMBEDDING_UNSUPPORTED_FIELDS,
     UNSUPPORTED_FIELDS,
+    EmbeddingReqInput,
     EngineReady,
     GenerateReqInput,
     SingleGenerateReq,
@@ -27,7 +29,6 @@ from sglang.srt.managers.stop_checker import compile_stop_regex
 from sglang.srt.sampling.custom_logit_processor import load_custom_logit_processor
 from sglang.srt.sampling.sampling_params import SamplingLimits, SamplingParams
 from sglang.srt.server_args import ServerArgs
-
 
 RID_MAX_CHARS = 1024
 # Text reaching the tokenizer is at most this many times (context length x longest token) long:
@@ -79,6 +80,46 @@ class RequestValidator:
             raise ValueError(f"The request asks for {items} generations (prompts x n), more than "
                              f"the server's limit of {self.args.max_batch_size} "
                              "(--max-batch-size).")
+
+    def check_embedding_request(self, obj: EmbeddingReqInput) -> None:
+        """Rules on an /encode body: fields not supported yet, one input kind, request ids, the
+        batch size and ``dimensions`` (Matryoshka models only, at most the hidden size)."""
+        unsupported = obj.unsupported_fields()
+        if unsupported:
+            name = unsupported[0]
+            raise ValueError(f"{name} is not supported by this server yet: it needs "
+                             f"{EMBEDDING_UNSUPPORTED_FIELDS[name]}. Remove the field.")
+        if obj.text is not None and obj.input_ids is not None:
+            raise ValueError("Only one of text or input_ids may be provided, got text and "
+                             "input_ids.")
+        for rid in obj.rid if isinstance(obj.rid, list) else [obj.rid]:
+            if rid is not None and not 0 < len(rid) <= RID_MAX_CHARS:
+                raise ValueError(f"rid must be a non-empty string of at most {RID_MAX_CHARS} "
+                                 f"characters, got {len(rid)} characters.")
+        items = len(obj.text) if isinstance(obj.text, list) else (
+            len(obj.input_ids) if obj.input_ids and isinstance(obj.input_ids[0], list) else 1)
+        if items > self.args.max_batch_size:
+            raise ValueError(f"The request holds {items} inputs, more than the server's limit "
+                             f"of {self.args.max_batch_size} (--max-batch-size).")
+        if obj.dimensions is not None:
+            if obj.dimensions < 1:
+                raise ValueError("Requested dimensions must be greater than 0")
+            if not self.info.matryoshka:
+                raise ValueError(f"Model '{self.args.model_path}' does not support matryoshka "
+                                 "representation, changing output dimensions will lead to poor "
+                                 "results.")
+            if obj.dimensions > self.info.hidden_size:
+                raise ValueError("Provided dimensions are greater than max embedding dimension: "
+                                 f"{self.info.hidden_size}")
+
+    def check_embedding_prompt(self, input_ids: list[int]) -> None:
+        """An embedding input: not empty, at most the model's length, ids in the vocabulary."""
+        if not input_ids:
+            raise ValueError("The input cannot be empty.")
+        if len(input_ids) > self.info.context_length:
+            raise ValueError(f"The input ({len(input_ids)} tokens) is longer than the model's "
+                             f"context length ({self.info.context_length} tokens).")
+        self.check_token_ids("Input token id", input_ids)
 
     def check_text(self, text: str) -> None:
         """Refuses, without tokenizing it, text too long to fit the context in any tokenization."""

@@ -71,6 +71,19 @@ class ResponseBuilder:
         out["meta_info"] = meta
         return out
 
+    def embedding_response(self, state: ReqState) -> dict[str, Any]:
+        """The /encode reply object of a finished embedding request."""
+        finish = state.finish_reason
+        meta = {
+            "id": state.rid,
+            "finish_reason": None if finish is None else finish.to_json(),
+            "prompt_tokens": state.prompt_tokens,
+            "weight_version": self.weight_version,
+            "num_retractions": state.num_retractions,
+            "e2e_latency": time.time() - state.created,
+        }
+        return {"embedding": state.embedding, "meta_info": meta}
+
     def _add_logprobs(self, state: ReqState, meta: dict[str, Any], start: int) -> None:
         single = state.single
         with_text = single.return_text_in_logprobs and self.tokenizer is not None

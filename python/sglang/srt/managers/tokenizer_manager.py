@@ -19,7 +19,10 @@ from typing import Any
 from sglang.srt.managers.detokenizer import IncrementalDetokenizer
 from sglang.srt.managers.engine_client import EngineClient, EngineDeadError
 from sglang.srt.managers.io_struct import (
+    IS_EMBEDDING_NEEDED,
+    IS_GENERATION_NEEDED,
     BatchTokenOut,
+    EmbeddingReqInput,
     FlushCacheReq,
     FlushCacheResp,
     GenerateReqInput,
@@ -281,6 +284,8 @@ class TokenizerManager:
         (503) while the engine cannot serve; RequestFailed when the n > 1 prefill fails.
         ``internal``: the server's own request (health checks), left out of the metrics."""
         self.check_serving()
+        if self.info.is_embedding:
+            raise ValueError(IS_GENERATION_NEEDED)
         self.validator.check_request(obj)
         singles, is_list = obj.normalize()
         for single in singles:
@@ -292,6 +297,41 @@ class TokenizerManager:
             state.internal = internal
         if singles and singles[0].parallel_sample_num > 1:
             await self._prefill_shared_prompts(prepared)
+        for state, _ in prepared:
+            self.rid_to_state[state.rid] = state
+        try:
+            await self.engine.send([req for _, req in prepared])
+        except EngineDeadError:
+            for state, _ in prepared:
+                self.rid_to_state.pop(state.rid, None)
+            raise
+        return [state for state, _ in prepared], is_list
+
+    async def encode(self, obj: EmbeddingReqInput,
+                     internal: bool = False) -> tuple[list[ReqState], bool]:
+        """Validates and submits every input of an /encode request; returns their states (each
+        finishes with its ``embedding``). ValueError (400) for an invalid request or a server
+        that does not serve embeddings, before anything is sent."""
+        self.check_serving()
+        if not self.info.is_embedding:
+            raise ValueError(IS_EMBEDDING_NEEDED)
+        self.validator.check_embedding_request(obj)
+        singles, is_list = obj.normalize()
+        for single in singles:
+            if single.text is not None:
+                self.validator.check_text(single.text)
+            if single.rid in self.rid_to_state:
+                raise ValueError(f"Duplicate request ID: {single.rid}")
+        prompts = await self.run_tokenizer(self._tokenize_prompts, singles)
+        prepared = []
+        for single in singles:
+            ids = prompts[single.prompt_index][0]
+            self.validator.check_embedding_prompt(ids)
+            sampling = SamplingParams(max_new_tokens=0)
+            state = ReqState(single=single, sampling=sampling, prompt_tokens=len(ids),
+                             detok=None, created=time.time(), internal=internal)
+            prepared.append((state, TokenizedGenerateReq(
+                rid=single.rid, input_ids=ids, sampling=sampling, dimensions=obj.dimensions)))
         for state, _ in prepared:
             self.rid_to_state[state.rid] = state
         try:
@@ -360,6 +400,9 @@ class TokenizerManager:
     def response(self, state: ReqState) -> dict[str, Any]:
         return self.builder.response(state)
 
+    def embedding_response(self, state: ReqState) -> dict[str, Any]:
+        return self.builder.embedding_response(state)
+
 
 def _apply_output(state: ReqState, out: ReqOutput) -> None:
     """Adds one engine output's tokens, logprobs and hidden states to its request."""
@@ -374,6 +417,8 @@ def _apply_output(state: ReqState, out: ReqOutput) -> None:
         state.output_token_ids_logprobs.extend(out.output_token_ids_logprobs)
     if out.hidden_states:
         state.hidden_states.extend(out.hidden_states)
+    if out.embedding is not None:
+        state.embedding = out.embedding
     if out.input_token_logprobs:
         state.input_token_logprobs = out.input_token_logprobs
         state.input_top_logprobs = out.input_top_logprobs or []

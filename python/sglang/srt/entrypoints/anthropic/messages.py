@@ -41,7 +41,7 @@ from sglang.srt.entrypoints.http_common import (
     validation_message,
 )
 from sglang.srt.entrypoints.openai import chat
-from sglang.srt.entrypoints.openai.common import OpenAIError
+from sglang.srt.entrypoints.openai.common import OpenAIError, check_generation_server
 from sglang.srt.entrypoints.openapi import body_schema
 from sglang.srt.managers.tokenizer_manager import RequestFailed, TokenizerManager
 
@@ -117,6 +117,7 @@ async def create_message(raw_request: Request) -> Response:
 async def serve_message(tm: TokenizerManager, req: MessagesRequest, raw_request: Request
                         ) -> Response:
     """The message (non-streaming) or the SSE stream of its events."""
+    check_generation_server(tm)
     chat_req = chat_request(openai_body(req))
     if req.stream:
         translator = StreamTranslator(req, await prompt_tokens(tm, chat_req))

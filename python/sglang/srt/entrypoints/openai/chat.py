@@ -23,6 +23,7 @@ from sglang.srt.entrypoints.http_common import abort_unfinished, merged, wait_al
 from sglang.srt.entrypoints.openai.chat_template import ChatTemplate
 from sglang.srt.entrypoints.openai.common import (
     OpenAIError,
+    check_generation_server,
     finish_reason,
     include_usage,
     metadata,
@@ -198,6 +199,7 @@ class ChatCompletionRequest(BaseModel):
 # ---- validation --------------------------------------------------------------------------------
 def check_request(tm: TokenizerManager, req: ChatCompletionRequest) -> None:
     """The field rules that need no prompt (OpenAIError naming the field)."""
+    check_generation_server(tm)
     extra = req.model_extra or {}
     for name, what in UNSUPPORTED_FIELDS.items():
         if extra.get(name) is not None:

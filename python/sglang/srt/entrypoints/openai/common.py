@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import Request
 
 from sglang.srt.entrypoints.http_common import ORJSONResponse, e3, e3_body
-from sglang.srt.managers.io_struct import GenerateReqInput
+from sglang.srt.managers.io_struct import IS_GENERATION_NEEDED, GenerateReqInput
 from sglang.srt.managers.tokenizer_manager import (
     EngineDeadError,
     ReqState,
@@ -57,6 +57,12 @@ def _kind(status_code: int) -> str:
 def stream_error_event(exc: RequestFailed) -> dict[str, Any]:
     """E9: ``{"error": {<E3 object>}}``, sent when a stream fails after it started."""
     return {"error": OpenAIError.of(exc).body()}
+
+
+def check_generation_server(tm: TokenizerManager) -> None:
+    """A generation route on an --is-embedding server is a 400 before any other rule."""
+    if tm.info.is_embedding:
+        raise OpenAIError(IS_GENERATION_NEEDED)
 
 
 async def submit(tm: TokenizerManager, obj: GenerateReqInput) -> list[ReqState]:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sglang.srt.entrypoints.http_common import abort_unfinished, merged, wait_all
 from sglang.srt.entrypoints.openai.common import (
     OpenAIError,
+    check_generation_server,
     finish_reason,
     include_usage,
     metadata,
@@ -158,6 +159,7 @@ def _is_empty_prompt(prompt: Any) -> bool:
 
 def check_request(tm: TokenizerManager, req: CompletionRequest) -> None:
     """The OpenAI-only rules the internal request cannot check (OpenAIError, a 400)."""
+    check_generation_server(tm)
     if _is_empty_prompt(req.prompt):
         raise OpenAIError("Prompt cannot be empty")
     if req.suffix:

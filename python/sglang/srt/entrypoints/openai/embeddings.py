@@ -1,11 +1,10 @@
 """``/v1/embeddings`` (contract 5.3).
 
 The body (``EmbeddingRequest``) is checked with SGLang's messages (empty input, whitespace-only
-text, list item types), then turned into ``EmbeddingInput``: the texts or token-id lists to encode.
-A generation model (no ``--is-embedding``) answers SGLang's is-embedding 400. No embedding model
-is served yet: a server started with ``--is-embedding`` answers a 400 saying so. When the engine
-gains ``tm.encode(inputs) -> list[(vector, prompt_tokens)]``, ``create_embedding`` calls it and
-shapes the reply with ``embedding_reply`` (already written to the contract's shape).
+text, list item types), then turned into ``EmbeddingInput``: the texts or token-id lists to encode,
+which becomes the native ``EmbeddingReqInput`` (one engine path with ``/encode``). A generation
+model (no ``--is-embedding``) answers SGLang's is-embedding 400. ``embedding_reply`` shapes the
+contract's reply (floats or base64 of little-endian float32).
 """
 
 from __future__ import annotations
@@ -21,15 +20,16 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from sglang.srt.entrypoints.openai.common import OpenAIError, serve
 from sglang.srt.entrypoints.openapi import body_schema
-from sglang.srt.managers.tokenizer_manager import TokenizerManager
+from sglang.srt.managers.io_struct import IS_EMBEDDING_NEEDED, EmbeddingReqInput
+from sglang.srt.managers.tokenizer_manager import (
+    EngineDeadError,
+    RequestFailed,
+    TokenizerManager,
+)
 
 router = APIRouter()
 
-NOT_EMBEDDING_MODEL = (
-    "This model does not appear to be an embedding model by default. Please add "
-    "`--is-embedding` when launching the server or try another model.")
-EMBEDDING_NOT_SERVED = ("embedding models are not supported yet: this server cannot compute "
-                        "embeddings (--is-embedding).")
+NOT_EMBEDDING_MODEL = IS_EMBEDDING_NEEDED
 # Fields the engine path does not support yet: a request that sets one is refused.
 UNSUPPORTED = {"lora_path": "LoRA adapters", "priority": "priority scheduling"}
 
@@ -142,13 +142,33 @@ def embedding_reply(model_path: str, vectors: list[Any], prompt_tokens: int,
                       "completion_tokens": 0, "prompt_tokens_details": None}}
 
 
+def to_native(inputs: EmbeddingInput, rid: str | list[str] | None) -> EmbeddingReqInput:
+    """The /encode request of the checked input (always a batch: one vector per item)."""
+    if inputs.texts is not None:
+        return EmbeddingReqInput(text=list(inputs.texts), dimensions=inputs.dimensions,
+                                 rid=[rid] if isinstance(rid, str) else rid)
+    return EmbeddingReqInput(input_ids=[list(i) for i in inputs.token_ids or []],
+                             dimensions=inputs.dimensions,
+                             rid=[rid] if isinstance(rid, str) else rid)
+
+
 async def create_embedding(tm: TokenizerManager, req: EmbeddingRequest,
                            raw_request: Request) -> dict[str, Any]:
-    check_request(tm, req)
-    # The engine has no encode path yet; with one: results = await tm.encode(inputs), then
-    # embedding_reply(tm.args.model_path, [v for v, _ in results], sum(n for _, n in results),
-    # req.encoding_format).
-    raise OpenAIError(EMBEDDING_NOT_SERVED)
+    from sglang.srt.entrypoints.http_common import encode_states
+
+    inputs = check_request(tm, req)
+    try:
+        states, _ = await encode_states(tm, to_native(inputs, req.rid), raw_request)
+    except ValueError as exc:
+        raise OpenAIError(str(exc)) from None
+    except RequestFailed as exc:
+        raise OpenAIError.of(exc) from None
+    except EngineDeadError as exc:
+        raise OpenAIError(str(exc), 503, "ServiceUnavailable") from None
+    if not all(s.finished and s.embedding is not None for s in states):
+        raise OpenAIError("The client disconnected.", 499, "ClientClosedRequest")
+    return embedding_reply(tm.args.model_path, [s.embedding for s in states],
+                           sum(s.prompt_tokens for s in states), req.encoding_format)
 
 
 async def start_embedding_stream(tm: TokenizerManager, req: EmbeddingRequest,
