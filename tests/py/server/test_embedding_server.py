@@ -20,7 +20,9 @@ SENTENCES = ["The cat sits outside.", "A man is playing guitar.", "I love pasta.
 
 @pytest.fixture(scope="module")
 def emb_server() -> Iterator[str]:
-    with serving(MODEL, ["--is-embedding", "--max-batch-size", "16", "--log-level", "warning"]) as url:
+    with serving(
+        MODEL, ["--is-embedding", "--max-batch-size", "16", "--log-level", "warning"]
+    ) as url:
         yield url
 
 
@@ -57,7 +59,9 @@ def test_input_ids_equal_text(emb_server: str) -> None:
     by_ids = requests.post(f"{emb_server}/encode", json={"input_ids": tok["tokens"]}, timeout=60)
     by_text = requests.post(f"{emb_server}/encode", json={"text": SENTENCES[1]}, timeout=60)
     assert np.allclose(by_ids.json()["embedding"], by_text.json()["embedding"], atol=1e-6)
-    pair = requests.post(f"{emb_server}/encode", json={"input_ids": [tok["tokens"]] * 2}, timeout=60)
+    pair = requests.post(
+        f"{emb_server}/encode", json={"input_ids": [tok["tokens"]] * 2}, timeout=60
+    )
     assert len(pair.json()) == 2
 
 
@@ -114,7 +118,9 @@ def test_v1_embeddings_through_openai(emb_server: str, reference) -> None:
     ids = requests.post(f"{emb_server}/tokenize", json={"prompt": "hello"}, timeout=30).json()
     r = requests.post(f"{emb_server}/v1/embeddings", json={"input": [ids["tokens"]]}, timeout=60)
     assert r.status_code == 200 and len(r.json()["data"]) == 1
-    r = requests.post(f"{emb_server}/v1/embeddings", json={"input": "a", "dimensions": 4}, timeout=60)
+    r = requests.post(
+        f"{emb_server}/v1/embeddings", json={"input": "a", "dimensions": 4}, timeout=60
+    )
     assert r.status_code == 400 and "matryoshka" in r.json()["message"]
 
 
