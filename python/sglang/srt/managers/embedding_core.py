@@ -41,6 +41,16 @@ logger = logging.getLogger(__name__)
 ENCODER_POOLING = PoolingConfig("cls", normalize=True)
 
 
+def serves_encoder(server_args: ServerArgs) -> bool:
+    """Whether the model is an encoder (served by EmbeddingEngineCore) rather than a decoder
+    (the generation engine, in its embedding mode)."""
+    from sglang.srt.models.registry import get_model_class
+
+    source = resolve_model_path(server_args.model_path)
+    config = ModelConfig.from_hf_config(get_config(source, server_args.trust_remote_code))
+    return bool(getattr(get_model_class(config.architecture), "is_encoder", False))
+
+
 def is_matryoshka(hf_config: Any) -> bool:
     """Whether the checkpoint declares Matryoshka embeddings (``dimensions`` may cut them)."""
     cfg = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config or {})
@@ -68,10 +78,7 @@ class EmbeddingEngineCore:
             seed=server_args.random_seed,
         )
         if not getattr(self.model, "is_encoder", False):
-            raise ValueError(
-                f"--is-embedding serves encoder embedding models (BertModel) for now; "
-                f"{self.model_config.architecture} is not supported as an embedding model yet"
-            )
+            raise ValueError(f"{self.model_config.architecture} is not an encoder model")
         self.max_len = min(self.model.max_positions, self.model_config.context_length)
         self.pooling = pooling_config(self.source.folder, ENCODER_POOLING)
         self.matryoshka = is_matryoshka(hf_config)

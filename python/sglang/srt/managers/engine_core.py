@@ -27,6 +27,7 @@ from sglang.srt.constrained.base_grammar_backend import (
     grammar_key,
 )
 from sglang.srt.constrained.grammar_manager import GrammarManager
+from sglang.srt.layers.pooler import PoolingConfig, pool, pooling_config
 from sglang.srt.managers.finish_reason import FinishKind, FinishReason
 from sglang.srt.managers.io_struct import (
     EngineReady,
@@ -37,6 +38,7 @@ from sglang.srt.managers.io_struct import (
 from sglang.srt.managers.stop_checker import StopChecker, StopCheckError
 from sglang.srt.sampling.custom_logit_processor import ReqView
 from sglang.srt.sampling.sampler import BatchSampler, RowSampling
+from sglang.srt.sampling.sampling_params import SamplingParams
 from sglang.srt.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ CPU_KV_MEMORY_FRACTION = 0.25
 GRAMMAR_COMPILE_TIMEOUT_S = float(os.environ.get("SGLANG_GRAMMAR_COMPILE_TIMEOUT", "60"))
 MAX_FAILED_STEPS = 3  # consecutive failed steps before the engine gives up
 QUEUE_FULL = "The request queue is full."
+DECODER_POOLING = PoolingConfig("last", normalize=True)
 
 
 @dataclasses.dataclass
@@ -89,6 +92,17 @@ class EngineCore:
         torch.manual_seed(server_args.random_seed)
         self.runner = ModelRunner.from_server_args(server_args)
         self.model_config = self.runner.model_config
+        # --is-embedding with a decoder (gte-Qwen2, Qwen3-Embedding style): every request is a
+        # prefill whose last prompt position's final hidden state, pooled, is its embedding.
+        self.pooling: PoolingConfig | None = None
+        if server_args.is_embedding:
+            from sglang.srt.model_loader.resolve import resolve_model_path
+
+            folder = resolve_model_path(server_args.model_path).folder
+            self.pooling = pooling_config(folder, DECODER_POOLING)
+            if self.pooling.mode != "last":
+                raise ValueError(f"decoder embedding models pool the last token; this "
+                                 f"checkpoint asks for {self.pooling.mode} pooling")
         self.device = torch.device(self.runner.device)
         self.tokenizer = None
         if not server_args.skip_tokenizer_init:
@@ -163,6 +177,8 @@ class EngineCore:
             device=str(self.device),
             dtype=str(self.runner.dtype).replace("torch.", ""),
             generation_config=dict(self.runner.generation_config),
+            is_embedding=self.pooling is not None,
+            matryoshka=self.pooling is not None and _is_matryoshka(self.model_config.hf_config),
             memory_usage={"weight": weight_bytes / 2**30, "kvcache": kv_bytes / 2**30,
                           "token_capacity": int(total), "graph": 0.0},
         )
@@ -176,6 +192,11 @@ class EngineCore:
         admits it to the core once the compiled grammar is there."""
         if req.rid in self.rid_to_handle or (self.grammars and self.grammars.has_rid(req.rid)):
             return RequestError(req.rid, f"Duplicate request ID: {req.rid}")
+        if self.pooling is not None:
+            # One greedy step gives the prompt's last hidden state; its token is not returned.
+            req = dataclasses.replace(
+                req, sampling=SamplingParams(max_new_tokens=1, temperature=0.0, ignore_eos=True),
+                return_hidden_states="last", return_logprob=False)
         limit = self.args.max_queued_requests
         if limit is not None and self.num_queued() >= limit:
             return RequestError(req.rid, QUEUE_FULL, 503)
@@ -544,7 +565,9 @@ class EngineCore:
                     out.output_top_logprobs = [sampled.top_logprobs[k]]
                 if e.req.token_ids_logprob:
                     out.output_token_ids_logprobs = [sampled.ids_logprobs[k]]
-            if h in hidden_out and new_ids:
+            if self.pooling is not None:
+                out = self._embedding_output(e, out, hidden_out.get(h))
+            elif h in hidden_out and new_ids:
                 out.hidden_states = hidden_out[h]
             # Prompt logprobs go out with the first token, or at the end of a prefill-only
             # request (max_new_tokens 0: the frontend's select scores choices that way).
@@ -559,6 +582,19 @@ class EngineCore:
             outs.append(out)
         self._update_throughput(n_tokens)
         return outs
+
+    def _embedding_output(self, e: EngineReq, out: ReqOutput, hidden: list[Any] | None
+                          ) -> ReqOutput:
+        """An embedding request's final output: the pooled vector instead of the token."""
+        if out.finish_reason is not None and out.finish_reason.is_error:
+            return out
+        if hidden is None:  # cannot happen: the one step of the request captured it
+            return dataclasses.replace(out, new_token_ids=[], finish_reason=FinishReason.error(
+                "Internal error: no hidden state for the embedding", 500))
+        vector = torch.tensor(hidden[0][0], dtype=torch.float32)[None, :]
+        embedding = pool(vector, [0, 1], self.pooling, e.req.dimensions)[0].tolist()
+        return dataclasses.replace(out, new_token_ids=[], embedding=embedding,
+                                   finish_reason=FinishReason.length_limit(0))
 
     def _decide_finish(self, e: EngineReq, tok: int, reason: int, processor_error: str | None,
                        got_token: bool) -> FinishReason | None:
@@ -620,3 +656,9 @@ class EngineCore:
             self._tput_window = (now, 0)
         else:
             self._tput_window = (t0, count)
+
+
+def _is_matryoshka(hf_config: Any) -> bool:
+    from sglang.srt.managers.embedding_core import is_matryoshka
+
+    return is_matryoshka(hf_config)

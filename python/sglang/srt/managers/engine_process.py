@@ -61,11 +61,11 @@ def run_engine_process(server_args: ServerArgs, ipc_in: str, ipc_out: str, ready
     )
     parent = os.getppid()
     try:
-        if server_args.is_embedding:
-            from sglang.srt.managers.embedding_core import EmbeddingEngineCore
+        from sglang.srt.managers.embedding_core import EmbeddingEngineCore, serves_encoder
 
+        if server_args.is_embedding and serves_encoder(server_args):
             engine: Any = EmbeddingEngineCore(server_args)
-        else:
+        else:  # generation, or a decoder embedding model (EngineCore's embedding mode)
             from sglang.srt.managers.engine_core import EngineCore
 
             engine = EngineCore(server_args)
