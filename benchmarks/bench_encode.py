@@ -4,8 +4,9 @@
 
 Starts ``launch_server --model-path all-minilm-l6-v2 --is-embedding``, then, ``--rounds`` times and
 interleaved: sentence-transformers' ``SentenceTransformer.encode(batch_size=64)`` in this process,
-and the same sentences through HTTP ``/encode`` in requests of ``--batch`` texts (one client,
-sequential: every request's tokenization, engine step and JSON reply are counted). Reports
+and the same sentences through HTTP ``/encode`` in requests of ``--batch`` texts from
+``--clients`` concurrent clients (default 1, sequential: every request's tokenization, engine
+step and JSON reply are counted; with 2 the HTTP side's work overlaps the engine's). Reports
 sentences/s (median over rounds), the CPU, the thread count and the agreement of the vectors
 (min cosine). The sentences are generated (seeded) with 4-40 words each.
 """
@@ -68,15 +69,23 @@ def run_st(model, texts: list[str], batch: int) -> tuple[float, np.ndarray]:
     return len(texts) / (time.perf_counter() - start), vecs
 
 
-def run_http(url: str, texts: list[str], batch: int) -> tuple[float, np.ndarray]:
-    session = requests.Session()
-    out = []
-    start = time.perf_counter()
-    for i in range(0, len(texts), batch):
-        r = session.post(f"{url}/encode", json={"text": texts[i : i + batch]}, timeout=600)
+def run_http(url: str, texts: list[str], batch: int, clients: int = 1) -> tuple[float, np.ndarray]:
+    """Requests of ``batch`` texts from ``clients`` concurrent clients (each sequential)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = [texts[i : i + batch] for i in range(0, len(texts), batch)]
+    sessions = [requests.Session() for _ in range(clients)]
+
+    def post(k: int) -> list[list[float]]:
+        r = sessions[k % clients].post(f"{url}/encode", json={"text": chunks[k]}, timeout=600)
         r.raise_for_status()
-        out.extend(item["embedding"] for item in r.json())
-    return len(texts) / (time.perf_counter() - start), np.asarray(out, dtype=np.float32)
+        return [item["embedding"] for item in r.json()]
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        parts = list(pool.map(post, range(len(chunks))))
+    rate = len(texts) / (time.perf_counter() - start)
+    return rate, np.asarray([v for part in parts for v in part], dtype=np.float32)
 
 
 def main() -> None:
@@ -84,6 +93,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=1, help="concurrent HTTP clients")
     parser.add_argument("--output-file", default=None)
     args = parser.parse_args()
 
@@ -104,7 +114,7 @@ def main() -> None:
         for _ in range(args.rounds):
             rate, st_vecs = run_st(st_model, texts, args.batch)
             st_rates.append(rate)
-            rate, http_vecs = run_http(url, texts, args.batch)
+            rate, http_vecs = run_http(url, texts, args.batch, args.clients)
             http_rates.append(rate)
     finally:
         stop_server(proc)
@@ -118,6 +128,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "sentences": args.sentences,
         "batch": args.batch,
+        "clients": args.clients,
         "rounds": args.rounds,
         "sentence_transformers_per_s": statistics.median(st_rates),
         "ours_http_per_s": statistics.median(http_rates),

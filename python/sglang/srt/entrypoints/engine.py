@@ -153,6 +153,8 @@ class Engine:
                 await tm.wait(s)
                 s.raise_if_failed()
             results = [tm.embedding_response(s) for s in states]
+            for r in results:  # plain Python floats offline, as SGLang returns them
+                r["embedding"] = r["embedding"].tolist()
         finally:
             await self._cleanup(states)
         return results if is_list else results[0]

@@ -17,6 +17,7 @@ import collections
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 
 from sglang.srt.configs.model_config import ModelConfig
@@ -155,7 +156,7 @@ class EmbeddingEngineCore:
             for q, vec in zip(batch, vectors, strict=True)
         ]
 
-    def _embed(self, batch: list[TokenizedGenerateReq]) -> list[list[float]]:
+    def _embed(self, batch: list[TokenizedGenerateReq]) -> list[np.ndarray]:
         starts = [0]
         for q in batch:
             starts.append(starts[-1] + len(q.input_ids))
@@ -167,12 +168,12 @@ class EmbeddingEngineCore:
         for q, row in zip(batch, pooled, strict=True):
             if q.dimensions is not None:  # Matryoshka: cut, then normalise again
                 row = pool(row[None, :], [0, 1], self.pooling, q.dimensions)[0]
-            out.append(row.tolist())
+            out.append(row.numpy())
         return out
 
     @staticmethod
     def _output(
-        req: TokenizedGenerateReq, finish: FinishReason, embedding: list[float] | None = None
+        req: TokenizedGenerateReq, finish: FinishReason, embedding: np.ndarray | None = None
     ) -> ReqOutput:
         return ReqOutput(
             rid=req.rid,

@@ -592,7 +592,7 @@ class EngineCore:
             return dataclasses.replace(out, new_token_ids=[], finish_reason=FinishReason.error(
                 "Internal error: no hidden state for the embedding", 500))
         vector = torch.tensor(hidden[0][0], dtype=torch.float32)[None, :]
-        embedding = pool(vector, [0, 1], self.pooling, e.req.dimensions)[0].tolist()
+        embedding = pool(vector, [0, 1], self.pooling, e.req.dimensions)[0].numpy()
         return dataclasses.replace(out, new_token_ids=[], embedding=embedding,
                                    finish_reason=FinishReason.length_limit(0))
 

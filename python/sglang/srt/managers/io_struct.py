@@ -547,7 +547,9 @@ class ReqOutput:
     input_top_logprobs: list[list[tuple[float, int]] | None] | None = None
     input_token_ids_logprobs: list[list[tuple[float, int]] | None] | None = None
     hidden_states: list[Any] | None = None
-    embedding: list[float] | None = None  # the pooled vector of an embedding request
+    # The pooled vector of an embedding request (float32 numpy array: pickled and serialised to
+    # JSON without a per-float Python object).
+    embedding: Any = None
 
 
 @dataclasses.dataclass

@@ -51,7 +51,7 @@ class ReqState:
     input_top_logprobs: list[Any] = dataclasses.field(default_factory=list)
     input_token_ids_logprobs: list[Any] = dataclasses.field(default_factory=list)
     hidden_states: list[Any] = dataclasses.field(default_factory=list)
-    embedding: list[float] | None = None  # an embedding request's pooled vector
+    embedding: Any = None  # an embedding request's pooled vector (float32 numpy array)
     first_token_time: float | None = None
     last_token_time: float | None = None
     internal: bool = False  # the server's own (n > 1 prefix warm-up): not a user's request

@@ -3,8 +3,9 @@
 An encoder attends in both directions, so its requests share no KV cache and no prefix: each
 batch is a set of whole sequences. ``forward(input_ids, starts, token_type_ids)`` takes the flat
 token rows of the batch (request i owns rows ``starts[i]..starts[i+1]-1``, positions restart at 0
-per request), pads them once into [requests, longest, hidden] with a key-padding mask for every
-layer (as sentence-transformers does), and returns the flat [tokens, hidden] last hidden states;
+per request), runs the embeddings, projections and MLPs on those flat rows (no padding: a batch of
+mixed lengths costs its real token count) and pads only inside attention ([requests, longest]
+with a key-padding mask, ``Packing``); it returns the flat [tokens, hidden] last hidden states;
 ``layers.pooler`` turns them into one vector per request. Module and parameter names are the HF
 checkpoint's (a ``bert.`` prefix, as in ``BertFor*`` checkpoints, is accepted).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sglang.srt.configs.model_config import ModelConfig
+
+QKV_SHARDS = ("query", "key", "value")
 
 _ACTIVATIONS = {
     "gelu": F.gelu,
@@ -33,6 +37,31 @@ _ACTIVATIONS = {
 def _hf(config: ModelConfig) -> dict[str, Any]:
     hf = config.hf_config
     return hf.to_dict() if hasattr(hf, "to_dict") else dict(hf or {})
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How a batch's flat token rows map onto the padded [requests, longest] layout attention
+    uses: ``rows`` (the flat row of each padded position, 0 for padding), ``valid`` and the
+    key-padding ``mask`` (None when no request is shorter than the longest)."""
+
+    rows: torch.Tensor
+    valid: torch.Tensor
+    mask: torch.Tensor | None
+
+    @classmethod
+    def of(cls, lengths: list[int], starts: list[int], device: torch.device) -> Packing:
+        cols = torch.arange(max(lengths, default=0), device=device)
+        lens = torch.tensor(lengths, device=device)
+        valid = cols[None, :] < lens[:, None]
+        rows = torch.tensor(starts[:-1], device=device)[:, None] + cols[None, :]
+        mask = None if bool(valid.all()) else valid[:, None, None, :]
+        return cls(torch.where(valid, rows, 0), valid, mask)
+
+    def positions(self) -> torch.Tensor:
+        """Each flat row's position inside its request."""
+        cols = torch.arange(self.rows.shape[1], device=self.rows.device)
+        return cols.expand_as(self.rows)[self.valid]
 
 
 class BertEmbeddings(nn.Module):
@@ -58,21 +87,21 @@ class BertSelfAttention(nn.Module):
         hidden = config.hidden_size
         self.num_heads = config.num_attention_heads
         self.head_dim = hidden // self.num_heads
-        self.query = nn.Linear(hidden, hidden, **kw)
-        self.key = nn.Linear(hidden, hidden, **kw)
-        self.value = nn.Linear(hidden, hidden, **kw)
+        # query, key and value in one matmul (the checkpoint's three are stacked at load)
+        self.qkv = nn.Linear(hidden, 3 * hidden, **kw)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        b, n, _ = x.shape
+    def forward(self, x: torch.Tensor, pack: Packing) -> torch.Tensor:
+        """Flat rows [tokens, hidden] in and out; only the attention itself is padded."""
+        b, n = pack.rows.shape
 
         def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+            return t[pack.rows].view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
         out = F.scaled_dot_product_attention(
-            heads(self.query(x)), heads(self.key(x)), heads(self.value(x)), attn_mask=mask,
-            scale=1.0 / math.sqrt(self.head_dim),
-        )  # fmt: skip
-        return out.transpose(1, 2).reshape(b, n, -1)
+            heads(q), heads(k), heads(v), attn_mask=pack.mask, scale=1.0 / math.sqrt(self.head_dim)
+        )
+        return out.transpose(1, 2).reshape(b, n, -1)[pack.valid]
 
 
 class BertSelfOutput(nn.Module):
@@ -91,8 +120,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config, **kw)
         self.output = BertSelfOutput(config.hidden_size, config.hidden_size, eps, **kw)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return self.output(self.self(x, mask), x)
+    def forward(self, x: torch.Tensor, pack: Packing) -> torch.Tensor:
+        return self.output(self.self(x, pack), x)
 
 
 class BertIntermediate(nn.Module):
@@ -117,8 +146,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config, str(hf.get("hidden_act", "gelu")), **kw)
         self.output = BertSelfOutput(config.hidden_size, config.intermediate_size, eps, **kw)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.attention(x, mask)
+    def forward(self, x: torch.Tensor, pack: Packing) -> torch.Tensor:
+        x = self.attention(x, pack)
         return self.output(self.intermediate(x), x)
 
 
@@ -160,35 +189,40 @@ class BertModel(nn.Module):
         lengths = [b - a for a, b in itertools.pairwise(starts)]
         if max(lengths, default=0) > self.max_positions:
             raise ValueError(f"a sequence is longer than the model's {self.max_positions} tokens")
-        device = input_ids.device
-        bs, longest = len(lengths), max(lengths, default=0)
-        cols = torch.arange(longest, device=device)
-        lens = torch.tensor(lengths, device=device)
-        valid = cols[None, :] < lens[:, None]  # [B, L]
-        rows = torch.tensor(starts[:-1], device=device)[:, None] + cols[None, :]
-        rows = torch.where(valid, rows, 0)
-        ids = input_ids[rows]
-        types = torch.zeros_like(ids) if token_type_ids is None else token_type_ids[rows]
-        x = self.embeddings(ids, cols.expand(bs, longest), types)
-        mask = None if bool(valid.all()) else valid[:, None, None, :]
+        pack = Packing.of(lengths, starts, input_ids.device)
+        positions = pack.positions()
+        types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        x = self.embeddings(input_ids, positions, types)
         for layer in self.encoder.layer:
-            x = layer(x, mask)
-        return x[valid]  # back to the flat rows, in request order
+            x = layer(x, pack)
+        return x
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         params = dict(self.named_parameters())
         loaded: set[str] = set()
+        shards: dict[str, set[str]] = {}
         for name, tensor in weights:
             name = name.removeprefix("bert.")
             if name.startswith("pooler.") or name == "embeddings.position_ids":
                 continue  # the pooler head is unused by sentence embeddings
-            if name not in params:
+            target, rows = name, None
+            for i, proj in enumerate(QKV_SHARDS):
+                if f".self.{proj}." in name:
+                    target = name.replace(f".self.{proj}.", ".self.qkv.")
+                    rows = i
+            if target not in params:
                 continue  # heads of other BertFor* classes
-            param = params[name]
+            param = params[target].data
+            if rows is not None:
+                param = param.narrow(0, rows * tensor.shape[0], tensor.shape[0])
             if param.shape != tensor.shape:
                 raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)}, "
                                  f"model expects {tuple(param.shape)}")  # fmt: skip
             with torch.no_grad():
                 param.copy_(tensor)
-            loaded.add(name)
+            if rows is None:
+                loaded.add(target)
+            else:
+                shards.setdefault(target, set()).add(QKV_SHARDS[rows])
+        loaded.update(t for t, got in shards.items() if got == set(QKV_SHARDS))
         return loaded

@@ -129,6 +129,8 @@ def encode_vector(vector: Any, encoding_format: str) -> list[float] | str:
     """A vector as floats, or as base64 of its little-endian float32 bytes."""
     if encoding_format == "base64":
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    if isinstance(vector, np.ndarray):
+        return vector  # serialised by orjson (OPT_SERIALIZE_NUMPY)
     return [float(x) for x in vector]
 
 
