@@ -98,6 +98,8 @@ def test_generation_routes_refused(emb_server: str) -> None:
                         {"model": "m", "messages": [{"role": "user", "content": "hi"}]})):  # fmt: skip
         r = requests.post(f"{emb_server}{path}", json=body, timeout=60)
         assert r.status_code == 400 and "--is-embedding" in r.text, (path, r.text)
+    r = requests.post(f"{emb_server}/v1/classify", json={"input": "hi"}, timeout=60)
+    assert r.status_code == 400 and "not a classification" in r.text, r.text
     assert requests.get(f"{emb_server}/health", timeout=60).status_code == 200
     info = requests.get(f"{emb_server}/get_model_info", timeout=30).json()
     assert info["is_generation"] is False

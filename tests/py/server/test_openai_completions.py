@@ -405,6 +405,10 @@ def test_server_serves_after_bad_requests(server: str, client: openai.OpenAI) ->
 def test_embeddings_on_a_generation_model(server: str, client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="--is-embedding"):
         client.embeddings.create(model="m", input="hello")
+    for path, body in (("/encode", {"text": "hello"}), ("/classify", {"text": "hello"}),
+                       ("/v1/classify", {"input": "hello"})):
+        r = requests.post(f"{server}{path}", json=body, timeout=30)
+        assert r.status_code == 400 and "--is-embedding" in r.text, (path, r.text)
     for body, needle in (({"input": ""}, "Input cannot be empty"),
                          ({"input": "   "}, "Input cannot be empty or whitespace only"),
                          ({"input": ["a", 1]}, "must be strings"),

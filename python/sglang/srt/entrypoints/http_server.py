@@ -193,8 +193,11 @@ async def _stream(tm: TokenizerManager, states: list[ReqState], is_list: bool
 # ---- embeddings ----------------------------------------------------------------------------------
 @app.api_route("/encode", methods=["POST", "PUT"],
                openapi_extra={"requestBody": body_schema(EmbeddingReqInput)})
+@app.api_route("/classify", methods=["POST", "PUT"],
+               openapi_extra={"requestBody": body_schema(EmbeddingReqInput)})
 async def encode(request: Request) -> Response:
-    """Embeddings of one input or a batch (an --is-embedding server)."""
+    """Embeddings of one input or a batch (an --is-embedding server); /classify on a reward or
+    classification model: the score head's logits (a reward at ``embedding[0]``)."""
     tm = _tm()
     obj = await parse_body(request, EmbeddingReqInput, {"max_batch_size": tm.args.max_batch_size})
     try:

@@ -94,8 +94,15 @@ class EngineCore:
         self.model_config = self.runner.model_config
         # --is-embedding with a decoder (gte-Qwen2, Qwen3-Embedding style): every request is a
         # prefill whose last prompt position's final hidden state, pooled, is its embedding.
+        # A reward / classification model's "embedding" is its score head's logits there.
         self.pooling: PoolingConfig | None = None
-        if server_args.is_embedding:
+        self.classifier = bool(getattr(self.runner.model, "is_classifier", False))
+        if self.classifier and not server_args.is_embedding:
+            raise ValueError(f"{self.model_config.architecture} is a reward/classification "
+                             "model: launch the server with --is-embedding (/classify)")
+        if server_args.is_embedding and self.classifier:
+            self.pooling = PoolingConfig("last", normalize=False)
+        elif server_args.is_embedding:
             from sglang.srt.model_loader.resolve import resolve_model_path
 
             folder = resolve_model_path(server_args.model_path).folder
@@ -178,7 +185,9 @@ class EngineCore:
             dtype=str(self.runner.dtype).replace("torch.", ""),
             generation_config=dict(self.runner.generation_config),
             is_embedding=self.pooling is not None,
-            matryoshka=self.pooling is not None and _is_matryoshka(self.model_config.hf_config),
+            matryoshka=self.pooling is not None and not self.classifier
+            and _is_matryoshka(self.model_config.hf_config),
+            id2label=_id2label(self.model_config.hf_config, self.runner.model),
             memory_usage={"weight": weight_bytes / 2**30, "kvcache": kv_bytes / 2**30,
                           "token_capacity": int(total), "graph": 0.0},
         )
@@ -592,7 +601,13 @@ class EngineCore:
             return dataclasses.replace(out, new_token_ids=[], finish_reason=FinishReason.error(
                 "Internal error: no hidden state for the embedding", 500))
         vector = torch.tensor(hidden[0][0], dtype=torch.float32)[None, :]
-        embedding = pool(vector, [0, 1], self.pooling, e.req.dimensions)[0].numpy()
+        if self.classifier:  # the score head on the last position: one logit per label
+            with torch.inference_mode():
+                head = self.runner.model.score
+                logits = head(vector.to(device=head.weight.device, dtype=head.weight.dtype))
+            embedding = logits[0].float().cpu().numpy()
+        else:
+            embedding = pool(vector, [0, 1], self.pooling, e.req.dimensions)[0].numpy()
         return dataclasses.replace(out, new_token_ids=[], embedding=embedding,
                                    finish_reason=FinishReason.length_limit(0))
 
@@ -662,3 +677,12 @@ def _is_matryoshka(hf_config: Any) -> bool:
     from sglang.srt.managers.embedding_core import is_matryoshka
 
     return is_matryoshka(hf_config)
+
+
+def _id2label(hf_config: Any, model: Any) -> dict[int, str]:
+    """A classification model's label names (LABEL_i when the config names none)."""
+    if not getattr(model, "is_classifier", False):
+        return {}
+    cfg = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config or {})
+    names = {int(k): str(v) for k, v in (cfg.get("id2label") or {}).items()}
+    return {i: names.get(i, f"LABEL_{i}") for i in range(model.num_labels)}

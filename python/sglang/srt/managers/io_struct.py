@@ -596,3 +596,4 @@ class EngineReady:
     generation_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     is_embedding: bool = False  # an --is-embedding engine: /encode, no generation
     matryoshka: bool = False  # the embedding model accepts ``dimensions``
+    id2label: dict[int, str] = dataclasses.field(default_factory=dict)  # classification models

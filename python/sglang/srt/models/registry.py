@@ -8,12 +8,18 @@ from sglang.srt.models.bert import BertModel
 from sglang.srt.models.llama import LlamaForCausalLM
 from sglang.srt.models.qwen2 import Qwen2ForCausalLM
 from sglang.srt.models.qwen3 import Qwen3ForCausalLM
+from sglang.srt.models.sequence_classification import (
+    LlamaForSequenceClassification,
+    Qwen2ForSequenceClassification,
+)
 
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "BertModel": BertModel,
     "LlamaForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
+    "LlamaForSequenceClassification": LlamaForSequenceClassification,
+    "Qwen2ForSequenceClassification": Qwen2ForSequenceClassification,
 }
 
 

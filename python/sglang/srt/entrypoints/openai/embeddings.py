@@ -154,13 +154,13 @@ def to_native(inputs: EmbeddingInput, rid: str | list[str] | None) -> EmbeddingR
                              rid=[rid] if isinstance(rid, str) else rid)
 
 
-async def create_embedding(tm: TokenizerManager, req: EmbeddingRequest,
-                           raw_request: Request) -> dict[str, Any]:
+async def run_encode(tm: TokenizerManager, inputs: EmbeddingInput, rid: str | list[str] | None,
+                     raw_request: Request) -> list[Any]:
+    """The native encode of checked inputs; the finished states (OpenAIError otherwise)."""
     from sglang.srt.entrypoints.http_common import encode_states
 
-    inputs = check_request(tm, req)
     try:
-        states, _ = await encode_states(tm, to_native(inputs, req.rid), raw_request)
+        states, _ = await encode_states(tm, to_native(inputs, rid), raw_request)
     except ValueError as exc:
         raise OpenAIError(str(exc)) from None
     except RequestFailed as exc:
@@ -169,6 +169,13 @@ async def create_embedding(tm: TokenizerManager, req: EmbeddingRequest,
         raise OpenAIError(str(exc), 503, "ServiceUnavailable") from None
     if not all(s.finished and s.embedding is not None for s in states):
         raise OpenAIError("The client disconnected.", 499, "ClientClosedRequest")
+    return states
+
+
+async def create_embedding(tm: TokenizerManager, req: EmbeddingRequest,
+                           raw_request: Request) -> dict[str, Any]:
+    inputs = check_request(tm, req)
+    states = await run_encode(tm, inputs, req.rid, raw_request)
     return embedding_reply(tm.args.model_path, [s.embedding for s in states],
                            sum(s.prompt_tokens for s in states), req.encoding_format)
 

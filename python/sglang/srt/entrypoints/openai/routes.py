@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from sglang.srt.entrypoints.openai import chat, completions, embeddings
+from sglang.srt.entrypoints.openai import chat, classify, completions, embeddings
 
 router = APIRouter()
-for module in (completions, chat, embeddings):
+for module in (completions, chat, embeddings, classify):
     router.include_router(module.router)

@@ -1,0 +1,122 @@
+"""Reward and classification models (``LlamaForSequenceClassification``,
+``Qwen2ForSequenceClassification``) served with --is-embedding: the score head's logits at the
+last prompt token equal transformers' within 1e-4 (fp32), in the engine and through HTTP
+(``/classify``: reward at ``embedding[0]``; ``/v1/classify``: probs, label, num_classes)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+from model_test_utils import PROMPTS, VOCAB
+from sglang.srt.managers.engine_core import EngineCore
+from sglang.srt.managers.io_struct import TokenizedGenerateReq
+from sglang.srt.sampling.sampling_params import SamplingParams
+from sglang.srt.server_args import ServerArgs
+
+LABELS = {0: "negative", 1: "neutral", 2: "positive"}
+
+
+def _save(kind: str, folder: Path) -> Path:
+    from transformers import (
+        LlamaConfig,
+        LlamaForSequenceClassification,
+        Qwen2Config,
+        Qwen2ForSequenceClassification,
+    )
+
+    common = {
+        "vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+        "pad_token_id": 0,
+    }  # fmt: skip
+    torch.manual_seed(1)
+    if kind == "llama_reward":
+        model = LlamaForSequenceClassification(LlamaConfig(**common, num_labels=1))
+    else:
+        config = Qwen2Config(**common, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+        model = Qwen2ForSequenceClassification(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.15)
+    model.eval().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def classifiers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return {k: _save(k, tmp_path_factory.mktemp(k)) for k in ("llama_reward", "qwen2_classes")}
+
+
+def _reference(folder: Path, prompt: list[int]) -> torch.Tensor:
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        return model(torch.tensor([prompt])).logits[0]
+
+
+@pytest.mark.parametrize("kind", ["llama_reward", "qwen2_classes"])
+def test_scores_match_transformers(kind: str, classifiers: dict[str, Path]) -> None:
+    args = ServerArgs(model_path=str(classifiers[kind]), is_embedding=True,
+                      skip_tokenizer_init=True, device="cpu", dtype="float32", random_seed=0)  # fmt: skip
+    engine = EngineCore(args)
+    info = engine.ready_info()
+    assert info.is_embedding and not info.matryoshka
+    assert info.id2label == ({0: "LABEL_0"} if kind == "llama_reward" else LABELS)
+    for i, p in enumerate(PROMPTS):
+        req = TokenizedGenerateReq(rid=f"r{i}", input_ids=p,
+                                   sampling=SamplingParams(max_new_tokens=0))  # fmt: skip
+        assert engine.add_request(req) is None
+    outs = {}
+    while not engine.idle():
+        for out in engine.step() or []:
+            outs[out.rid] = out.embedding
+    for i, p in enumerate(PROMPTS):
+        torch.testing.assert_close(torch.tensor(outs[f"r{i}"]), _reference(classifiers[kind], p),
+                                   atol=1e-4, rtol=0)  # fmt: skip
+
+
+def test_classifier_needs_is_embedding(classifiers: dict[str, Path]) -> None:
+    args = ServerArgs(model_path=str(classifiers["llama_reward"]), skip_tokenizer_init=True,
+                      device="cpu", dtype="float32")  # fmt: skip
+    with pytest.raises(ValueError, match="--is-embedding"):
+        EngineCore(args)
+
+
+@pytest.fixture(scope="module")
+def classify_server(classifiers: dict[str, Path]) -> Iterator[str]:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+    from server_utils import serving
+
+    with serving(str(classifiers["qwen2_classes"]),
+                 ["--is-embedding", "--skip-tokenizer-init", "--dtype", "float32",
+                  "--log-level", "warning"]) as url:  # fmt: skip
+        yield url
+
+
+def test_classify_routes(classify_server: str, classifiers: dict[str, Path]) -> None:
+    url = classify_server
+    ref = [_reference(classifiers["qwen2_classes"], p) for p in PROMPTS[:2]]
+    r = requests.post(f"{url}/classify", json={"input_ids": PROMPTS[:2]}, timeout=60)
+    assert r.status_code == 200, r.text
+    for row, want in zip(r.json(), ref):
+        assert np.allclose(row["embedding"], want.numpy(), atol=1e-4)
+    r = requests.post(f"{url}/v1/classify", json={"model": "m", "input": PROMPTS[0]}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list" and body["model"] == "m" and body["usage"]["prompt_tokens"]
+    (item,) = body["data"]
+    probs = torch.softmax(ref[0], -1)
+    assert item["num_classes"] == 3 and np.allclose(item["probs"], probs.numpy(), atol=1e-4)
+    assert item["label"] == LABELS[int(probs.argmax())]
+    r = requests.post(f"{url}/v1/classify", json={"input": ""}, timeout=60)
+    assert r.status_code == 400 and "Input cannot be empty" in r.text
+    r = requests.post(f"{url}/generate", json={"input_ids": [1, 2]}, timeout=60)
+    assert r.status_code == 400 and "--is-embedding" in r.text
