@@ -297,15 +297,7 @@ class TokenizerManager:
             state.internal = internal
         if singles and singles[0].parallel_sample_num > 1:
             await self._prefill_shared_prompts(prepared)
-        for state, _ in prepared:
-            self.rid_to_state[state.rid] = state
-        try:
-            await self.engine.send([req for _, req in prepared])
-        except EngineDeadError:
-            for state, _ in prepared:
-                self.rid_to_state.pop(state.rid, None)
-            raise
-        return [state for state, _ in prepared], is_list
+        return await self._send(prepared), is_list
 
     async def encode(self, obj: EmbeddingReqInput,
                      internal: bool = False) -> tuple[list[ReqState], bool]:
@@ -332,6 +324,12 @@ class TokenizerManager:
                              detok=None, created=time.time(), internal=internal)
             prepared.append((state, TokenizedGenerateReq(
                 rid=single.rid, input_ids=ids, sampling=sampling, dimensions=obj.dimensions)))
+        return await self._send(prepared), is_list
+
+    async def _send(self, prepared: list[tuple[ReqState, TokenizedGenerateReq]]
+                    ) -> list[ReqState]:
+        """Registers the states and sends their requests to the engine in one message (nothing
+        stays registered when the engine is dead)."""
         for state, _ in prepared:
             self.rid_to_state[state.rid] = state
         try:
@@ -340,7 +338,7 @@ class TokenizerManager:
             for state, _ in prepared:
                 self.rid_to_state.pop(state.rid, None)
             raise
-        return [state for state, _ in prepared], is_list
+        return [state for state, _ in prepared]
 
     async def _prefill_shared_prompts(
         self, prepared: list[tuple[ReqState, TokenizedGenerateReq]]

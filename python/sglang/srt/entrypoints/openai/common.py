@@ -11,8 +11,10 @@ the E9 event). ``routes`` maps the URLs to them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import Request
@@ -65,17 +67,24 @@ def check_generation_server(tm: TokenizerManager) -> None:
         raise OpenAIError(IS_GENERATION_NEEDED)
 
 
-async def submit(tm: TokenizerManager, obj: GenerateReqInput) -> list[ReqState]:
-    """Submits the internal request; OpenAIError for what the engine path refuses (validation:
-    400, engine down: 503)."""
+@contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """What the engine path refuses, as OpenAIError: validation 400, a failed request its own
+    status, the engine down 503."""
     try:
-        states, _ = await tm.generate(obj)
+        yield
     except ValueError as exc:
         raise OpenAIError(str(exc)) from None
     except RequestFailed as exc:
         raise OpenAIError.of(exc) from None
     except EngineDeadError as exc:
         raise OpenAIError(str(exc), 503, "ServiceUnavailable") from None
+
+
+async def submit(tm: TokenizerManager, obj: GenerateReqInput) -> list[ReqState]:
+    """Submits the internal request (``engine_errors`` for what the engine path refuses)."""
+    with engine_errors():
+        states, _ = await tm.generate(obj)
     return states
 
 

@@ -18,14 +18,10 @@ import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from sglang.srt.entrypoints.openai.common import OpenAIError, serve
+from sglang.srt.entrypoints.openai.common import OpenAIError, engine_errors, serve
 from sglang.srt.entrypoints.openapi import body_schema
 from sglang.srt.managers.io_struct import IS_EMBEDDING_NEEDED, EmbeddingReqInput
-from sglang.srt.managers.tokenizer_manager import (
-    EngineDeadError,
-    RequestFailed,
-    TokenizerManager,
-)
+from sglang.srt.managers.tokenizer_manager import TokenizerManager
 
 router = APIRouter()
 
@@ -159,14 +155,8 @@ async def run_encode(tm: TokenizerManager, inputs: EmbeddingInput, rid: str | li
     """The native encode of checked inputs; the finished states (OpenAIError otherwise)."""
     from sglang.srt.entrypoints.http_common import encode_states
 
-    try:
+    with engine_errors():
         states, _ = await encode_states(tm, to_native(inputs, rid), raw_request)
-    except ValueError as exc:
-        raise OpenAIError(str(exc)) from None
-    except RequestFailed as exc:
-        raise OpenAIError.of(exc) from None
-    except EngineDeadError as exc:
-        raise OpenAIError(str(exc), 503, "ServiceUnavailable") from None
     if not all(s.finished and s.embedding is not None for s in states):
         raise OpenAIError("The client disconnected.", 499, "ClientClosedRequest")
     return states
