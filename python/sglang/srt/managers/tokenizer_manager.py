@@ -314,7 +314,13 @@ class TokenizerManager:
                 self.validator.check_text(single.text)
             if single.rid in self.rid_to_state:
                 raise ValueError(f"Duplicate request ID: {single.rid}")
-        prompts = await self.run_tokenizer(self._tokenize_prompts, singles)
+        if self.tokenizer is not None and all(s.text is not None for s in singles):
+            # One batched call (the fast tokenizers encode a batch in parallel).
+            texts = [s.text for s in singles]
+            batch = await self.run_tokenizer(lambda: self.tokenizer(texts)["input_ids"])
+            prompts = {s.prompt_index: (list(ids), "") for s, ids in zip(singles, batch)}
+        else:
+            prompts = await self.run_tokenizer(self._tokenize_prompts, singles)
         prepared = []
         for single in singles:
             ids = prompts[single.prompt_index][0]

@@ -39,29 +39,62 @@ def _hf(config: ModelConfig) -> dict[str, Any]:
     return hf.to_dict() if hasattr(hf, "to_dict") else dict(hf or {})
 
 
+# A group of requests padded together wastes at most this share of its attention rows.
+MAX_PADDING_WASTE = 0.25
+
+
 @dataclass(frozen=True)
-class Packing:
-    """How a batch's flat token rows map onto the padded [requests, longest] layout attention
-    uses: ``rows`` (the flat row of each padded position, 0 for padding), ``valid`` and the
-    key-padding ``mask`` (None when no request is shorter than the longest)."""
+class AttnGroup:
+    """Requests padded together for attention: ``rows`` [n, longest] (the flat row of each
+    padded position, 0 for padding), ``valid``, the key-padding ``mask`` (None when all have the
+    longest length) and ``flat``, the flat rows of the valid positions in row-major order."""
 
     rows: torch.Tensor
     valid: torch.Tensor
     mask: torch.Tensor | None
+    flat: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How a batch's flat token rows map onto padded attention inputs: the requests sorted by
+    length and cut into groups that waste little padding (``MAX_PADDING_WASTE``), so mixed
+    lengths cost about their real token count in attention too; ``positions`` is each flat row's
+    position inside its request."""
+
+    groups: list[AttnGroup]
+    positions: torch.Tensor
+    num_tokens: int
 
     @classmethod
     def of(cls, lengths: list[int], starts: list[int], device: torch.device) -> Packing:
-        cols = torch.arange(max(lengths, default=0), device=device)
-        lens = torch.tensor(lengths, device=device)
-        valid = cols[None, :] < lens[:, None]
-        rows = torch.tensor(starts[:-1], device=device)[:, None] + cols[None, :]
-        mask = None if bool(valid.all()) else valid[:, None, None, :]
-        return cls(torch.where(valid, rows, 0), valid, mask)
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        groups, current, real = [], [], 0
+        for i in order:  # ascending: the newest member is the group's longest
+            if current and lengths[i] * (len(current) + 1) > (1 + MAX_PADDING_WASTE) * (
+                real + lengths[i]
+            ):
+                groups.append(current)
+                current, real = [], 0
+            current.append(i)
+            real += lengths[i]
+        if current:
+            groups.append(current)
+        positions = torch.cat([torch.arange(n, device=device) for n in lengths]) if lengths else (
+            torch.zeros(0, dtype=torch.long, device=device)
+        )  # fmt: skip
+        return cls([_group(g, lengths, starts, device) for g in groups], positions, starts[-1])
 
-    def positions(self) -> torch.Tensor:
-        """Each flat row's position inside its request."""
-        cols = torch.arange(self.rows.shape[1], device=self.rows.device)
-        return cols.expand_as(self.rows)[self.valid]
+
+def _group(members: list[int], lengths: list[int], starts: list[int], device: torch.device
+           ) -> AttnGroup:  # fmt: skip
+    cols = torch.arange(max(lengths[i] for i in members), device=device)
+    lens = torch.tensor([lengths[i] for i in members], device=device)
+    valid = cols[None, :] < lens[:, None]
+    first = torch.tensor([starts[i] for i in members], device=device)
+    rows = torch.where(valid, first[:, None] + cols[None, :], 0)
+    mask = None if bool(valid.all()) else valid[:, None, None, :]
+    return AttnGroup(rows, valid, mask, rows[valid])
 
 
 class BertEmbeddings(nn.Module):
@@ -91,17 +124,20 @@ class BertSelfAttention(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden, **kw)
 
     def forward(self, x: torch.Tensor, pack: Packing) -> torch.Tensor:
-        """Flat rows [tokens, hidden] in and out; only the attention itself is padded."""
-        b, n = pack.rows.shape
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t[pack.rows].view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        out = F.scaled_dot_product_attention(
-            heads(q), heads(k), heads(v), attn_mask=pack.mask, scale=1.0 / math.sqrt(self.head_dim)
-        )
-        return out.transpose(1, 2).reshape(b, n, -1)[pack.valid]
+        """Flat rows [tokens, hidden] in and out; only the attention itself is padded, per
+        group of similar lengths."""
+        qkv = self.qkv(x)
+        out = torch.empty((x.shape[0], x.shape[1]), dtype=x.dtype, device=x.device)
+        for g in pack.groups:
+            b, n = g.rows.shape
+            # one gather per group; [b, n, 3, heads, head_dim] -> q, k, v as [b, heads, n, d]
+            q, k, v = qkv[g.rows].view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
+            o = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=g.mask,
+                scale=1.0 / math.sqrt(self.head_dim),
+            )  # fmt: skip
+            out[g.flat] = o.transpose(1, 2).reshape(b, n, -1)[g.valid]
+        return out
 
 
 class BertSelfOutput(nn.Module):
@@ -190,7 +226,7 @@ class BertModel(nn.Module):
         if max(lengths, default=0) > self.max_positions:
             raise ValueError(f"a sequence is longer than the model's {self.max_positions} tokens")
         pack = Packing.of(lengths, starts, input_ids.device)
-        positions = pack.positions()
+        positions = pack.positions
         types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
         x = self.embeddings(input_ids, positions, types)
         for layer in self.encoder.layer:
