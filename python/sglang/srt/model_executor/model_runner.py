@@ -172,8 +172,8 @@ class ModelRunner:
         )
         if getattr(self.model, "is_encoder", False):
             raise ValueError(
-                f"{self.model_config.architecture} is an embedding (encoder) model; serving it "
-                "(--is-embedding, /encode) is not supported yet"
+                f"{self.model_config.architecture} is an embedding (encoder) model: serve it with "
+                "--is-embedding (/encode, /v1/embeddings)"
             )
         self._calibrate_dense_gemm()
         if self.quantization != "none":
