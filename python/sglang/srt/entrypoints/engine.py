@@ -65,13 +65,17 @@ class Engine:
         )
 
     async def _generate(self, obj: GenerateReqInput) -> Any:
+        states, is_list = await self.tokenizer_manager.generate(obj)
+        return await self._results(states, is_list, self.tokenizer_manager.response)
+
+    async def _results(self, states: list[ReqState], is_list: bool, reply: Any) -> Any:
+        """Waits for every state, then ``reply(state)`` each (one object, or a list)."""
         tm = self.tokenizer_manager
-        states, is_list = await tm.generate(obj)
         try:
             for s in states:
                 await tm.wait(s)
                 s.raise_if_failed()
-            results = [tm.response(s) for s in states]
+            results = [reply(s) for s in states]
         finally:
             await self._cleanup(states)
         return results if is_list else results[0]
@@ -148,16 +152,13 @@ class Engine:
     async def _encode(self, obj: EmbeddingReqInput) -> Any:
         tm = self.tokenizer_manager
         states, is_list = await tm.encode(obj)
-        try:
-            for s in states:
-                await tm.wait(s)
-                s.raise_if_failed()
-            results = [tm.embedding_response(s) for s in states]
-            for r in results:  # plain Python floats offline, as SGLang returns them
-                r["embedding"] = r["embedding"].tolist()
-        finally:
-            await self._cleanup(states)
-        return results if is_list else results[0]
+
+        def reply(state: ReqState) -> dict[str, Any]:
+            out = tm.embedding_response(state)
+            out["embedding"] = out["embedding"].tolist()  # plain floats offline, as in SGLang
+            return out
+
+        return await self._results(states, is_list, reply)
 
     def encode(self, prompt: Any = None, image_data: Any = None, dimensions: int | None = None,
                input_ids: Any = None, rid: Any = None) -> Any:

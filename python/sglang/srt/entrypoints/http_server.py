@@ -144,6 +144,16 @@ async def internal_error(request: Request, exc: Exception) -> ORJSONResponse:
               "InternalServerError", 500)
 
 
+def refusal(exc: Exception) -> ORJSONResponse:
+    """The native reply for what submitting a request raised: a 400 for an invalid request, the
+    failed request's own status, a 503 while the engine is down."""
+    if isinstance(exc, RequestFailed):
+        return failed_reply(exc)
+    if isinstance(exc, EngineDeadError):
+        return e4(str(exc), 503)
+    return e1(str(exc))
+
+
 def _tm() -> TokenizerManager:
     assert G.tm is not None
     return G.tm
@@ -158,12 +168,8 @@ async def generate(request: Request) -> Response:
                            {"max_batch_size": tm.args.max_batch_size})
     try:
         states, is_list = await tm.generate(obj)
-    except ValueError as exc:
-        return e1(str(exc))
-    except RequestFailed as exc:
-        return failed_reply(exc)
-    except EngineDeadError as exc:
-        return e4(str(exc), 503)
+    except (ValueError, RequestFailed, EngineDeadError) as exc:
+        return refusal(exc)
     if obj.stream:
         return StreamingResponse(_stream(tm, states, is_list), media_type="text/event-stream")
     try:
@@ -201,15 +207,11 @@ async def encode(request: Request) -> Response:
     tm = _tm()
     obj = await parse_body(request, EmbeddingReqInput, {"max_batch_size": tm.args.max_batch_size})
     try:
-        states = await encode_states(tm, obj, request)
-    except ValueError as exc:
-        return e1(str(exc))
-    except RequestFailed as exc:
-        return failed_reply(exc)
-    except EngineDeadError as exc:
-        return e4(str(exc), 503)
-    results = [tm.embedding_response(s) for s in states[0]]
-    return ORJSONResponse(results if states[1] else results[0])
+        states, is_list = await encode_states(tm, obj, request)
+    except (ValueError, RequestFailed, EngineDeadError) as exc:
+        return refusal(exc)
+    results = [tm.embedding_response(s) for s in states]
+    return ORJSONResponse(results if is_list else results[0])
 
 
 # ---- health, info, cache -------------------------------------------------------------------------
