@@ -19,6 +19,7 @@ from sglang.srt.parser.tool_call_parser import TOOL_CALL_PARSERS
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 LOAD_FORMATS = ("auto", "pt", "safetensors", "gguf", "dummy")
+RECORDER_MODES = ("stat", "stat_approx", "per_pass", "per_token")  # MoE routing recorder
 ATTENTION_BACKENDS = ("cpu", "torch_native", "intel_amx", "triton")
 QUANTIZATIONS = ("none", "gguf", "w8a16")
 GRAMMAR_BACKENDS = ("xgrammar", "outlines", "none")
@@ -82,8 +83,9 @@ class ServerArgs:
     preferred_sampling_params: str | None = None
     reasoning_parser: str | None = None
     tool_call_parser: str | None = None
-    # embedding models (later issues)
+    # mixture-of-experts models: routing statistics (see eplb.expert_distribution)
     expert_distribution_recorder_mode: str | None = None
+    expert_distribution_recorder_buffer_size: int = 1000
     # limits of one request (a 4xx names the limit and its flag) and of the server's queue
     max_request_body_bytes: int = 64 << 20
     max_batch_size: int = 1024  # items of one /generate request (prompts x n)
@@ -149,6 +151,11 @@ class ServerArgs:
               f"--cuda-graph-max-bs must be at least 1, got {self.cuda_graph_max_bs}")
         check(self.tp_size == 1 and self.dp_size == 1,
               "tensor and data parallelism (--tp-size/--dp-size > 1) are not supported yet")
+        check(self.expert_distribution_recorder_mode in (None, *RECORDER_MODES),
+              f"--expert-distribution-recorder-mode must be one of {', '.join(RECORDER_MODES)}, "
+              f"got {self.expert_distribution_recorder_mode!r}")
+        check(self.expert_distribution_recorder_buffer_size >= 1,
+              "--expert-distribution-recorder-buffer-size must be at least 1")
         if self.reasoning_parser is not None:
             check(self.reasoning_parser in REASONING_PARSERS,
                   f"--reasoning-parser must be one of {', '.join(REASONING_PARSERS)}, "
@@ -237,7 +244,11 @@ class ServerArgs:
         a("--preferred-sampling-params", type=str, default=None)
         a("--reasoning-parser", type=str, default=None)
         a("--tool-call-parser", type=str, default=None)
-        a("--expert-distribution-recorder-mode", type=str, default=None)
+        a("--expert-distribution-recorder-mode", type=str, default=None,
+          choices=RECORDER_MODES, help="Record MoE routing (start/stop/dump endpoints).")
+        a("--expert-distribution-recorder-buffer-size", type=int,
+          default=d["expert_distribution_recorder_buffer_size"].default,
+          help="Forward passes kept by the 'stat' recorder (a circular buffer).")
         a("--max-request-body-bytes", type=int, default=d["max_request_body_bytes"].default,
           help="Largest request body accepted (413 beyond).")
         a("--max-batch-size", type=int, default=d["max_batch_size"].default,

@@ -17,6 +17,11 @@ from typing import Any
 import torch
 
 from sglang.srt.configs.model_config import ModelConfig
+from sglang.srt.eplb.expert_distribution import (
+    ExpertDistributionRecorder,
+    RealExpertDistributionRecorder,
+    set_global_expert_distribution_recorder,
+)
 from sglang.srt.hf_transformers_utils import get_config, get_generation_config
 from sglang.srt.layers.attention import CPU_ONLY, canonical_backend, create_attention_backend
 from sglang.srt.layers.decode_layers_cpu import FusedDecodeLayers
@@ -139,6 +144,8 @@ class ModelRunner:
         torch_compile_max_bs: int = 32,
         disable_cuda_graph: bool = False,
         cuda_graph_max_bs: int = DEFAULT_CUDA_GRAPH_MAX_BS,
+        expert_distribution_recorder_mode: str | None = None,
+        expert_distribution_recorder_buffer_size: int = 1000,
     ) -> None:
         if load_format not in LOAD_FORMATS:
             raise ValueError(f"Unknown load format '{load_format}'; expected one of {LOAD_FORMATS}")
@@ -175,6 +182,9 @@ class ModelRunner:
                 f"{self.model_config.architecture} is an embedding (encoder) model: serve it with "
                 "--is-embedding (/encode, /v1/embeddings)"
             )
+        self.recorder = self._init_recorder(
+            expert_distribution_recorder_mode, expert_distribution_recorder_buffer_size
+        )
         self._calibrate_dense_gemm()
         if self.quantization != "none":
             from sglang import _core
@@ -200,10 +210,12 @@ class ModelRunner:
             enable_cpu_kernels(self.model)
         if self.device.type == "cuda" and self.attention_backend == "triton":
             enable_gpu_kernels(self.model)
-        # Decode steps from CUDA graphs (captured in init_kv_pool, once the pool exists).
+        # Decode steps from CUDA graphs (captured in init_kv_pool, once the pool exists); not
+        # while the expert distribution is recorded (its hooks run on the host each pass).
         self.use_cuda_graph = (
             self.device.type == "cuda"
             and not disable_cuda_graph
+            and expert_distribution_recorder_mode is None
             and getattr(self.attn_backend, "supports_cuda_graph", False)
         )
         self.cuda_graph_max_bs = cuda_graph_max_bs
@@ -240,7 +252,24 @@ class ModelRunner:
             disable_cuda_graph=args.disable_cuda_graph,
             cuda_graph_max_bs=args.cuda_graph_max_bs
             or min(DEFAULT_CUDA_GRAPH_MAX_BS, args.max_running_requests),
+            expert_distribution_recorder_mode=args.expert_distribution_recorder_mode,
+            expert_distribution_recorder_buffer_size=args.expert_distribution_recorder_buffer_size,
         )
+
+    def _init_recorder(self, mode: str | None, buffer_size: int) -> ExpertDistributionRecorder:
+        """The process's expert-distribution recorder (a no-op one without ``mode``); the MoE
+        layers report their routing to it."""
+        recorder = ExpertDistributionRecorder()
+        if mode is not None:
+            layout = getattr(self.model, "moe_layout", None)
+            if layout is None:
+                raise ValueError(
+                    "--expert-distribution-recorder-mode needs a mixture-of-experts model; "
+                    f"{self.model_config.architecture} has no experts"
+                )
+            recorder = RealExpertDistributionRecorder(mode, layout(), self.device, buffer_size)
+        set_global_expert_distribution_recorder(recorder)
+        return recorder
 
     def _cpu_kernels_unfit(self) -> str | None:
         """Why the fused CPU kernels cannot run this model (None when they can)."""
@@ -313,6 +342,6 @@ class ModelRunner:
     def _forward_eager(self, batch: ForwardBatch) -> LogitsOutput:
         batch.kv_pool = self.kv_pool
         batch.attn_backend = self.attn_backend
-        with torch.inference_mode():
+        with torch.inference_mode(), self.recorder.with_forward_pass(batch):
             self.attn_backend.init_forward_metadata(batch)
             return self.model(batch)

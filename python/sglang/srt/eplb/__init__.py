@@ -1,0 +1,1 @@
+"""Expert-parallel load balancing helpers (the expert-distribution recorder)."""
