@@ -64,7 +64,8 @@ def test_fuzzing_covered_the_schema_and_left_the_engine_clean(fuzz_server: str) 
     assert {"/generate", "/encode", "/tokenize", "/detokenize", "/abort_request",
             "/v1/completions",
             "/v1/chat/completions", "/v1/embeddings", "/v1/messages",
-            "/v1/messages/count_tokens"} <= paths
+            "/v1/messages/count_tokens", "/v1/rerank"} <= paths
+    # (/v1/rerank's yes/no prompts do not fit this server's 96-token context: 400s only.)
     for path in ("/generate", "/v1/completions", "/v1/chat/completions", "/v1/messages"):
         statuses = {s for _, p, s in CASES if p == path}
         assert 200 in statuses and 400 in statuses, (path, statuses)  # valid and invalid ran

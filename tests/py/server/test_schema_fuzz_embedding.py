@@ -1,5 +1,5 @@
 """Schema fuzzing of an --is-embedding server (all-MiniLM-L6-v2): the embedding routes (/encode,
-/classify, /v1/embeddings, /v1/classify) with generated requests, valid and invalid, each answered < 500 within the
+/classify, /v1/embeddings, /v1/classify, /v1/rerank) with generated requests, valid and invalid, each answered < 500 within the
 timeout; afterwards the engine is alive and idle and still gives a correct-length vector. The
 generation server's routes are fuzzed by test_schema_fuzz.py."""
 
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings  # schemathesis brings hypothesis
 
 EXAMPLES = 60
 TIMEOUT_S = 120
-ROUTES = ("/encode", "/classify", "/v1/embeddings", "/v1/classify")
+ROUTES = ("/encode", "/classify", "/v1/embeddings", "/v1/classify", "/v1/rerank")
 CASES: list[tuple[str, int]] = []
 
 

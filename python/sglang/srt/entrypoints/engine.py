@@ -155,7 +155,8 @@ class Engine:
 
         def reply(state: ReqState) -> dict[str, Any]:
             out = tm.embedding_response(state)
-            out["embedding"] = out["embedding"].tolist()  # plain floats offline, as in SGLang
+            if not isinstance(out["embedding"], float):  # plain floats offline, as in SGLang
+                out["embedding"] = out["embedding"].tolist()
             return out
 
         return await self._results(states, is_list, reply)
@@ -166,6 +167,16 @@ class Engine:
         input, a list for a list of inputs. ValueError for an invalid request."""
         obj = EmbeddingReqInput(text=prompt, input_ids=input_ids, image_data=image_data,
                                 dimensions=dimensions, rid=rid)
+        try:
+            return self._call(self._encode(obj))
+        except RequestFailed as exc:
+            raise ValueError(exc.message) from exc
+
+    def rerank(self, prompt: list[list[str]], image_data: Any = None) -> list[dict[str, Any]]:
+        """Cross-encoder scores (an ``is_embedding=True`` engine on a cross-encoder) of
+        ``[[query, document], ...]``: ``{"embedding": score, "meta_info"}`` per pair, in the
+        pairs' order. ValueError for an invalid request."""
+        obj = EmbeddingReqInput(text=prompt, image_data=image_data, is_cross_encoder_request=True)
         try:
             return self._call(self._encode(obj))
         except RequestFailed as exc:

@@ -33,6 +33,7 @@ from sglang.srt.managers.io_struct import (
 from sglang.srt.model_executor.model_runner import resolve_device
 from sglang.srt.model_loader.loader import load_model
 from sglang.srt.model_loader.resolve import resolve_model_path
+from sglang.srt.models.sequence_classification import label_names
 from sglang.srt.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class EmbeddingEngineCore:
         if not getattr(self.model, "is_encoder", False):
             raise ValueError(f"{self.model_config.architecture} is not an encoder model")
         self.max_len = min(self.model.max_positions, self.model_config.context_length)
+        self.classifier = bool(getattr(self.model, "is_classifier", False))
         self.pooling = pooling_config(self.source.folder, ENCODER_POOLING)
         self.matryoshka = is_matryoshka(hf_config)
         self.queue: collections.deque[TokenizedGenerateReq] = collections.deque()
@@ -103,6 +105,8 @@ class EmbeddingEngineCore:
         n = len(req.input_ids)
         if n == 0:
             return RequestError(req.rid, "input_ids cannot be empty.")
+        if req.token_type_ids is not None and len(req.token_type_ids) != n:
+            return RequestError(req.rid, "token_type_ids must have one entry per input token.")
         if n > self.max_len:
             return RequestError(
                 req.rid,
@@ -161,8 +165,15 @@ class EmbeddingEngineCore:
         for q in batch:
             starts.append(starts[-1] + len(q.input_ids))
         ids = torch.tensor([t for q in batch for t in q.input_ids], device=self.device)
+        types = None
+        if any(q.token_type_ids for q in batch):
+            types = torch.tensor([t for q in batch for t in (q.token_type_ids or
+                                                             [0] * len(q.input_ids))],
+                                 device=self.device)  # fmt: skip
         with torch.inference_mode():
-            hidden = self.model(ids, starts)
+            hidden = self.model(ids, starts, types)
+            if self.classifier:  # a cross-encoder / classifier: the head's logits
+                return list(self.model.classify(hidden, starts).cpu().numpy())
             pooled = pool(hidden, starts, self.pooling).cpu()
         out = []
         for q, row in zip(batch, pooled, strict=True):
@@ -231,4 +242,5 @@ class EmbeddingEngineCore:
             },
             is_embedding=True,
             matryoshka=self.matryoshka,
+            id2label=label_names(self.model_config.hf_config, self.model),
         )

@@ -36,6 +36,7 @@ from sglang.srt.managers.io_struct import (
     TokenizedGenerateReq,
 )
 from sglang.srt.managers.stop_checker import StopChecker, StopCheckError
+from sglang.srt.models.sequence_classification import label_names
 from sglang.srt.sampling.custom_logit_processor import ReqView
 from sglang.srt.sampling.sampler import BatchSampler, RowSampling
 from sglang.srt.sampling.sampling_params import SamplingParams
@@ -187,7 +188,7 @@ class EngineCore:
             is_embedding=self.pooling is not None,
             matryoshka=self.pooling is not None and not self.classifier
             and _is_matryoshka(self.model_config.hf_config),
-            id2label=_id2label(self.model_config.hf_config, self.runner.model),
+            id2label=label_names(self.model_config.hf_config, self.runner.model),
             memory_usage={"weight": weight_bytes / 2**30, "kvcache": kv_bytes / 2**30,
                           "token_capacity": int(total), "graph": 0.0},
         )
@@ -677,12 +678,3 @@ def _is_matryoshka(hf_config: Any) -> bool:
     from sglang.srt.managers.embedding_core import is_matryoshka
 
     return is_matryoshka(hf_config)
-
-
-def _id2label(hf_config: Any, model: Any) -> dict[int, str]:
-    """A classification model's label names (LABEL_i when the config names none)."""
-    if not getattr(model, "is_classifier", False):
-        return {}
-    cfg = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config or {})
-    names = {int(k): str(v) for k, v in (cfg.get("id2label") or {}).items()}
-    return {i: names.get(i, f"LABEL_{i}") for i in range(model.num_labels)}

@@ -314,7 +314,6 @@ EMBEDDING_UNSUPPORTED_FIELDS = {
     "audio_data": "audio inputs (no multimodal model is supported yet)",
     "lora_path": "LoRA adapters",
     "priority": "priority scheduling",
-    "is_cross_encoder_request": "cross-encoder (rerank) requests",
 }
 IS_EMBEDDING_NEEDED = (
     "This model does not appear to be an embedding model by default. "
@@ -331,7 +330,7 @@ class EmbeddingReqInput(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    text: Optional[Union[list[str], str]] = None
+    text: Optional[Union[list[str], str, list[list[str]]]] = None
     input_ids: Optional[TokenIds] = None
     rid: Optional[Union[list[str], str]] = None
     dimensions: Optional[int] = None
@@ -343,7 +342,7 @@ class EmbeddingReqInput(BaseModel):
     audio_data: Optional[Any] = None
     lora_path: Optional[Any] = None
     priority: Optional[Any] = None
-    is_cross_encoder_request: Optional[bool] = None
+    is_cross_encoder_request: bool = False  # text holds [query, document] pairs
 
     @model_validator(mode="before")
     @classmethod
@@ -355,11 +354,21 @@ class EmbeddingReqInput(BaseModel):
             _check_nested(data.get("input_ids"), "input_ids", _is_int, "an integer", depth=2)
             text = data.get("text")
             if isinstance(text, list):
-                if text and isinstance(text[0], list):
-                    raise ValueError("Text pairs ([[query, document], ...]) are cross-encoder "
-                                     "requests, which are not supported by this server yet.")
-                _check_nested(text, "text", lambda v: isinstance(v, str), "a string", depth=1)
+                if text and isinstance(text[0], list):  # cross-encoder pairs
+                    for i, pair in enumerate(text):
+                        if not (isinstance(pair, list) and len(pair) == 2
+                                and all(isinstance(t, str) for t in pair)):
+                            raise ValueError(f"text[{i}] must be a [query, document] pair of "
+                                             "two strings.")
+                else:
+                    _check_nested(text, "text", lambda v: isinstance(v, str), "a string",
+                                  depth=1)
         return data
+
+    @property
+    def is_pairs(self) -> bool:
+        """Whether ``text`` holds cross-encoder [query, document] pairs."""
+        return isinstance(self.text, list) and bool(self.text) and isinstance(self.text[0], list)
 
     def unsupported_fields(self) -> list[str]:
         return [n for n in EMBEDDING_UNSUPPORTED_FIELDS if _is_set(getattr(self, n))]
@@ -370,6 +379,14 @@ class EmbeddingReqInput(BaseModel):
             raise ValueError("Either text or input_ids should be provided.")
         if self.dimensions is not None and self.dimensions < 1:
             raise ValueError("Requested dimensions must be greater than 0")
+        if self.is_cross_encoder_request and not self.is_pairs:
+            raise ValueError("A cross-encoder request (is_cross_encoder_request) takes text as "
+                             "[[query, document], ...] pairs.")
+        if self.is_pairs:
+            pairs = self.text or []
+            rids = self._rids(len(pairs), True)
+            return [SingleGenerateReq(rid=rids[i], text=q, text_pair=d, index=i, prompt_index=i)
+                    for i, (q, d) in enumerate(pairs)], True
         if self.input_ids is not None:
             ids = self.input_ids
             is_batch = bool(ids) and isinstance(ids[0], list)
@@ -471,6 +488,7 @@ class SingleGenerateReq:
 
     rid: str
     text: str | None = None
+    text_pair: str | None = None  # a cross-encoder's document (``text`` is the query)
     input_ids: list[int] | None = None
     input_embeds: list[list[float]] | None = None
     sampling_params: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -505,6 +523,8 @@ class TokenizedGenerateReq:
     cache_namespace: str = ""
     # An embedding request (--is-embedding servers): keep this many leading features (None: all).
     dimensions: int | None = None
+    # A cross-encoder's (query, document) pair: the segment of each token (None: all 0).
+    token_type_ids: list[int] | None = None
 
 
 @dataclasses.dataclass

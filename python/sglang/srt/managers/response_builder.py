@@ -82,7 +82,10 @@ class ResponseBuilder:
             "num_retractions": state.num_retractions,
             "e2e_latency": time.time() - state.created,
         }
-        return {"embedding": state.embedding, "meta_info": meta}
+        embedding: Any = state.embedding
+        if state.single.text_pair is not None and embedding is not None and len(embedding) == 1:
+            embedding = float(embedding[0])  # a cross-encoder pair's score, as SGLang sends it
+        return {"embedding": embedding, "meta_info": meta}
 
     def _add_logprobs(self, state: ReqState, meta: dict[str, Any], start: int) -> None:
         single = state.single

@@ -314,7 +314,11 @@ class TokenizerManager:
                 self.validator.check_text(single.text)
             if single.rid in self.rid_to_state:
                 raise ValueError(f"Duplicate request ID: {single.rid}")
-        if self.tokenizer is not None and all(s.text is not None for s in singles):
+        types: list[Any] = [None] * len(singles)
+        if obj.is_pairs:
+            batch, types = await self._tokenize_pairs(singles)
+            prompts = {s.prompt_index: (ids, "") for s, ids in zip(singles, batch)}
+        elif self.tokenizer is not None and all(s.text is not None for s in singles):
             # One batched call (the fast tokenizers encode a batch in parallel).
             texts = [s.text for s in singles]
             batch = await self.run_tokenizer(lambda: self.tokenizer(texts)["input_ids"])
@@ -322,15 +326,36 @@ class TokenizerManager:
         else:
             prompts = await self.run_tokenizer(self._tokenize_prompts, singles)
         prepared = []
-        for single in singles:
+        for single, token_types in zip(singles, types, strict=True):
             ids = prompts[single.prompt_index][0]
             self.validator.check_embedding_prompt(ids)
             sampling = SamplingParams(max_new_tokens=0)
             state = ReqState(single=single, sampling=sampling, prompt_tokens=len(ids),
                              detok=None, created=time.time(), internal=internal)
             prepared.append((state, TokenizedGenerateReq(
-                rid=single.rid, input_ids=ids, sampling=sampling, dimensions=obj.dimensions)))
+                rid=single.rid, input_ids=ids, sampling=sampling, dimensions=obj.dimensions,
+                token_type_ids=token_types)))
         return await self._send(prepared), is_list
+
+    async def _tokenize_pairs(self, singles: list[SingleGenerateReq]
+                              ) -> tuple[list[list[int]], list[list[int] | None]]:
+        """Cross-encoder (query, document) pairs as the tokenizer joins them (``[CLS] q [SEP] d
+        [SEP]``, ``<s> q </s></s> d </s>``, ...), with each token's segment where it has them.
+        ValueError unless the model is a cross-encoder (a classifier) with a tokenizer."""
+        if not self.info.id2label:
+            raise ValueError("Text pairs ([[query, document], ...]) need a cross-encoder "
+                             "(sequence classification) model; this one is not.")
+        if self.tokenizer is None:
+            raise ValueError("Text pairs need the tokenizer (the server runs with "
+                             "--skip-tokenizer-init): send input_ids instead.")
+        for s in singles:
+            self.validator.check_text((s.text or "") + (s.text_pair or ""))
+        queries = [s.text or "" for s in singles]
+        docs = [s.text_pair or "" for s in singles]
+        enc = await self.run_tokenizer(lambda: self.tokenizer(queries, docs))
+        types = enc.get("token_type_ids")
+        ids = [list(i) for i in enc["input_ids"]]
+        return ids, ([list(t) for t in types] if types is not None else [None] * len(ids))
 
     async def _send(self, prepared: list[tuple[ReqState, TokenizedGenerateReq]]
                     ) -> list[ReqState]:

@@ -198,6 +198,7 @@ class BertModel(nn.Module):
     """The encoder; ``forward`` -> flat last hidden states [tokens, hidden]."""
 
     is_encoder = True  # no causal mask, no KV cache, no prefix sharing
+    checkpoint_prefix = "bert."  # of the encoder's tensors in BertFor* checkpoints
 
     def __init__(
         self,
@@ -212,9 +213,17 @@ class BertModel(nn.Module):
         kw = {"dtype": dtype or config.dtype, "device": device}
         if hf.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError("only absolute position embeddings are supported for BERT models")
-        self.max_positions = int(hf.get("max_position_embeddings", 512))
+        # Position ids start at ``position_offset`` (RoBERTa-style models: after the padding id).
+        self.position_offset = self.first_position(hf)
+        self.max_positions = int(hf.get("max_position_embeddings", 512)) - self.position_offset
+        # Token types (a cross-encoder's second segment) only when the model has them.
+        self.has_token_types = int(hf.get("type_vocab_size", 2)) > 1
         self.embeddings = BertEmbeddings(config, hf, **kw)
         self.encoder = BertEncoder(config, hf, **kw)
+
+    @staticmethod
+    def first_position(hf: dict[str, Any]) -> int:
+        return 0
 
     def forward(
         self,
@@ -226,9 +235,10 @@ class BertModel(nn.Module):
         if max(lengths, default=0) > self.max_positions:
             raise ValueError(f"a sequence is longer than the model's {self.max_positions} tokens")
         pack = Packing.of(lengths, starts, input_ids.device)
-        positions = pack.positions
-        types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
-        x = self.embeddings(input_ids, positions, types)
+        positions = pack.positions + self.position_offset
+        if token_type_ids is None or not self.has_token_types:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embeddings(input_ids, positions, token_type_ids)
         for layer in self.encoder.layer:
             x = layer(x, pack)
         return x
@@ -238,8 +248,10 @@ class BertModel(nn.Module):
         loaded: set[str] = set()
         shards: dict[str, set[str]] = {}
         for name, tensor in weights:
-            name = name.removeprefix("bert.")
-            if name.startswith("pooler.") or name == "embeddings.position_ids":
+            name = name.removeprefix(self.checkpoint_prefix)
+            if name == "embeddings.position_ids" or (
+                name.startswith("pooler.") and "pooler.dense.weight" not in params
+            ):
                 continue  # the pooler head is unused by sentence embeddings
             target, rows = name, None
             for i, proj in enumerate(QKV_SHARDS):
@@ -262,3 +274,14 @@ class BertModel(nn.Module):
                 shards.setdefault(target, set()).add(QKV_SHARDS[rows])
         loaded.update(t for t, got in shards.items() if got == set(QKV_SHARDS))
         return loaded
+
+
+class XLMRobertaModel(BertModel):
+    """XLM-RoBERTa / RoBERTa encoders (bge-m3, multilingual-e5): BERT layers, positions counted
+    from ``pad_token_id + 1``, no token types."""
+
+    checkpoint_prefix = "roberta."
+
+    @staticmethod
+    def first_position(hf: dict[str, Any]) -> int:
+        return int(hf.get("pad_token_id", 1)) + 1

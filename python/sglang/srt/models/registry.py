@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from sglang.srt.models.bert import BertModel
+from sglang.srt.models.bert import BertModel, XLMRobertaModel
+from sglang.srt.models.cross_encoder import (
+    BertForSequenceClassification,
+    XLMRobertaForSequenceClassification,
+)
 from sglang.srt.models.llama import LlamaForCausalLM
 from sglang.srt.models.qwen2 import Qwen2ForCausalLM
 from sglang.srt.models.qwen3 import Qwen3ForCausalLM
@@ -15,6 +19,11 @@ from sglang.srt.models.sequence_classification import (
 
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "BertModel": BertModel,
+    "BertForSequenceClassification": BertForSequenceClassification,
+    "XLMRobertaModel": XLMRobertaModel,
+    "XLMRobertaForSequenceClassification": XLMRobertaForSequenceClassification,
+    "RobertaModel": XLMRobertaModel,
+    "RobertaForSequenceClassification": XLMRobertaForSequenceClassification,
     "LlamaForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,

@@ -27,6 +27,15 @@ def num_labels(config: ModelConfig) -> int:
     return int(cfg.get("num_labels") or len(labels) or 2)
 
 
+def label_names(hf_config: Any, model: Any) -> dict[int, str]:
+    """A classification model's label names (LABEL_i when the config names none)."""
+    if not getattr(model, "is_classifier", False):
+        return {}
+    cfg = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config or {})
+    names = {int(k): str(v) for k, v in (cfg.get("id2label") or {}).items()}
+    return {i: names.get(i, f"LABEL_{i}") for i in range(model.num_labels)}
+
+
 class ClassifierMixin:
     """Replaces the LM head by ``score``; ``forward`` returns the head's logits."""
 
