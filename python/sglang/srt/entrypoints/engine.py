@@ -14,9 +14,13 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from sglang.srt.managers.io_struct import EmbeddingReqInput, GenerateReqInput
+from sglang.srt.managers.io_struct import (
+    EmbeddingReqInput,
+    GenerateReqInput,
+    UpdateWeightFromDiskReqInput,
+)
 from sglang.srt.managers.tokenizer_manager import ReqState, RequestFailed, TokenizerManager
-from sglang.srt.server_args import ServerArgs
+from sglang.srt.server_args import LOAD_FORMATS, ServerArgs
 
 _END = object()
 
@@ -181,6 +185,29 @@ class Engine:
             return self._call(self._encode(obj))
         except RequestFailed as exc:
             raise ValueError(exc.message) from exc
+
+    def update_weights_from_disk(self, model_path: str, load_format: str | None = None,
+                                 **kwargs: Any) -> tuple[bool, str, int]:
+        """Swap in another checkpoint of the same model: (success, message,
+        num_paused_requests). Other fields of ``/update_weights_from_disk`` (``weight_version``,
+        ``abort_all_requests``, ``flush_cache``) go as keyword arguments."""
+        obj = UpdateWeightFromDiskReqInput(model_path=model_path, load_format=load_format,
+                                           **kwargs)
+        try:
+            obj.check(LOAD_FORMATS)
+        except ValueError as exc:
+            return False, str(exc), 0
+        return self._call(self.tokenizer_manager.update_weights_from_disk(obj))
+
+    def start_expert_distribution_record(self) -> None:
+        self._call(self.tokenizer_manager.expert_distribution("start"))
+
+    def stop_expert_distribution_record(self) -> None:
+        self._call(self.tokenizer_manager.expert_distribution("stop"))
+
+    def dump_expert_distribution_record(self) -> None:
+        """Writes the recorded window to SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR (a .pt file)."""
+        self._call(self.tokenizer_manager.expert_distribution("dump"))
 
     def flush_cache(self) -> bool:
         return self._call(self.tokenizer_manager.flush_cache())

@@ -59,6 +59,7 @@ from sglang.srt.managers.io_struct import (
     EmbeddingReqInput,
     GenerateReqInput,
     TokenizeReqInput,
+    UpdateWeightFromDiskReqInput,
 )
 from sglang.srt.managers.tokenizer_manager import (
     EngineDeadError,
@@ -66,7 +67,7 @@ from sglang.srt.managers.tokenizer_manager import (
     RequestFailed,
     TokenizerManager,
 )
-from sglang.srt.server_args import ServerArgs
+from sglang.srt.server_args import LOAD_FORMATS, ServerArgs
 
 logger = logging.getLogger("sglang.http_server")
 
@@ -305,6 +306,56 @@ async def flush_cache() -> PlainTextResponse:
     except (EngineDeadError, asyncio.TimeoutError):
         ok = False
     return PlainTextResponse(FLUSH_CACHE_TEXT, status_code=200 if ok else 400)
+
+
+@app.post("/update_weights_from_disk",
+          openapi_extra={"requestBody": body_schema(UpdateWeightFromDiskReqInput)})
+@admin_optional
+async def update_weights_from_disk(request: Request) -> ORJSONResponse:
+    """Contract 2.6: ``{"success", "message", "num_paused_requests"}``, 200 or 400."""
+    tm = _tm()
+    obj = await parse_body(request, UpdateWeightFromDiskReqInput)
+    try:
+        obj.check(LOAD_FORMATS)
+        success, message, paused = await tm.update_weights_from_disk(obj)
+    except ValueError as exc:
+        success, message, paused = False, str(exc), 0
+    except (EngineDeadError, asyncio.TimeoutError) as exc:
+        return e4(f"The engine cannot update weights: {exc or type(exc).__name__}", 503)
+    return ORJSONResponse({"success": success, "message": message,
+                           "num_paused_requests": paused}, status_code=200 if success else 400)
+
+
+@app.get("/get_weight_version")
+@app.get("/weight_version")
+async def get_weight_version() -> ORJSONResponse:
+    return ORJSONResponse({"weight_version": _tm().args.weight_version})
+
+
+EXPERT_RECORD_TEXTS = {
+    "start": "Start recording the expert distribution.\n",
+    "stop": "Stop recording the expert distribution.\n",
+    "dump": "Dump expert distribution record.\n",
+}
+
+
+def _expert_record_route(action: str) -> Any:
+    async def route() -> Response:
+        try:
+            await _tm().expert_distribution(action)
+        except ValueError as exc:
+            return e1(str(exc))
+        except (EngineDeadError, asyncio.TimeoutError) as exc:
+            return e4(f"The engine did not answer: {exc or type(exc).__name__}", 503)
+        return PlainTextResponse(EXPERT_RECORD_TEXTS[action])
+
+    route.__name__ = f"{action}_expert_distribution_record"
+    return admin_optional(route)
+
+
+for _action in EXPERT_RECORD_TEXTS:
+    app.api_route(f"/{_action}_expert_distribution_record",
+                  methods=["GET", "POST"])(_expert_record_route(_action))
 
 
 @app.post("/abort_request", openapi_extra={"requestBody": body_schema(AbortReqInput)})

@@ -25,13 +25,21 @@ from sglang.srt.hf_transformers_utils import get_config
 from sglang.srt.layers.pooler import PoolingConfig, pool, pooling_config
 from sglang.srt.managers.finish_reason import FinishReason
 from sglang.srt.managers.io_struct import (
+    WEIGHTS_BUSY,
     EngineReady,
     ReqOutput,
     RequestError,
     TokenizedGenerateReq,
+    UpdateWeightsFromDiskReq,
+    UpdateWeightsFromDiskResp,
 )
 from sglang.srt.model_executor.model_runner import resolve_device
-from sglang.srt.model_loader.loader import load_model
+from sglang.srt.model_loader.loader import (
+    WEIGHTS_UPDATED,
+    WeightUpdateError,
+    load_model,
+    load_replacement,
+)
 from sglang.srt.model_loader.resolve import resolve_model_path
 from sglang.srt.models.sequence_classification import label_names
 from sglang.srt.server_args import ServerArgs
@@ -202,6 +210,16 @@ class EmbeddingEngineCore:
 
     def flush_cache(self) -> bool:
         return True  # an encoder keeps no cache
+
+    def update_weights_from_disk(self, req: UpdateWeightsFromDiskReq) -> UpdateWeightsFromDiskResp:
+        if not self.idle():
+            return UpdateWeightsFromDiskResp(False, WEIGHTS_BUSY)
+        try:
+            self.model, self.model_config, self.source = load_replacement(
+                self.model_config, req.model_path, req.load_format, self.device)
+        except WeightUpdateError as exc:
+            return UpdateWeightsFromDiskResp(False, str(exc))
+        return UpdateWeightsFromDiskResp(True, WEIGHTS_UPDATED)
 
     def num_queued(self) -> int:
         return len(self.queue)

@@ -30,10 +30,13 @@ from sglang.srt.constrained.grammar_manager import GrammarManager
 from sglang.srt.layers.pooler import PoolingConfig, pool, pooling_config
 from sglang.srt.managers.finish_reason import FinishKind, FinishReason
 from sglang.srt.managers.io_struct import (
+    WEIGHTS_BUSY,
     EngineReady,
     ReqOutput,
     RequestError,
     TokenizedGenerateReq,
+    UpdateWeightsFromDiskReq,
+    UpdateWeightsFromDiskResp,
 )
 from sglang.srt.managers.stop_checker import StopChecker, StopCheckError
 from sglang.srt.models.sequence_classification import label_names
@@ -331,6 +334,16 @@ class EngineCore:
 
     def flush_cache(self) -> bool:
         return self.core.flush_cache()
+
+    def update_weights_from_disk(self, req: UpdateWeightsFromDiskReq) -> UpdateWeightsFromDiskResp:
+        """Swap the model's weights (the HTTP side drained or aborted every request first); the
+        radix cache, computed with the old weights, is flushed after a success."""
+        if not self.idle():
+            return UpdateWeightsFromDiskResp(False, WEIGHTS_BUSY)
+        ok, message = self.runner.update_weights_from_disk(req.model_path, req.load_format)
+        if ok and req.flush_cache:
+            self.flush_cache()
+        return UpdateWeightsFromDiskResp(ok, message)
 
     def idle(self) -> bool:
         return self.core.idle() and not (self.grammars and self.grammars.waiting)

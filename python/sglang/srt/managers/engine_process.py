@@ -25,6 +25,8 @@ import zmq
 from sglang.srt.managers.io_struct import (
     AbortReq,
     BatchTokenOut,
+    ExpertDistributionReq,
+    ExpertDistributionResp,
     FlushCacheReq,
     FlushCacheResp,
     GetInternalStateReq,
@@ -32,6 +34,7 @@ from sglang.srt.managers.io_struct import (
     RequestError,
     ShutdownReq,
     TokenizedGenerateReq,
+    UpdateWeightsFromDiskReq,
 )
 from sglang.srt.server_args import ServerArgs
 
@@ -132,5 +135,26 @@ def _handle(engine: Any, msg: Any, send: zmq.Socket) -> None:
         send.send_pyobj(FlushCacheResp(engine.flush_cache()))
     elif isinstance(msg, GetInternalStateReq):
         send.send_pyobj(InternalStateResp(engine.internal_state()))
+    elif isinstance(msg, UpdateWeightsFromDiskReq):
+        send.send_pyobj(engine.update_weights_from_disk(msg))
+    elif isinstance(msg, ExpertDistributionReq):
+        send.send_pyobj(_expert_distribution(msg.action))
     else:
         logger.warning("engine got an unknown message %r", type(msg).__name__)
+
+
+def _expert_distribution(action: str) -> ExpertDistributionResp:
+    """start / stop / dump of this process's expert-distribution recorder."""
+    from sglang.srt.eplb.expert_distribution import get_global_expert_distribution_recorder
+
+    recorder = get_global_expert_distribution_recorder()
+    try:
+        if action == "start":
+            recorder.start_record()
+        elif action == "stop":
+            recorder.stop_record()
+        else:
+            return ExpertDistributionResp(True, str(recorder.dump_record()))
+    except (RuntimeError, OSError) as exc:
+        return ExpertDistributionResp(False, str(exc))
+    return ExpertDistributionResp(True, "")

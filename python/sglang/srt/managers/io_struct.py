@@ -419,6 +419,51 @@ class EmbeddingReqInput(BaseModel):
         return list(self.rid)
 
 
+class UpdateWeightFromDiskReqInput(BaseModel):
+    """The /update_weights_from_disk body (contract 2.6)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model_path: str
+    load_format: Optional[str] = None
+    abort_all_requests: bool = False
+    weight_version: Optional[str] = None
+    flush_cache: bool = True
+    # Newer SGLang fields: the old GPU memory is always released and CUDA graphs always captured
+    # again, so torch_empty_cache and recapture_cuda_graph are accepted either way; the others
+    # are refused when set (WEIGHT_UPDATE_UNSUPPORTED).
+    torch_empty_cache: bool = False
+    recapture_cuda_graph: bool = False
+    is_async: bool = False
+    keep_pause: bool = False
+    token_step: Optional[int] = None
+    manifest: Optional[Any] = None
+
+    def check(self, load_formats: tuple[str, ...]) -> None:
+        """ValueError naming the first field this server cannot honour."""
+        if not self.model_path.strip() or len(self.model_path) > 4096:
+            raise ValueError("model_path must be a non-empty path or model name of at most 4096 "
+                             "characters.")
+        if self.load_format is not None and self.load_format not in load_formats:
+            raise ValueError(f"load_format must be one of {', '.join(load_formats)}, got "
+                             f"{self.load_format!r}.")
+        if self.weight_version is not None and len(self.weight_version) > 256:
+            raise ValueError("weight_version must be at most 256 characters.")
+        for name, needs in WEIGHT_UPDATE_UNSUPPORTED.items():
+            value = getattr(self, name)
+            if value not in (None, False):
+                raise ValueError(f"{name} is not supported by this server yet: it needs {needs}. "
+                                 "Remove the field.")
+
+
+WEIGHT_UPDATE_UNSUPPORTED = {
+    "is_async": "asynchronous weight loading",
+    "keep_pause": "pause/continue generation",
+    "token_step": "step-wise weight loading",
+    "manifest": "manifest-driven weight loading",
+}
+
+
 class AbortReqInput(BaseModel):
     """The /abort_request body."""
 
@@ -549,6 +594,20 @@ class ShutdownReq:
     pass
 
 
+@dataclasses.dataclass
+class UpdateWeightsFromDiskReq:
+    """Swap in the weights of another checkpoint of the same model (engine idle)."""
+
+    model_path: str
+    load_format: str | None = None
+    flush_cache: bool = True
+
+
+@dataclasses.dataclass
+class ExpertDistributionReq:
+    action: str  # "start", "stop" or "dump"
+
+
 # ---- engine process -> HTTP process ------------------------------------------------------------
 @dataclasses.dataclass
 class ReqOutput:
@@ -594,6 +653,22 @@ class FlushCacheResp:
 @dataclasses.dataclass
 class InternalStateResp:
     state: dict[str, Any]
+
+
+WEIGHTS_BUSY = ("Failed to update weights: requests are still running (the update waits for "
+                "them, or aborts them with abort_all_requests).")
+
+
+@dataclasses.dataclass
+class UpdateWeightsFromDiskResp:
+    success: bool
+    message: str
+
+
+@dataclasses.dataclass
+class ExpertDistributionResp:
+    success: bool
+    message: str  # the error, or where a dump was written
 
 
 @dataclasses.dataclass

@@ -23,6 +23,8 @@ from sglang.srt.managers.io_struct import (
     IS_GENERATION_NEEDED,
     BatchTokenOut,
     EmbeddingReqInput,
+    ExpertDistributionReq,
+    ExpertDistributionResp,
     FlushCacheReq,
     FlushCacheResp,
     GenerateReqInput,
@@ -32,12 +34,18 @@ from sglang.srt.managers.io_struct import (
     RequestError,
     SingleGenerateReq,
     TokenizedGenerateReq,
+    UpdateWeightFromDiskReqInput,
+    UpdateWeightsFromDiskReq,
+    UpdateWeightsFromDiskResp,
 )
 from sglang.srt.managers.req_state import ReqState, RequestFailed
 from sglang.srt.managers.request_validator import RequestValidator, embeds_namespace
 from sglang.srt.managers.response_builder import ResponseBuilder, SentSoFar
 from sglang.srt.sampling.sampling_params import SamplingParams, chat_sampling_defaults
 from sglang.srt.server_args import ServerArgs
+
+# A weight update may load a large checkpoint: the engine's reply is awaited this long.
+WEIGHT_UPDATE_TIMEOUT_S = 3600.0
 
 __all__ = ["EngineDeadError", "ReqState", "RequestFailed", "TokenizerManager"]
 
@@ -75,6 +83,10 @@ class TokenizerManager:
         self.detokenize_pool = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="sglang-detokenize")
         self.builder = ResponseBuilder(server_args.weight_version, self.tokenizer)
+        # Cleared while weights are updated: new requests wait, in-flight ones finish first.
+        self.weights_ready = asyncio.Event()
+        self.weights_ready.set()
+        self.update_lock = asyncio.Lock()
         # Defaults of the keys a /v1/chat/completions request omits (--sampling-defaults).
         self.chat_sampling_defaults = chat_sampling_defaults(server_args.sampling_defaults,
                                                              self.info.generation_config)
@@ -142,6 +154,42 @@ class TokenizerManager:
     async def flush_cache(self) -> bool:
         reply: FlushCacheResp = await self.engine.request(FlushCacheReq(), FlushCacheResp)
         return reply.success
+
+    async def update_weights_from_disk(self, obj: UpdateWeightFromDiskReqInput
+                                       ) -> tuple[bool, str, int]:
+        """Swap in the weights of ``obj.model_path`` (contract 2.6): new requests wait while the
+        requests in flight finish (or are aborted with ``abort_all_requests``), then the engine
+        loads the checkpoint and flushes the radix cache. (success, message,
+        num_paused_requests). One update at a time."""
+        async with self.update_lock:
+            self.weights_ready.clear()
+            try:
+                if obj.abort_all_requests:
+                    await self.abort_request(abort_all=True)
+                while any(not s.finished for s in self.rid_to_state.values()):
+                    self.engine.check_alive()
+                    await asyncio.sleep(0.005)
+                req = UpdateWeightsFromDiskReq(obj.model_path, obj.load_format, obj.flush_cache)
+                reply: UpdateWeightsFromDiskResp = await self.engine.request(
+                    req, UpdateWeightsFromDiskResp, timeout=WEIGHT_UPDATE_TIMEOUT_S)
+            finally:
+                self.weights_ready.set()
+        message = reply.message
+        if reply.success:  # the server now serves that checkpoint (as SGLang reports it)
+            self.args.model_path = obj.model_path
+            self.args.load_format = obj.load_format or self.args.load_format
+        if reply.success and obj.weight_version is not None:
+            self.args.weight_version = self.builder.weight_version = obj.weight_version
+            message += f" Weight version updated to {obj.weight_version}."
+        return reply.success, message, 0
+
+    async def expert_distribution(self, action: str) -> None:
+        """start / stop / dump the engine's expert-distribution recorder; ValueError (400) when
+        it is off (no --expert-distribution-recorder-mode) or the dump cannot be written."""
+        reply: ExpertDistributionResp = await self.engine.request(
+            ExpertDistributionReq(action), ExpertDistributionResp)
+        if not reply.success:
+            raise ValueError(reply.message)
 
     async def get_internal_state(self) -> dict[str, Any]:
         reply: InternalStateResp = await self.engine.request(GetInternalStateReq(),
@@ -283,6 +331,7 @@ class TokenizerManager:
         ValueError (HTTP 400) for an invalid request, before anything is sent; EngineDeadError
         (503) while the engine cannot serve; RequestFailed when the n > 1 prefill fails.
         ``internal``: the server's own request (health checks), left out of the metrics."""
+        await self.weights_ready.wait()
         self.check_serving()
         if self.info.is_embedding:
             raise ValueError(IS_GENERATION_NEEDED)
@@ -304,6 +353,7 @@ class TokenizerManager:
         """Validates and submits every input of an /encode request; returns their states (each
         finishes with its ``embedding``). ValueError (400) for an invalid request or a server
         that does not serve embeddings, before anything is sent."""
+        await self.weights_ready.wait()
         self.check_serving()
         if not self.info.is_embedding:
             raise ValueError(IS_EMBEDDING_NEEDED)

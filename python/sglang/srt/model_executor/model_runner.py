@@ -30,7 +30,14 @@ from sglang.srt.layers.logits_processor import LogitsOutput
 from sglang.srt.mem_cache.kv_pool import KVPool
 from sglang.srt.model_executor.cuda_graph_runner import CudaGraphRunner
 from sglang.srt.model_executor.forward_batch import ForwardBatch
-from sglang.srt.model_loader.loader import LOAD_FORMATS, load_model, resolve_quantization
+from sglang.srt.model_loader.loader import (
+    LOAD_FORMATS,
+    WEIGHTS_UPDATED,
+    WeightUpdateError,
+    load_model,
+    load_replacement,
+    resolve_quantization,
+)
 from sglang.srt.model_loader.resolve import resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -206,10 +213,8 @@ class ModelRunner:
             if not interpreting():
                 raise ValueError("attention backend 'triton' runs on CUDA (or TRITON_INTERPRET=1)")
         self.attn_backend = create_attention_backend(self.attention_backend)
-        if self.attention_backend == "cpu":
-            enable_cpu_kernels(self.model)
-        if self.device.type == "cuda" and self.attention_backend == "triton":
-            enable_gpu_kernels(self.model)
+        self.torch_compile_max_bs = torch_compile_max_bs if enable_torch_compile else 0
+        self._prepare_model()
         # Decode steps from CUDA graphs (captured in init_kv_pool, once the pool exists); not
         # while the expert distribution is recorded (its hooks run on the host each pass).
         self.use_cuda_graph = (
@@ -220,8 +225,6 @@ class ModelRunner:
         )
         self.cuda_graph_max_bs = cuda_graph_max_bs
         self.graph_runner: CudaGraphRunner | None = None
-        if enable_torch_compile:
-            compile_mlps(self.model, torch_compile_max_bs)
         self.kv_pool: KVPool | None = None
         logger.info(
             "loaded %s (%s) on %s in %s, quantization %s, %d threads",
@@ -270,6 +273,32 @@ class ModelRunner:
             recorder = RealExpertDistributionRecorder(mode, layout(), self.device, buffer_size)
         set_global_expert_distribution_recorder(recorder)
         return recorder
+
+    def _prepare_model(self) -> None:
+        """What a freshly loaded model gets before it serves: the fused CPU or Triton layers of
+        the chosen backend and, with --enable-torch-compile, compiled MLPs."""
+        if self.attention_backend == "cpu":
+            enable_cpu_kernels(self.model)
+        if self.device.type == "cuda" and self.attention_backend == "triton":
+            enable_gpu_kernels(self.model)
+        if self.torch_compile_max_bs:
+            compile_mlps(self.model, self.torch_compile_max_bs)
+
+    def update_weights_from_disk(self, model_path: str, load_format: str | None = None
+                                 ) -> tuple[bool, str]:
+        """Replace the weights by those of another checkpoint of the same architecture and
+        shapes (``/update_weights_from_disk``); (success, message). On failure the old weights
+        keep serving. CUDA graphs are captured again for the new weights."""
+        try:
+            self.model, self.model_config, self.source = load_replacement(
+                self.model_config, model_path, load_format, self.device, self.quantization,
+                self.generation_config)  # fmt: skip
+        except WeightUpdateError as exc:
+            return False, str(exc)
+        self._prepare_model()
+        if self.graph_runner is not None:  # the graphs read the old parameters
+            self._capture_graphs()
+        return True, WEIGHTS_UPDATED
 
     def _cpu_kernels_unfit(self) -> str | None:
         """Why the fused CPU kernels cannot run this model (None when they can)."""
@@ -320,11 +349,16 @@ class ModelRunner:
             self.device,
         )
         if self.use_cuda_graph:
-            width = min(cfg.context_length, num_slots)
-            self.graph_runner = CudaGraphRunner(
-                self._forward_eager, self.cuda_graph_max_bs, width, self.device
-            )
+            self._capture_graphs()
         return self.kv_pool
+
+    def _capture_graphs(self) -> None:
+        assert self.kv_pool is not None
+        width = min(self.model_config.context_length, self.kv_pool.num_slots)
+        self.graph_runner = None  # the old graphs' memory goes back to the pool first
+        self.graph_runner = CudaGraphRunner(
+            self._forward_eager, self.cuda_graph_max_bs, width, self.device
+        )
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Rows of the input embedding table for ``input_ids`` (a new tensor, model dtype)."""

@@ -7,7 +7,9 @@ missing tensors is an error naming them).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +26,8 @@ from sglang.srt.model_loader.resolve import ResolvedModel
 from sglang.srt.models.llama import expected_weight_names
 from sglang.srt.models.registry import get_model_class
 from sglang.srt.server_args import QUANTIZATIONS
+
+logger = logging.getLogger(__name__)
 
 LOAD_FORMATS = ("auto", "safetensors", "pt", "gguf", "dummy")
 
@@ -138,3 +142,53 @@ def finalize_weights(model: nn.Module, quantization: str) -> None:
         finalize = getattr(module, "finalize_weights", None)
         if finalize is not None:
             finalize("none" if name.endswith("lm_head") else quantization)
+
+
+# ---- weight updates (/update_weights_from_disk) ----------------------------------------------------
+WEIGHTS_UPDATED = "Succeeded to update model weights."
+# What must match for a weight update: the layout of every parameter follows from these.
+_SHAPE_FIELDS = ("architecture", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size")
+
+
+class WeightUpdateError(Exception):
+    """A checkpoint that cannot replace the served weights; the message is the reply's."""
+
+
+def load_replacement(
+    current: ModelConfig,
+    model_path: str,
+    load_format: str | None,
+    device: torch.device | str,
+    quantization: str = "none",
+    generation_config: Any = None,
+) -> tuple[nn.Module, ModelConfig, ResolvedModel]:
+    """A complete new model from ``model_path`` with the served model's architecture, shapes,
+    dtype and context length: (model, its config, its source). WeightUpdateError otherwise
+    (nothing served is touched: the caller swaps the model in only on success)."""
+    from sglang.srt.hf_transformers_utils import get_config
+    from sglang.srt.model_loader.resolve import resolve_model_path
+
+    try:
+        source = resolve_model_path(model_path)
+    except Exception as exc:  # a wrong path or name: the contract's message
+        raise WeightUpdateError(f"Failed to get weights iterator: {model_path} ({exc}).") from exc
+    try:
+        config = ModelConfig.from_hf_config(
+            get_config(source), generation_config=generation_config,
+            context_length=current.context_length, dtype=current.dtype, device=device)  # fmt: skip
+        for name in _SHAPE_FIELDS:
+            old, new = getattr(current, name), getattr(config, name)
+            if old != new:
+                raise WeightUpdateError(f"Failed to update weights: the checkpoint's {name} is "
+                                        f"{new}, the served model's {old}.")
+        model = load_model(source, config, load_format=load_format or "auto", device=device,
+                           quantization=quantization)  # fmt: skip
+    except WeightUpdateError:
+        raise
+    except Exception as exc:  # any load failure leaves the old weights serving
+        logger.warning("weight update from %s failed: %s", model_path, exc)
+        raise WeightUpdateError(
+            f"Failed to update weights: {type(exc).__name__}: {exc}") from exc
+    logger.info("loaded replacement weights from %s", model_path)
+    return model, config, source
