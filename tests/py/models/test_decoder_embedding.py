@@ -84,3 +84,36 @@ def test_offline_engine_serves_a_decoder_embedding_model(tiny_models: dict[str, 
                                        atol=1e-4, rtol=0)  # fmt: skip
         with pytest.raises(ValueError, match="--is-embedding"):
             engine.generate(input_ids=PROMPTS[0], sampling_params={"max_new_tokens": 2})
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_base_model_checkpoints(arch: str, tiny_models: dict[str, Path],
+                                tmp_path: Path) -> None:  # fmt: skip
+    """``Qwen2Model`` / ``Qwen3Model`` checkpoints (gte-Qwen2 style: the decoder alone, tensor
+    names without ``model.``, no LM head, untied) embed like transformers' base model, and refuse
+    to generate."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(tiny_models[arch])
+    config.tie_word_embeddings = False
+    torch.manual_seed(5)
+    model = AutoModel.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.15 * torch.randn_like(p))
+    model.save_pretrained(tmp_path)
+    from safetensors import safe_open
+
+    with safe_open(str(next(tmp_path.glob("*.safetensors"))), "pt") as f:
+        names = list(f.keys())
+    assert "embed_tokens.weight" in names and not any(n.startswith("lm_head") for n in names)
+    engine = _engine(tmp_path)
+    assert engine.model_config.architecture == f"{arch.capitalize()}Model"
+    outs = _run(engine, PROMPTS[:2])
+    for i, prompt in enumerate(PROMPTS[:2]):
+        torch.testing.assert_close(torch.tensor(outs[f"r{i}"]), _reference(tmp_path, prompt),
+                                   atol=1e-4, rtol=0)  # fmt: skip
+    args = ServerArgs(model_path=str(tmp_path), skip_tokenizer_init=True, device="cpu",
+                      dtype="float32")  # fmt: skip
+    with pytest.raises(ValueError, match="--is-embedding"):
+        EngineCore(args)

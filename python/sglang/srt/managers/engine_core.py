@@ -101,6 +101,9 @@ class EngineCore:
         # A reward / classification model's "embedding" is its score head's logits there.
         self.pooling: PoolingConfig | None = None
         self.classifier = bool(getattr(self.runner.model, "is_classifier", False))
+        if getattr(self.runner.model, "is_base_model", False) and not server_args.is_embedding:
+            raise ValueError(f"{self.model_config.architecture} is a base model without an LM "
+                             "head: serve it as an embedding model with --is-embedding")
         if self.classifier and not server_args.is_embedding:
             raise ValueError(f"{self.model_config.architecture} is a reward/classification "
                              "model: launch the server with --is-embedding (/classify)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from sglang.srt.models.base_models import LlamaBaseModel, Qwen2BaseModel, Qwen3BaseModel
 from sglang.srt.models.bert import BertModel, XLMRobertaModel
 from sglang.srt.models.cross_encoder import (
     BertForSequenceClassification,
@@ -25,6 +26,9 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "RobertaModel": XLMRobertaModel,
     "RobertaForSequenceClassification": XLMRobertaForSequenceClassification,
     "LlamaForCausalLM": LlamaForCausalLM,
+    "LlamaModel": LlamaBaseModel,
+    "Qwen2Model": Qwen2BaseModel,
+    "Qwen3Model": Qwen3BaseModel,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
     "LlamaForSequenceClassification": LlamaForSequenceClassification,
