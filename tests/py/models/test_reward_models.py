@@ -120,3 +120,37 @@ def test_classify_routes(classify_server: str, classifiers: dict[str, Path]) -> 
     assert r.status_code == 400 and "Input cannot be empty" in r.text
     r = requests.post(f"{url}/generate", json={"input_ids": [1, 2]}, timeout=60)
     assert r.status_code == 400 and "--is-embedding" in r.text
+
+
+def test_reward_of_chat_templated_conversations(tmp_path: Path) -> None:
+    """The documented reward-model flow: conversations rendered with the tokenizer's chat template
+    on the client, sent as a batch of texts; ``embedding[0]`` is transformers' reward."""
+    import sglang as sgl
+    from sglang.srt.hf_transformers_utils import get_tokenizer
+    from transformers import AutoModelForSequenceClassification, LlamaConfig
+
+    tokenizer = get_tokenizer("smollm2-135m-instruct")
+    torch.manual_seed(2)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, num_labels=1, pad_token_id=0)  # fmt: skip
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    conversations = [
+        [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4."}],
+        [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "5."}],
+    ]
+    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+    with sgl.Engine(model_path=str(tmp_path), is_embedding=True, dtype="float32",
+                    log_level="warning") as engine:  # fmt: skip
+        out = engine.encode(texts)
+    with torch.inference_mode():
+        for row, text in zip(out, texts):
+            ids = tokenizer(text, return_tensors="pt")["input_ids"]
+            want = float(model(ids).logits[0, 0])
+            assert len(row["embedding"]) == 1 and abs(row["embedding"][0] - want) < 1e-4
+    assert out[0]["embedding"][0] != pytest.approx(out[1]["embedding"][0], abs=1e-3)
