@@ -45,10 +45,16 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 SEQS = [[5, 17, 99, 3], [7], [12, 250, 31, 8, 8, 9, 40, 2, 101], [60, 61]]
 
 
-def test_tiny_bert_matches_transformers(tiny_bert: Path) -> None:
+@pytest.mark.parametrize("gemm", ["torch", "onednn"])
+def test_tiny_bert_matches_transformers(tiny_bert: Path, gemm: str) -> None:
+    """Both GEMM paths (F.linear, and oneDNN with the GELU and residual add fused)."""
+    from sglang.srt.layers import onednn
     from transformers import BertModel
 
+    if gemm == "onednn" and not onednn.available():
+        pytest.skip("this torch build has no oneDNN")
     ours = _load(tiny_bert)
+    ours.enable_onednn(gemm == "onednn")
     ref = BertModel.from_pretrained(tiny_bert, dtype=torch.float32).eval()
     ids, starts = _flat(SEQS)
     with torch.inference_mode():
@@ -157,3 +163,22 @@ def test_all_minilm_matches_sentence_transformers() -> None:
     ref = st.SentenceTransformer(folder, device="cpu").encode(SENTENCES, convert_to_tensor=True)
     cos = torch.nn.functional.cosine_similarity(emb, ref.float(), dim=-1)
     assert cos.min() > 0.9999, cos.min()
+
+
+def test_onednn_linear_matches_f_linear() -> None:
+    """The fused oneDNN epilogues against F.linear (+ GELU / + residual), and the calibration
+    gives a decision either way."""
+    from sglang.srt.layers import onednn
+
+    if not onednn.available():
+        pytest.skip("this torch build has no oneDNN")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 48, generator=gen)
+    w, b = torch.randn(96, 48, generator=gen) * 0.1, torch.randn(96, generator=gen)
+    res = torch.randn(37, 96, generator=gen)
+    for post in onednn.POSTS:
+        r = res if post == "add" else None
+        torch.testing.assert_close(onednn.linear(x, w, b, post, r),
+                                   onednn.reference(x, w, b, post, r), atol=1e-5, rtol=1e-5)
+    assert onednn.calibrate(w, rows=64, repeats=1) in (True, False)
+    assert onednn.calibrate(w.to("meta")) is False  # not a CPU tensor

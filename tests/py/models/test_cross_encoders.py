@@ -59,12 +59,16 @@ def _flat(rows: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
     return torch.tensor([t for r in rows for t in r]), starts
 
 
-@pytest.mark.parametrize(("kind", "labels"), [("bert", 1), ("xlmr", 1), ("bert", 3)])
-def test_cross_encoder_logits_match_transformers(kind: str, labels: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("kind", "labels", "onednn"),
+                         [("bert", 1, False), ("xlmr", 1, True), ("bert", 3, True)])
+def test_cross_encoder_logits_match_transformers(kind: str, labels: int, onednn: bool,
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    from sglang.srt.layers.onednn import available
     from transformers import AutoModelForSequenceClassification
 
     folder = _save(kind, tmp_path, labels)
     ours = _load(folder)
+    ours.enable_onednn(onednn and available())
     assert ours.is_classifier and ours.num_labels == labels
     ref = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
     pairs = [_pair(q, d) for q, d in PAIRS]

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sglang.srt.configs.model_config import ModelConfig
+from sglang.srt.layers import onednn
 
 QKV_SHARDS = ("query", "key", "value")
 
@@ -97,6 +98,14 @@ def _group(members: list[int], lengths: list[int], starts: list[int], device: to
     return AttnGroup(rows, valid, mask, rows[valid])
 
 
+def _dense(layer: nn.Linear, x: torch.Tensor, post: str = "none",
+           residual: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """A projection (+ exact GELU or a residual add): oneDNN with the epilogue fused when the
+    model turned it on (``BertModel.use_onednn``, measured at load), else ``F.linear``."""
+    fn = onednn.linear if getattr(layer, "use_onednn", False) else onednn.reference
+    return fn(x, layer.weight, layer.bias, post, residual)
+
+
 class BertEmbeddings(nn.Module):
     def __init__(self, config: ModelConfig, hf: dict[str, Any], **kw: Any) -> None:
         super().__init__()
@@ -126,7 +135,7 @@ class BertSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, pack: Packing) -> torch.Tensor:
         """Flat rows [tokens, hidden] in and out; only the attention itself is padded, per
         group of similar lengths."""
-        qkv = self.qkv(x)
+        qkv = _dense(self.qkv, x)
         out = torch.empty((x.shape[0], x.shape[1]), dtype=x.dtype, device=x.device)
         for g in pack.groups:
             b, n = g.rows.shape
@@ -147,7 +156,7 @@ class BertSelfOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(hidden, eps=eps, **kw)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(x) + residual)
+        return self.LayerNorm(_dense(self.dense, x, "add", residual))
 
 
 class BertAttention(nn.Module):
@@ -169,9 +178,12 @@ class BertIntermediate(nn.Module):
             )
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size, **kw)
         self.act = _ACTIVATIONS[act]
+        self.exact_gelu = act == "gelu"  # fusable into oneDNN's GEMM
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.dense(x))
+        if self.exact_gelu:
+            return _dense(self.dense, x, "gelu")
+        return self.act(_dense(self.dense, x))
 
 
 class BertLayer(nn.Module):
@@ -224,6 +236,13 @@ class BertModel(nn.Module):
     @staticmethod
     def first_position(hf: dict[str, Any]) -> int:
         return 0
+
+    def enable_onednn(self, on: bool = True) -> None:
+        """Run the encoder's projections through oneDNN (``layers.onednn``), epilogues fused."""
+        for layer in self.encoder.layer:
+            for dense in (layer.attention.self.qkv, layer.attention.output.dense,
+                          layer.intermediate.dense, layer.output.dense):  # fmt: skip
+                dense.use_onednn = on and dense.weight.device.type == "cpu"
 
     def forward(
         self,
