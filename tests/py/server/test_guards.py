@@ -137,6 +137,9 @@ ROUTES = [  # (method, path, body, level)
     ("POST", "/flush_cache", None, "admin"),
     ("POST", "/abort_request", {"rid": "nobody"}, "admin"),
     ("POST", "/abort_request", {"abort_all": True}, "admin"),
+    ("GET", "/get_weight_version", None, "user"),
+    # the served demo GGUF again: a real (quantized) weight reload, allowed for the admin only
+    ("POST", "/update_weights_from_disk", {"model_path": "smollm2-135m-instruct"}, "admin"),
 ]
 
 
