@@ -57,6 +57,8 @@ class FusedDecodeLayers:
             return False
         for layer in self.layers:
             attn, mlp = layer.self_attn, layer.mlp
+            if not hasattr(mlp, "gate_up_proj"):  # a mixture-of-experts block: Python runs it
+                return False
             if attn.q_norm is not None or not layer.input_layernorm.use_cpu_kernels:
                 return False
             if layer.input_layernorm.weight.dtype != torch.float32:

@@ -3,13 +3,14 @@
 Built from a ``ModelConfig``; weights come from ``load_weights`` with HF checkpoint names (q/k/v
 are fused into ``qkv_proj`` and gate/up into ``gate_up_proj`` as they are copied). ``forward``
 takes a ForwardBatch (token ids or ``input_embeds``, positions, KV addressing) and returns the
-LogitsOutput of ``batch.logits_rows``. Variants differ only in ``AttentionOptions``: q/k/v and o
-biases, and per-head q/k RMSNorm before RoPE.
+LogitsOutput of ``batch.logits_rows``. Variants differ in ``AttentionOptions`` (q/k/v and o
+biases, per-head q/k RMSNorm before RoPE) and, for mixture-of-experts models, in the feed-forward
+block of each layer (``make_mlp``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ from sglang.srt.layers.decode_layers_cpu import FusedDecodeLayers
 from sglang.srt.layers.layernorm import RMSNorm
 from sglang.srt.layers.linear import Linear
 from sglang.srt.layers.logits_processor import LogitsOutput, LogitsProcessor
+from sglang.srt.layers.moe.fused_moe import FusedMoE
 from sglang.srt.layers.quantization.weights import QuantizedTensor
 from sglang.srt.layers.radix_attention import RadixAttention
 from sglang.srt.layers.rotary_embedding import RotaryEmbedding
@@ -54,11 +56,13 @@ class AttentionOptions:
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: ModelConfig, **kw: object) -> None:
+    def __init__(
+        self, config: ModelConfig, intermediate_size: int | None = None, **kw: object
+    ) -> None:
         super().__init__()
         if config.hidden_act != "silu":
             raise ValueError(f"Unsupported activation '{config.hidden_act}'; only silu is")
-        inter = config.intermediate_size
+        inter = intermediate_size or config.intermediate_size
         self.gate_up_proj = Linear(
             config.hidden_size,
             2 * inter,
@@ -115,13 +119,26 @@ class LlamaAttention(nn.Module):
         return self.o_proj(self.attn(q, k, v, batch))
 
 
+# (config, layer_id, dtype=, device=) -> the feed-forward block of that decoder layer
+MlpFactory = Callable[..., nn.Module]
+
+
+def dense_mlp(config: ModelConfig, layer_id: int, **kw: object) -> nn.Module:
+    return LlamaMLP(config, **kw)
+
+
 class LlamaDecoderLayer(nn.Module):
     def __init__(
-        self, config: ModelConfig, layer_id: int, options: AttentionOptions, **kw: object
+        self,
+        config: ModelConfig,
+        layer_id: int,
+        options: AttentionOptions,
+        make_mlp: MlpFactory = dense_mlp,
+        **kw: object,
     ) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(config, layer_id, options, **kw)
-        self.mlp = LlamaMLP(config, **kw)
+        self.mlp = make_mlp(config, layer_id, **kw)
         eps = config.rms_norm_eps
         self.input_layernorm = RMSNorm(config.hidden_size, eps, **kw)  # type: ignore[arg-type]
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, **kw)  # type: ignore[arg-type]
@@ -149,11 +166,18 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig, options: AttentionOptions, **kw: object) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        options: AttentionOptions,
+        make_mlp: MlpFactory = dense_mlp,
+        **kw: object,
+    ) -> None:
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, **kw)  # type: ignore[arg-type]
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, i, options, **kw) for i in range(config.num_hidden_layers)
+            LlamaDecoderLayer(config, i, options, make_mlp, **kw)
+            for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)  # type: ignore[arg-type]
         # Set by the ModelRunner on CPU: runs a decode step's layers in one C++ call.
@@ -182,6 +206,10 @@ class LlamaForCausalLM(nn.Module):
     def attention_options(cls, config: ModelConfig) -> AttentionOptions:
         return AttentionOptions(config.attention_bias, config.attention_bias, qk_norm=False)
 
+    def make_mlp(self, config: ModelConfig, layer_id: int, **kw: object) -> nn.Module:
+        """The feed-forward block of decoder layer ``layer_id`` (MoE models override this)."""
+        return dense_mlp(config, layer_id, **kw)
+
     def __init__(
         self,
         config: ModelConfig,
@@ -193,7 +221,7 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         dtype = dtype or config.dtype
         kw = {"dtype": dtype, "device": device}
-        self.model = LlamaModel(config, self.attention_options(config), **kw)
+        self.model = LlamaModel(config, self.attention_options(config), self.make_mlp, **kw)
         self.lm_head: nn.Module = self.model.embed_tokens
         if not config.tie_word_embeddings:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, **kw)
@@ -272,6 +300,8 @@ def expected_weight_names(model: nn.Module) -> set[str]:
             full = f"{module_name}.{pname}" if module_name else pname
             if isinstance(module, Linear) and module.shard_offsets:
                 names.update(f"{full}:{s}" for s in module.shard_offsets)
+            elif isinstance(module, FusedMoE):  # per expert and projection
+                names.update(f"{full}:{s}" for s in module.shard_names(pname))
             else:
                 names.add(full)
     return names
