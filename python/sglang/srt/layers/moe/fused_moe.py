@@ -1,0 +1,241 @@
+"""Grouped expert compute of a mixture-of-experts block, and ``FusedMoE``, the module holding the
+experts' weights.
+
+The experts' weights are stacked 3-D tensors: ``w13`` [E, 2 * I, H] (each expert's gate rows,
+then its up rows, as transformers' fused ``gate_up_proj``) and ``w2`` [E, H, I] (``down_proj``).
+They are filled per expert from the checkpoint's ``experts.<e>.{gate,up,down}_proj.weight``
+tensors, or whole from fused ``experts.gate_up_proj`` / ``experts.down_proj`` tensors.
+
+``fused_experts`` takes the hidden states [T, H] and the router's ``topk_weights`` / ``topk_ids``
+[T, k] (``topk.select_experts``) and returns sum_j topk_weights[t, j] * expert_{ids[t, j]}(x_t),
+[T, H] in the hidden states' dtype. The T * k (token, slot) rows are sorted by expert (a stable
+argsort of the flattened ids; per-expert counts by bincount) and the hidden states gathered in
+that order, so each expert's rows are one contiguous slice; then either
+
+* ``grouped``: one grouped matmul per projection over all experts (``F.grouped_mm`` with the
+  counts' running sums as group ends; the default on CPU, whatever the token count), or
+* ``loop``: a Python loop over the experts that got rows (one matmul per projection each), or
+* ``gathered``: the selected experts' weights gathered per row (``w13[ids]``) and one batched
+  matmul per projection; no sort, no host sync, but it copies T * k weight matrices (measured
+  slower than ``grouped`` on CPU at every token count; kept for comparison in the benchmark).
+
+The rows are put back in (token, slot) order and each token's k outputs summed with its weights
+in one batched matmul. ``moe_forward_per_expert_loop`` is the reference: a loop over all E
+experts as in transformers' eager implementation (the benchmark's baseline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sglang.srt.layers.activation import SiluAndMul
+from sglang.srt.layers.linear import linear
+
+METHODS = ("auto", "grouped", "loop", "gathered")
+Activation = Callable[[torch.Tensor], torch.Tensor]
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    d = x.shape[-1] // 2
+    return F.silu(x[..., :d]) * x[..., d:]
+
+
+def _check(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+           topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> None:  # fmt: skip
+    e, two_i, h = w13.shape
+    if hidden.dim() != 2 or hidden.shape[1] != h or tuple(w2.shape) != (e, h, two_i // 2):
+        raise ValueError(
+            f"fused_experts: hidden {tuple(hidden.shape)}, w13 {tuple(w13.shape)}, "
+            f"w2 {tuple(w2.shape)} do not fit ([T, H], [E, 2I, H], [E, H, I])"
+        )
+    if topk_ids.shape != topk_weights.shape or topk_ids.shape[0] != hidden.shape[0]:
+        raise ValueError(
+            f"fused_experts: topk_ids {tuple(topk_ids.shape)} and topk_weights "
+            f"{tuple(topk_weights.shape)} must both be [T, k] for T = {hidden.shape[0]}"
+        )
+
+
+def _grouped_mm_fits(x: torch.Tensor) -> bool:
+    """Where ``F.grouped_mm`` runs: any float dtype on CPU; bfloat16 on CUDA."""
+    if not hasattr(F, "grouped_mm"):
+        return False
+    return x.device.type == "cpu" or (x.is_cuda and x.dtype == torch.bfloat16)
+
+
+def pick_method(num_tokens: int, x: torch.Tensor) -> str:
+    """``auto``: the grouped matmul where it runs, else the loop over the experts with rows."""
+    return "grouped" if _grouped_mm_fits(x) else "loop"
+
+
+def fused_experts(
+    hidden: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    activation: Activation = silu_and_mul,
+    method: str = "auto",
+) -> torch.Tensor:
+    """The MoE output [T, H] (a new tensor); see the module docstring. ``activation`` maps
+    [rows, 2I] to [rows, I]."""
+    _check(hidden, w13, w2, topk_weights, topk_ids)
+    if method not in METHODS:
+        raise ValueError(f"fused_experts: method must be one of {METHODS}, got '{method}'")
+    t, k = topk_ids.shape
+    if t == 0:
+        return hidden.new_zeros(hidden.shape)
+    if method == "auto":
+        method = pick_method(t, hidden)
+    if method == "gathered":
+        y = _gathered(hidden, w13, w2, topk_ids, activation)
+        return _combine(y, None, topk_weights, t, k)
+    flat = topk_ids.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=w13.shape[0])
+    rows = hidden.index_select(0, order // k)  # [T * k, H], expert by expert
+    if method == "grouped":
+        ends = torch.cumsum(counts, 0, dtype=torch.int32)
+        gate_up = F.grouped_mm(rows, w13.transpose(1, 2), offs=ends)
+        y = F.grouped_mm(activation(gate_up), w2.transpose(1, 2), offs=ends)
+    else:
+        y = _loop(rows, w13, w2, counts.tolist(), activation)
+    return _combine(y, order, topk_weights, t, k)
+
+
+def _loop(rows: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, counts: list[int],
+          activation: Activation) -> torch.Tensor:  # fmt: skip
+    """Rows sorted by expert -> each expert's output rows, one slice per expert that has rows."""
+    y = torch.empty_like(rows)
+    start = 0
+    for expert, count in enumerate(counts):
+        if count:
+            end = start + count
+            y[start:end] = linear(activation(linear(rows[start:end], w13[expert])), w2[expert])
+            start = end
+    return y
+
+
+def _gathered(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+              topk_ids: torch.Tensor, activation: Activation) -> torch.Tensor:  # fmt: skip
+    """[T * k, H] in (token, slot) order, with each row's expert weights gathered."""
+    k = topk_ids.shape[1]
+    flat = topk_ids.reshape(-1)
+    x = hidden.repeat_interleave(k, dim=0).unsqueeze(1)  # [T * k, 1, H]
+    gate_up = torch.bmm(x, w13[flat].transpose(1, 2))
+    return torch.bmm(activation(gate_up), w2[flat].transpose(1, 2)).squeeze(1)
+
+
+def _combine(y: torch.Tensor, order: torch.Tensor | None, topk_weights: torch.Tensor,
+             t: int, k: int) -> torch.Tensor:  # fmt: skip
+    """Rows (sorted by ``order``, or already in (token, slot) order) -> each token's weighted
+    sum of its k rows [T, H]."""
+    if order is not None:
+        y = torch.empty_like(y).index_copy_(0, order, y)
+    weights = topk_weights.to(y.dtype).view(t, 1, k)
+    return torch.bmm(weights, y.view(t, k, -1)).view(t, -1)
+
+
+def moe_forward_per_expert_loop(
+    hidden: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    activation: Activation = silu_and_mul,
+) -> torch.Tensor:
+    """Reference: every expert in turn finds its tokens (``torch.where``) and runs on them,
+    empty or not, as transformers' eager MoE did. Same result as ``fused_experts``."""
+    _check(hidden, w13, w2, topk_weights, topk_ids)
+    out = torch.zeros_like(hidden)
+    for expert in range(w13.shape[0]):
+        token, slot = torch.where(topk_ids == expert)
+        y = F.linear(activation(F.linear(hidden[token], w13[expert])), w2[expert])
+        out.index_add_(0, token, y * topk_weights[token, slot, None].to(y.dtype))
+    return out
+
+
+class FusedMoE(nn.Module):
+    """The experts of one MoE block: ``w13`` [E, 2I, H], ``w2`` [E, H, I] (uninitialized until
+    loaded). ``forward(hidden, topk_weights, topk_ids)`` -> [T, H] (``fused_experts``)."""
+
+    SHARDS = ("gate", "up", "down")
+
+    def __init__(
+        self,
+        num_experts: int,
+        hidden_size: int,
+        intermediate_size: int,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.hidden_size = hidden_size
+        self.intermediate_size = i = intermediate_size
+        kw = {"dtype": dtype, "device": device}
+        self.w13 = nn.Parameter(torch.empty(num_experts, 2 * i, hidden_size, **kw))
+        self.w2 = nn.Parameter(torch.empty(num_experts, hidden_size, i, **kw))
+        self.act_fn = SiluAndMul()  # the fused C++ kernel once the ModelRunner enables it
+        self.method = "auto"
+
+    def forward(
+        self, hidden: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor
+    ) -> torch.Tensor:
+        return fused_experts(hidden, self.w13, self.w2, topk_weights, topk_ids, self.act_fn,
+                             self.method)  # fmt: skip
+
+    def shard_names(self, param_name: str) -> list[str]:
+        """What ``load_expert_weight`` records per parameter (``<expert>.<shard>``); a complete
+        checkpoint fills all of them."""
+        shards = ("gate", "up") if param_name == "w13" else ("down",)
+        return [f"{e}.{s}" for e in range(self.num_experts) for s in shards]
+
+    def load_expert_weight(self, expert_id: int, shard: str, tensor: torch.Tensor) -> str:
+        """Copy one expert's ``gate`` / ``up`` [I, H] or ``down`` [H, I] checkpoint matrix into
+        its rows of ``w13`` / ``w2``; returns the loaded name (``w13:<e>.gate`` ...)."""
+        if shard not in self.SHARDS:
+            raise ValueError(f"expert shard must be one of {self.SHARDS}, got '{shard}'")
+        if not 0 <= expert_id < self.num_experts:
+            raise ValueError(f"expert {expert_id} out of range (the block has {self.num_experts})")
+        i = self.intermediate_size
+        if shard == "down":
+            param, target = "w2", self.w2.data[expert_id]
+        else:
+            param, target = (
+                "w13",
+                self.w13.data[expert_id].narrow(0, 0 if shard == "gate" else i, i),
+            )
+        if target.shape != tensor.shape:
+            raise ValueError(
+                f"expert {expert_id} {shard}_proj: checkpoint shape {tuple(tensor.shape)}, "
+                f"expected {tuple(target.shape)}"
+            )
+        target.copy_(tensor)
+        return f"{param}:{expert_id}.{shard}"
+
+    def load_fused_weight(self, hf_param: str, tensor: torch.Tensor) -> list[str]:
+        """Copy a stacked checkpoint tensor (transformers' ``gate_up_proj`` [E, 2I, H] or
+        ``down_proj`` [E, H, I]); returns the loaded names (every expert's shards)."""
+        params = {"gate_up_proj": "w13", "down_proj": "w2"}
+        if hf_param not in params:
+            raise ValueError(f"unknown stacked expert tensor '{hf_param}'")
+        name = params[hf_param]
+        param = getattr(self, name)
+        if param.shape != tensor.shape:
+            raise ValueError(
+                f"experts.{hf_param}: checkpoint shape {tuple(tensor.shape)}, "
+                f"expected {tuple(param.shape)}"
+            )
+        param.data.copy_(tensor)
+        return [f"{name}:{s}" for s in self.shard_names(name)]
+
+    def extra_repr(self) -> str:
+        return (
+            f"experts={self.num_experts}, hidden={self.hidden_size}, "
+            f"intermediate={self.intermediate_size}"
+        )
