@@ -1,0 +1,295 @@
+"""Mixture-of-experts models (Qwen2-MoE, Qwen3-MoE) against transformers on tiny random
+checkpoints (fp32): greedy tokens through ModelRunner and the real scheduler, the
+expert-distribution recorder's counts against transformers' own routing decisions, checkpoint
+formats (per-expert and stacked expert tensors), and the grouped expert compute against the
+per-expert reference loop."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from model_test_utils import (
+    NEW_TOKENS,
+    PROMPTS,
+    VOCAB,
+    GreedyDriver,
+    hf_greedy,
+    hf_model,
+    save_tiny_model,
+)
+from sglang.srt.layers.moe import (
+    FusedMoE,
+    fused_experts,
+    moe_forward_per_expert_loop,
+    select_experts,
+)
+from sglang.srt.layers.moe.fused_moe import METHODS
+from sglang.srt.model_executor.model_runner import ModelRunner
+
+MOE_ARCHS = ["qwen2_moe", "qwen3_moe"]
+TOP_K = 2
+
+
+def _moe_configs() -> dict[str, Any]:
+    from transformers import Qwen2MoeConfig, Qwen3MoeConfig
+
+    common = {
+        "hidden_size": 64,
+        "intermediate_size": 96,  # the dense layers' MLP
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": VOCAB,
+        "max_position_embeddings": 1024,
+        "num_experts": 8,
+        "num_experts_per_tok": TOP_K,
+        "moe_intermediate_size": 32,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+    }
+    return {
+        # layer 1 dense (mlp_only_layers), a shared expert, top-k weights not renormalised
+        "qwen2_moe": Qwen2MoeConfig(
+            **common, num_hidden_layers=3, shared_expert_intermediate_size=48,
+            mlp_only_layers=[1], norm_topk_prob=False,
+        ),
+        "qwen3_moe": Qwen3MoeConfig(**common, num_hidden_layers=2, head_dim=32,
+                                    norm_topk_prob=True),
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def moe_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_moe")
+    return {
+        name: save_tiny_model(cfg, root / name, seed=20 + i)
+        for i, (name, cfg) in enumerate(_moe_configs().items())
+    }
+
+
+@pytest.fixture(scope="module")
+def hf_moe(moe_models: dict[str, Path]) -> dict[str, Any]:
+    return {name: hf_model(folder) for name, folder in moe_models.items()}
+
+
+@pytest.fixture(scope="module")
+def moe_reference(hf_moe: dict[str, Any]) -> dict[str, list[list[int]]]:
+    return {name: [hf_greedy(m, p, NEW_TOKENS) for p in PROMPTS] for name, m in hf_moe.items()}
+
+
+@pytest.mark.parametrize("backend", [None, "torch_native"])
+@pytest.mark.parametrize("arch", MOE_ARCHS)
+def test_greedy_matches_transformers(
+    arch: str,
+    backend: str | None,
+    moe_models: dict[str, Path],
+    moe_reference: dict[str, list[list[int]]],
+) -> None:
+    runner = ModelRunner(str(moe_models[arch]), dtype="float32", attention_backend=backend)
+    assert runner.attention_backend == (backend or "cpu")
+    assert runner.model.model.fused_decode is None  # the C++ decode runner composes dense MLPs
+    outputs = GreedyDriver(runner).generate(PROMPTS, NEW_TOKENS)
+    assert outputs == moe_reference[arch]
+    assert len({t for out in outputs for t in out}) > 8  # not a degenerate model
+
+
+def test_torch_compile_keeps_moe_blocks_eager(
+    moe_models: dict[str, Path], moe_reference: dict[str, list[list[int]]]
+) -> None:
+    runner = ModelRunner(str(moe_models["qwen2_moe"]), dtype="float32",
+                         enable_torch_compile=True, torch_compile_max_bs=4)  # fmt: skip
+    outputs = GreedyDriver(runner).generate(PROMPTS[:2], NEW_TOKENS)
+    assert outputs == moe_reference["qwen2_moe"][:2]
+
+
+# ---- expert-distribution recorder ------------------------------------------------------------
+def _hf_routing(model: Any, prompt: list[int]) -> dict[int, torch.Tensor]:
+    """transformers' selected experts [len(prompt), top_k] per MoE layer, from hooks on the
+    routers (``mlp.gate``: (logits, weights, indices) in transformers 5, logits before)."""
+    picked: dict[int, torch.Tensor] = {}
+    hooks = []
+    for layer_id, layer in enumerate(model.model.layers):
+        gate = getattr(layer.mlp, "gate", None)
+        if gate is None:
+            continue
+
+        def hook(_mod: Any, _inp: Any, out: Any, layer_id: int = layer_id) -> None:
+            if isinstance(out, tuple):
+                picked[layer_id] = out[2]
+            else:
+                picked[layer_id] = torch.softmax(out.float(), -1).topk(TOP_K, -1).indices
+
+        hooks.append(gate.register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            model(torch.tensor([prompt]))
+    finally:
+        for h in hooks:
+            h.remove()
+    return picked
+
+
+@pytest.mark.parametrize("mode", ["stat", "per_pass", "per_token"])
+@pytest.mark.parametrize("arch", MOE_ARCHS)
+def test_recorder_counts_match_transformers_routing(
+    arch: str,
+    mode: str,
+    moe_models: dict[str, Path],
+    hf_moe: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR", str(tmp_path))
+    prompt = PROMPTS[2]
+    runner = ModelRunner(str(moe_models[arch]), dtype="float32",
+                         expert_distribution_recorder_mode=mode,
+                         expert_distribution_recorder_buffer_size=4)  # fmt: skip
+    layout = runner.model.moe_layout()
+    cfg = _moe_configs()[arch]
+    assert (layout.num_layers, layout.num_experts, layout.top_k) == (
+        cfg.num_hidden_layers, 8, TOP_K)  # fmt: skip
+    runner.recorder.start_record()
+    GreedyDriver(runner).generate([prompt], 1)  # one forward pass: the prompt's prefill
+    runner.recorder.stop_record()
+    path = runner.recorder.dump_record()
+    assert path.parent == tmp_path
+    dump = torch.load(path, weights_only=False)
+
+    routing = _hf_routing(hf_moe[arch], prompt)
+    sparse = [i for i in range(layout.num_layers) if i not in cfg.mlp_only_layers]
+    assert sorted(routing) == sparse
+    expected = torch.zeros(layout.num_layers, layout.num_experts, dtype=torch.int32)
+    for layer_id, ids in routing.items():
+        expected[layer_id] = torch.bincount(ids.reshape(-1), minlength=layout.num_experts)
+    assert expected.sum() == len(sparse) * len(prompt) * TOP_K
+
+    if mode == "stat":
+        counts = dump["logical_count"]
+        assert counts.shape == (4, layout.num_layers, layout.num_experts)
+        assert torch.equal(counts[0], expected)
+        assert not counts[1:].any()
+        return
+    (record,) = dump["records"]
+    assert torch.equal(record["global_physical_count"], expected)
+    if mode == "per_token":
+        assert record["input_ids"] == prompt
+        topk = record["topk_ids_of_layer"]
+        assert topk.shape == (layout.num_layers, len(prompt), TOP_K)
+        for layer_id in range(layout.num_layers):
+            if layer_id not in routing:  # a dense layer reports nothing
+                assert (topk[layer_id] == -1).all()
+                continue
+            ours = [set(row) for row in topk[layer_id].tolist()]
+            assert ours == [set(row) for row in routing[layer_id].tolist()]
+
+
+def test_recorder_mode_on_a_dense_model_is_an_error(tiny_models: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match="mixture-of-experts"):
+        ModelRunner(str(tiny_models["qwen2"]), dtype="float32",
+                    expert_distribution_recorder_mode="stat")  # fmt: skip
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+def test_stacked_expert_tensors_load_the_same_weights(
+    moe_models: dict[str, Path], hf_moe: dict[str, Any], tmp_path: Path
+) -> None:
+    """transformers' in-memory layout (``experts.gate_up_proj`` [E, 2I, H], ``down_proj``
+    [E, H, I]) saved as is loads to the same parameters as the per-expert checkpoint."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "stacked"
+    folder.mkdir()
+    shutil.copy(moe_models["qwen2_moe"] / "config.json", folder)
+    state = {k: v.contiguous() for k, v in hf_moe["qwen2_moe"].state_dict().items()}
+    assert "model.layers.0.mlp.experts.gate_up_proj" in state
+    save_file(state, str(folder / "model.safetensors"))
+    stacked = ModelRunner(str(folder), dtype="float32").model.state_dict()
+    per_expert = ModelRunner(str(moe_models["qwen2_moe"]), dtype="float32").model.state_dict()
+    assert stacked.keys() == per_expert.keys()
+    for name, tensor in per_expert.items():
+        assert torch.equal(stacked[name], tensor), name
+
+
+def test_missing_expert_tensor_is_named(moe_models: dict[str, Path], tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "incomplete"
+    folder.mkdir()
+    shutil.copy(moe_models["qwen3_moe"] / "config.json", folder)
+    state = load_file(str(moe_models["qwen3_moe"] / "model.safetensors"))
+    del state["model.layers.1.mlp.experts.5.up_proj.weight"]
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"lacks 1 tensors: model\.layers\.1\.mlp\.experts\.w13:5"):
+        ModelRunner(str(folder), dtype="float32")
+
+
+# ---- router and grouped compute --------------------------------------------------------------
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_select_experts_matches_transformers_router(renormalize: bool) -> None:
+    from transformers import Qwen2MoeConfig
+    from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeTopKRouter
+
+    cfg = Qwen2MoeConfig(hidden_size=64, num_experts=8, num_experts_per_tok=3,
+                         norm_topk_prob=renormalize)  # fmt: skip
+    router = Qwen2MoeTopKRouter(cfg)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        router.weight.copy_(torch.randn(8, 64, generator=gen))
+        x = torch.randn(16, 64, generator=gen)
+        logits, weights, ids = router(x)
+    ours_w, ours_ids = select_experts(logits, 3, renormalize)
+    assert torch.equal(ours_ids, ids)
+    torch.testing.assert_close(ours_w, weights, atol=1e-6, rtol=0)
+
+
+def _experts(e: int, h: int, i: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(e, 2 * i, h, generator=gen) * 0.1, torch.randn(e, h, i, generator=gen) * 0.1
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("num_tokens", [1, 2, 5, 16, 64])
+def test_grouped_compute_matches_per_expert_loop(method: str, num_tokens: int) -> None:
+    w13, w2 = _experts(8, 64, 32, seed=num_tokens)
+    gen = torch.Generator().manual_seed(100 + num_tokens)
+    x = torch.randn(num_tokens, 64, generator=gen)
+    weights, ids = select_experts(torch.randn(num_tokens, 8, generator=gen), 3, True)
+    ref = moe_forward_per_expert_loop(x, w13, w2, weights, ids)
+    out = fused_experts(x, w13, w2, weights, ids, method=method)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_grouped_compute_skewed_and_empty_routing(method: str) -> None:
+    w13, w2 = _experts(6, 32, 16, seed=1)
+    x = torch.randn(9, 32, generator=torch.Generator().manual_seed(2))
+    ids = torch.tensor([[4, 1]] * 8 + [[1, 4]])  # experts 0, 2, 3, 5 get no rows
+    weights = torch.rand(9, 2, generator=torch.Generator().manual_seed(3))
+    ref = moe_forward_per_expert_loop(x, w13, w2, weights, ids)
+    torch.testing.assert_close(fused_experts(x, w13, w2, weights, ids, method=method), ref,
+                               atol=1e-5, rtol=1e-5)  # fmt: skip
+    empty = fused_experts(x[:0], w13, w2, weights[:0], ids[:0], method=method)
+    assert empty.shape == (0, 32)
+
+
+def test_fused_moe_module_bfloat16_close_to_float32() -> None:
+    w13, w2 = _experts(8, 64, 32, seed=5)
+    moe = FusedMoE(8, 64, 32, dtype=torch.bfloat16)
+    for e in range(8):
+        moe.load_expert_weight(e, "gate", w13[e, :32])
+        moe.load_expert_weight(e, "up", w13[e, 32:])
+        assert moe.load_expert_weight(e, "down", w2[e]) == f"w2:{e}.down"
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(12, 64, generator=gen)
+    weights, ids = select_experts(torch.randn(12, 8, generator=gen), 2, False)
+    with torch.inference_mode():
+        out = moe(x.bfloat16(), weights, ids)
+    assert out.dtype == torch.bfloat16
+    ref = moe_forward_per_expert_loop(x, w13, w2, weights, ids)
+    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
+    with pytest.raises(ValueError, match="checkpoint shape"):
+        moe.load_expert_weight(0, "down", w13[0])
