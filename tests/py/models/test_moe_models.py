@@ -97,6 +97,24 @@ def test_greedy_matches_transformers(
     assert len({t for out in outputs for t in out}) > 8  # not a degenerate model
 
 
+@pytest.mark.parametrize("arch", MOE_ARCHS)
+def test_greedy_with_onednn_packed_experts(
+    arch: str,
+    moe_models: dict[str, Path],
+    moe_reference: dict[str, list[list[int]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The experts packed for oneDNN (chosen at load where it is faster; forced here, the tiny
+    experts run faster dense)."""
+    from sglang.srt.layers.moe import fused_moe
+
+    monkeypatch.setattr(fused_moe, "packing_wins", lambda *args, **kwargs: True)
+    runner = ModelRunner(str(moe_models[arch]), dtype="float32")
+    experts = [m for m in runner.model.modules() if isinstance(m, FusedMoE)]
+    assert experts and all(m.packed is not None for m in experts)
+    assert GreedyDriver(runner).generate(PROMPTS, NEW_TOKENS) == moe_reference[arch]
+
+
 def test_torch_compile_keeps_moe_blocks_eager(
     moe_models: dict[str, Path], moe_reference: dict[str, list[list[int]]]
 ) -> None:
@@ -207,11 +225,21 @@ def test_stacked_expert_tensors_load_the_same_weights(
     state = {k: v.contiguous() for k, v in hf_moe["qwen2_moe"].state_dict().items()}
     assert "model.layers.0.mlp.experts.gate_up_proj" in state
     save_file(state, str(folder / "model.safetensors"))
-    stacked = ModelRunner(str(folder), dtype="float32").model.state_dict()
-    per_expert = ModelRunner(str(moe_models["qwen2_moe"]), dtype="float32").model.state_dict()
+    stacked = _weights(ModelRunner(str(folder), dtype="float32").model)
+    per_expert = _weights(ModelRunner(str(moe_models["qwen2_moe"]), dtype="float32").model)
     assert stacked.keys() == per_expert.keys()
+    assert "model.layers.2.mlp.experts.w2" in per_expert
     for name, tensor in per_expert.items():
         assert torch.equal(stacked[name], tensor), name
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's parameters, the experts' stacks in plain layout (packed for oneDNN or not)."""
+    out = {k: v for k, v in model.state_dict().items() if ".experts." not in k}
+    for name, module in model.named_modules():
+        if isinstance(module, FusedMoE):
+            out[f"{name}.w13"], out[f"{name}.w2"] = module.dense_weights()
+    return out
 
 
 def test_missing_expert_tensor_is_named(moe_models: dict[str, Path], tmp_path: Path) -> None:
@@ -274,6 +302,28 @@ def test_grouped_compute_skewed_and_empty_routing(method: str) -> None:
                                atol=1e-5, rtol=1e-5)  # fmt: skip
     empty = fused_experts(x[:0], w13, w2, weights[:0], ids[:0], method=method)
     assert empty.shape == (0, 32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_experts_match_dense(dtype: torch.dtype) -> None:
+    """FusedMoE with its weights packed for oneDNN (forced on) against the dense compute."""
+    w13, w2 = (w.to(dtype) for w in _experts(8, 64, 32, seed=7))
+    moe = FusedMoE(8, 64, 32, dtype=dtype)
+    moe.load_fused_weight("gate_up_proj", w13)
+    moe.load_fused_weight("down_proj", w2)
+    moe.finalize_weights(pack=True)
+    assert moe.packed is not None and moe.w13.numel() == 0
+    dense13, dense2 = moe.dense_weights()
+    assert torch.equal(dense13, w13) and torch.equal(dense2, w2)
+    gen = torch.Generator().manual_seed(8)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    with torch.inference_mode():
+        for t in (1, 3, 40):
+            x = torch.randn(t, 64, generator=gen).to(dtype)
+            weights, ids = select_experts(torch.randn(t, 8, generator=gen), 2, True)
+            ref = fused_experts(x, w13, w2, weights, ids, method="loop")
+            torch.testing.assert_close(moe(x, weights, ids), ref, atol=tol, rtol=tol)
+        assert moe(x[:0], weights[:0], ids[:0]).shape == (0, 64)
 
 
 def test_fused_moe_module_bfloat16_close_to_float32() -> None:

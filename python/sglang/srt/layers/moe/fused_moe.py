@@ -9,34 +9,46 @@ tensors, or whole from fused ``experts.gate_up_proj`` / ``experts.down_proj`` te
 ``fused_experts`` takes the hidden states [T, H] and the router's ``topk_weights`` / ``topk_ids``
 [T, k] (``topk.select_experts``) and returns sum_j topk_weights[t, j] * expert_{ids[t, j]}(x_t),
 [T, H] in the hidden states' dtype. The T * k (token, slot) rows are sorted by expert (a stable
-argsort of the flattened ids; per-expert counts by bincount) and the hidden states gathered in
-that order, so each expert's rows are one contiguous slice; then either
+argsort of the flattened ids, and per-expert counts) and the hidden states gathered in that
+order, so each expert's rows are one contiguous slice; then either
 
 * ``grouped``: one grouped matmul per projection over all experts (``F.grouped_mm`` with the
-  counts' running sums as group ends; the default on CPU, whatever the token count), or
+  counts' running sums as group ends; the default for dense weights), or
 * ``loop``: a Python loop over the experts that got rows (one matmul per projection each), or
 * ``gathered``: the selected experts' weights gathered per row (``w13[ids]``) and one batched
-  matmul per projection; no sort, no host sync, but it copies T * k weight matrices (measured
-  slower than ``grouped`` on CPU at every token count; kept for comparison in the benchmark).
+  matmul per projection; no sort, no host sync, but it copies T * k weight matrices (slower
+  than ``grouped`` on CPU at every token count measured; kept for comparison).
 
 The rows are put back in (token, slot) order and each token's k outputs summed with its weights
 in one batched matmul. ``moe_forward_per_expert_loop`` is the reference: a loop over all E
 experts as in transformers' eager implementation (the benchmark's baseline).
+
+On CPU, ``FusedMoE.finalize_weights`` (after loading) reorders each expert's matrices once into
+oneDNN's blocked layout (``PackedExperts``) when that runs an expert-shaped small-batch matmul
+faster than ``F.linear`` on this CPU (measured once per process and weight shape on the model's
+own experts: 1.5-3x per expert on an AMD EPYC, where MKL's small-M GEMM is slow); the dense
+stacks are then freed and ``fused_experts_packed`` runs the loop over the experts with rows.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglang.srt.layers import onednn
 from sglang.srt.layers.activation import SiluAndMul
 from sglang.srt.layers.linear import linear
 
+logger = logging.getLogger(__name__)
+
 METHODS = ("auto", "grouped", "loop", "gathered")
 Activation = Callable[[torch.Tensor], torch.Tensor]
+ExpertFn = Callable[[int, torch.Tensor], torch.Tensor]  # (expert, its rows [c, H]) -> [c, H]
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
@@ -66,11 +78,6 @@ def _grouped_mm_fits(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" or (x.is_cuda and x.dtype == torch.bfloat16)
 
 
-def pick_method(num_tokens: int, x: torch.Tensor) -> str:
-    """``auto``: the grouped matmul where it runs, else the loop over the experts with rows."""
-    return "grouped" if _grouped_mm_fits(x) else "loop"
-
-
 def fused_experts(
     hidden: torch.Tensor,
     w13: torch.Tensor,
@@ -88,33 +95,63 @@ def fused_experts(
     t, k = topk_ids.shape
     if t == 0:
         return hidden.new_zeros(hidden.shape)
-    if method == "auto":
-        method = pick_method(t, hidden)
+    if method == "auto":  # the grouped matmul where it runs, else the loop
+        method = "grouped" if _grouped_mm_fits(hidden) else "loop"
     if method == "gathered":
         y = _gathered(hidden, w13, w2, topk_ids, activation)
         return _combine(y, None, topk_weights, t, k)
-    flat = topk_ids.reshape(-1)
-    order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=w13.shape[0])
-    rows = hidden.index_select(0, order // k)  # [T * k, H], expert by expert
+    order, counts, rows = _sort_rows(hidden, topk_ids, w13.shape[0])
     if method == "grouped":
         ends = torch.cumsum(counts, 0, dtype=torch.int32)
         gate_up = F.grouped_mm(rows, w13.transpose(1, 2), offs=ends)
         y = F.grouped_mm(activation(gate_up), w2.transpose(1, 2), offs=ends)
     else:
-        y = _loop(rows, w13, w2, counts.tolist(), activation)
+
+        def expert(e: int, x: torch.Tensor) -> torch.Tensor:
+            return linear(activation(linear(x, w13[e])), w2[e])
+
+        y = _loop(rows, counts.tolist(), expert)
     return _combine(y, order, topk_weights, t, k)
 
 
-def _loop(rows: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, counts: list[int],
-          activation: Activation) -> torch.Tensor:  # fmt: skip
+def fused_experts_packed(
+    hidden: torch.Tensor,
+    packed: PackedExperts,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    activation: Activation = silu_and_mul,
+) -> torch.Tensor:
+    """``fused_experts`` with oneDNN-packed weights: the loop over the experts with rows."""
+    t, k = topk_ids.shape
+    if t == 0:
+        return hidden.new_zeros(hidden.shape)
+    order, counts, rows = _sort_rows(hidden, topk_ids, packed.num_experts)
+
+    def expert(e: int, x: torch.Tensor) -> torch.Tensor:
+        return packed.linear_w2(e, activation(packed.linear_w13(e, x)))
+
+    return _combine(_loop(rows, counts.tolist(), expert), order, topk_weights, t, k)
+
+
+def _sort_rows(hidden: torch.Tensor, topk_ids: torch.Tensor, num_experts: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(order, per-expert counts, the hidden rows [T * k, H] in expert order): row j of the
+    sorted rows is (token, slot) ``order[j]`` of the flattened [T, k] ids."""
+    flat = topk_ids.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    # scatter_add rather than bincount: no host sync on CUDA (bincount reads the max id)
+    counts = flat.new_zeros(num_experts).scatter_add_(0, flat, torch.ones_like(flat))
+    return order, counts, hidden.index_select(0, order // topk_ids.shape[1])
+
+
+def _loop(rows: torch.Tensor, counts: list[int], expert: ExpertFn) -> torch.Tensor:
     """Rows sorted by expert -> each expert's output rows, one slice per expert that has rows."""
-    y = torch.empty_like(rows)
+    y = rows.new_empty(rows.shape)
     start = 0
-    for expert, count in enumerate(counts):
+    for e, count in enumerate(counts):
         if count:
             end = start + count
-            y[start:end] = linear(activation(linear(rows[start:end], w13[expert])), w2[expert])
+            y[start:end] = expert(e, rows[start:end])
             start = end
     return y
 
@@ -158,6 +195,91 @@ def moe_forward_per_expert_loop(
     return out
 
 
+class PackedExperts:
+    """Each expert's ``w13`` / ``w2`` reordered once into oneDNN's blocked layout (CPU, float32
+    or bfloat16), for ``torch.ops.mkldnn._linear_pointwise``. Owns the packed copies; the
+    dense stacks it was built from are not referenced."""
+
+    ROWS_HINT = 16  # the batch size oneDNN lays the weights out for (measured: 1-64 rows fit)
+
+    def __init__(self, w13: torch.Tensor, w2: torch.Tensor) -> None:
+        reorder = torch.ops.mkldnn._reorder_linear_weight
+        self.num_experts = w13.shape[0]
+        self.w13 = [reorder(w13[e].contiguous(), self.ROWS_HINT) for e in range(self.num_experts)]
+        self.w2 = [reorder(w2[e].contiguous(), self.ROWS_HINT) for e in range(self.num_experts)]
+
+    def linear_w13(self, expert: int, x: torch.Tensor) -> torch.Tensor:
+        return onednn.linear(x, self.w13[expert], None)
+
+    def linear_w2(self, expert: int, x: torch.Tensor) -> torch.Tensor:
+        return onednn.linear(x, self.w2[expert], None)
+
+    def dense(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stacks back in plain layout (new tensors), e.g. to compare with a checkpoint."""
+        return (torch.stack([w.to_dense() for w in self.w13]),
+                torch.stack([w.to_dense() for w in self.w2]))  # fmt: skip
+
+
+_PACKING_CHOICE: dict[tuple[object, ...], bool] = {}
+
+
+def packing_wins(w13: torch.Tensor, w2: torch.Tensor, rows: int = 4, repeats: int = 3) -> bool:
+    """Whether oneDNN's packed weights run a ``rows``-row expert (both projections) at least 10%
+    faster than ``F.linear`` on this CPU, cycling through up to 16 of these experts so the
+    weights come from memory as in a decode step. Measured once per dtype and shape (a few
+    milliseconds); False where oneDNN cannot pack them (e.g. float16 without AVX512-FP16)."""
+    key = (w13.dtype, tuple(w13.shape[1:]), torch.get_num_threads())
+    if key not in _PACKING_CHOICE:
+        _PACKING_CHOICE[key] = _can_pack(w13) and _measure_packing(w13, w2, rows, repeats)
+    return _PACKING_CHOICE[key]
+
+
+def _can_pack(w: torch.Tensor) -> bool:
+    return (
+        w.device.type == "cpu"
+        and w.dtype in (torch.float32, torch.bfloat16)
+        and onednn.available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    )
+
+
+def _measure_packing(w13: torch.Tensor, w2: torch.Tensor, rows: int, repeats: int) -> bool:
+    n = min(w13.shape[0], 16)
+    x = torch.randn(rows, w13.shape[2], generator=torch.Generator().manual_seed(0)).to(w13.dtype)
+
+    def dense(e: int) -> torch.Tensor:
+        return F.linear(silu_and_mul(F.linear(x, w13[e])), w2[e])
+
+    try:
+        with torch.inference_mode():
+            packed = PackedExperts(w13[:n], w2[:n])
+
+            def ours(e: int) -> torch.Tensor:
+                return packed.linear_w2(e, silu_and_mul(packed.linear_w13(e, x)))
+
+            packed_s, dense_s = _time_experts(n, ours, repeats), _time_experts(n, dense, repeats)
+    except RuntimeError as exc:  # an op this build or CPU cannot run: stay dense
+        logger.info("MoE experts: oneDNN packing unavailable (%s)", exc)
+        return False
+    wins = packed_s < 0.9 * dense_s
+    logger.info("MoE experts %s: %s (oneDNN packed %.0f us, F.linear %.0f us per expert)",
+                tuple(w13.shape), "oneDNN packed" if wins else "dense", packed_s * 1e6,
+                dense_s * 1e6)  # fmt: skip
+    return wins
+
+
+def _time_experts(n: int, fn: Callable[[int], torch.Tensor], repeats: int) -> float:
+    """Best over ``repeats`` of the mean seconds per call of ``fn(e)`` for e in 0..n-1."""
+    fn(0)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for e in range(n):
+            fn(e)
+        best = min(best, (time.perf_counter() - start) / n)
+    return best
+
+
 class FusedMoE(nn.Module):
     """The experts of one MoE block: ``w13`` [E, 2I, H], ``w2`` [E, H, I] (uninitialized until
     loaded). ``forward(hidden, topk_weights, topk_ids)`` -> [T, H] (``fused_experts``)."""
@@ -182,12 +304,33 @@ class FusedMoE(nn.Module):
         self.w2 = nn.Parameter(torch.empty(num_experts, hidden_size, i, **kw))
         self.act_fn = SiluAndMul()  # the fused C++ kernel once the ModelRunner enables it
         self.method = "auto"
+        self.packed: PackedExperts | None = None  # set by finalize_weights (CPU, where it wins)
 
     def forward(
         self, hidden: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor
     ) -> torch.Tensor:
+        if self.packed is not None:
+            return fused_experts_packed(hidden, self.packed, topk_weights, topk_ids, self.act_fn)
         return fused_experts(hidden, self.w13, self.w2, topk_weights, topk_ids, self.act_fn,
                              self.method)  # fmt: skip
+
+    def finalize_weights(self, quantization: str = "none", pack: bool | None = None) -> None:
+        """After loading: on CPU, move the weights into ``PackedExperts`` where
+        ``packing_wins`` (or as ``pack`` says) and free the dense stacks. The experts stay
+        unquantized whatever ``quantization`` is."""
+        if self.packed is not None or self.w13.device.type != "cpu":
+            return
+        if pack is None:
+            pack = packing_wins(self.w13.data, self.w2.data)
+        if pack:
+            self.packed = PackedExperts(self.w13.data, self.w2.data)
+            empty = torch.empty(0, dtype=self.w13.dtype)
+            self.w13 = nn.Parameter(empty, requires_grad=False)
+            self.w2 = nn.Parameter(empty.clone(), requires_grad=False)
+
+    def dense_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w13, w2) in plain layout, packed or not."""
+        return self.packed.dense() if self.packed is not None else (self.w13.data, self.w2.data)
 
     def shard_names(self, param_name: str) -> list[str]:
         """What ``load_expert_weight`` records per parameter (``<expert>.<shard>``); a complete
@@ -206,10 +349,8 @@ class FusedMoE(nn.Module):
         if shard == "down":
             param, target = "w2", self.w2.data[expert_id]
         else:
-            param, target = (
-                "w13",
-                self.w13.data[expert_id].narrow(0, 0 if shard == "gate" else i, i),
-            )
+            offset = 0 if shard == "gate" else i
+            param, target = "w13", self.w13.data[expert_id].narrow(0, offset, i)
         if target.shape != tensor.shape:
             raise ValueError(
                 f"expert {expert_id} {shard}_proj: checkpoint shape {tuple(tensor.shape)}, "
