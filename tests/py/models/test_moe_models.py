@@ -120,6 +120,9 @@ def test_torch_compile_keeps_moe_blocks_eager(
 ) -> None:
     runner = ModelRunner(str(moe_models["qwen2_moe"]), dtype="float32",
                          enable_torch_compile=True, torch_compile_max_bs=4)  # fmt: skip
+    layers = runner.model.model.layers
+    assert [layer.mlp_compilable for layer in layers] == [False, True, False]  # layer 1 dense
+    assert all(layer.compiled_mlp is not None for layer in layers)
     outputs = GreedyDriver(runner).generate(PROMPTS[:2], NEW_TOKENS)
     assert outputs == moe_reference["qwen2_moe"][:2]
 

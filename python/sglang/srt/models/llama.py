@@ -142,9 +142,12 @@ class LlamaDecoderLayer(nn.Module):
         eps = config.rms_norm_eps
         self.input_layernorm = RMSNorm(config.hidden_size, eps, **kw)  # type: ignore[arg-type]
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, **kw)  # type: ignore[arg-type]
-        # --enable-torch-compile: the MLP compiled by inductor, for batches up to its max size.
+        # --enable-torch-compile: the MLP compiled by inductor, for batches up to its max size;
+        # an MLP with ``compilable = False`` (an MoE block: data-dependent routing, the
+        # recorder's host-side hook) stays eager.
         self.compiled_mlp: nn.Module | None = None
         self.compiled_max_tokens = 0
+        self.mlp_compilable: bool = getattr(self.mlp, "compilable", True)
 
     def forward(
         self,
@@ -160,8 +163,9 @@ class LlamaDecoderLayer(nn.Module):
             hidden, residual = self.input_layernorm(hidden, residual)
         hidden = self.self_attn(hidden, rope, batch)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
-        if self.compiled_mlp is not None and hidden.shape[0] <= self.compiled_max_tokens:
-            return self.compiled_mlp(hidden), residual
+        compiled = self.compiled_mlp if self.mlp_compilable else None
+        if compiled is not None and hidden.shape[0] <= self.compiled_max_tokens:
+            return compiled(hidden), residual
         return self.mlp(hidden), residual
 
 

@@ -86,6 +86,10 @@ class MoeConfig:
 class SparseMoeBlock(nn.Module):
     """Router, experts and (optionally) a gated shared expert: [T, H] -> [T, H]."""
 
+    # --enable-torch-compile leaves this block eager (data-dependent routing, the recorder's
+    # host-side hook); the model's dense MLP layers are still compiled.
+    compilable = False
+
     def __init__(
         self, config: ModelConfig, moe: MoeConfig, layer_id: int, shared: bool, **kw: Any
     ) -> None:
@@ -102,9 +106,6 @@ class SparseMoeBlock(nn.Module):
             self.shared_expert = LlamaMLP(config, moe.shared_expert_intermediate_size, **kw)
             self.shared_expert_gate = Linear(hidden, 1, **kw)
 
-    # --enable-torch-compile compiles each layer's MLP; this block stays eager (data-dependent
-    # routing, the recorder's host-side hook).
-    @torch.compiler.disable
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         topk_weights, topk_ids = select_experts(self.gate(hidden), self.top_k, self.norm_topk_prob)
         get_global_expert_distribution_recorder().on_select_experts(self.layer_id, topk_ids)
