@@ -7,8 +7,9 @@ tokens (softmax top-k of random router logits, the same sequence for every metho
 experts hit change from call to call as in decoding; the experts' weights (200 MB in float32)
 do not fit the caches. Prints one row per batch size: median ms per MoE block call of the
 baseline and of each method (``grouped``, ``loop``, ``gathered`` on the dense stacks,
-``packed``: the loop over oneDNN-packed experts), and the speedup of what ``FusedMoE`` runs on
-this CPU (``packed`` where ``packing_wins``, else ``grouped``).
+``all_experts``: every expert on every token, weighted by the routing; ``packed``: the loop over
+oneDNN-packed experts), and the speedup of what ``FusedMoE`` runs on this CPU (``packed`` where
+``packing_wins``, else ``all_experts`` up to ``all_experts_max_tokens``, else ``grouped``).
 
     python benchmarks/bench_moe.py [--batch-sizes 1,8,32] [--dtype float32] [--threads N]
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 from sglang.srt.layers.moe.fused_moe import (
     PackedExperts,
+    all_experts_max_tokens,
     fused_experts,
     fused_experts_packed,
     moe_forward_per_expert_loop,
@@ -53,7 +55,7 @@ def time_calls(fn: Callable[[int], torch.Tensor], calls: int) -> float:
     return statistics.median(times)
 
 
-METHODS = ("grouped", "loop", "gathered", "packed")
+METHODS = ("grouped", "loop", "gathered", "all_experts", "packed")
 
 
 def bench_size(t: int, w13: torch.Tensor, w2: torch.Tensor, k: int, calls: int,
@@ -102,15 +104,17 @@ def main() -> None:
     print(f"MoE block, decode step: hidden {h}, {e} experts, top-{k}, moe_intermediate {i}, "
           f"{args.dtype}, {torch.get_num_threads()} threads, {cpu_name()}")  # fmt: skip
     with torch.inference_mode():
-        chosen = "packed" if packing_wins(w13, w2) else "grouped"
+        packs, small = packing_wins(w13, w2), all_experts_max_tokens(w13, w2, k)
     cols = " | ".join(f"{m} ms" for m in METHODS)
-    print(f"| tokens | per-expert loop ms | {cols} | speedup ({chosen}, FusedMoE's choice) |")
-    print("|" + "---|" * (len(METHODS) + 3))
+    print(f"| tokens | per-expert loop ms | {cols} | FusedMoE's choice | speedup |")
+    print("|" + "---|" * (len(METHODS) + 4))
     with torch.inference_mode():
         for t in (int(s) for s in args.batch_sizes.split(",")):
             base, ms = bench_size(t, w13, w2, k, args.calls, gen)
+            chosen = "packed" if packs else (
+                "all_experts" if t <= small else "grouped")
             cells = " | ".join(f"{ms[m] * 1e3:.2f}" for m in METHODS)
-            print(f"| {t} | {base * 1e3:.2f} | {cells} | {base / ms[chosen]:.2f}x |")
+            print(f"| {t} | {base * 1e3:.2f} | {cells} | {chosen} | {base / ms[chosen]:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -346,3 +346,28 @@ def test_fused_moe_module_bfloat16_close_to_float32() -> None:
     torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
     with pytest.raises(ValueError, match="checkpoint shape"):
         moe.load_expert_weight(0, "down", w13[0])
+
+
+def test_all_experts_threshold_is_measured_and_used() -> None:
+    """Small experts: the load-time probe decides up to how many tokens every expert runs on
+    every token; FusedMoE follows it and stays equal to the routed compute either way."""
+    from sglang.srt.layers.moe.fused_moe import ALL_EXPERTS_PROBES, all_experts_max_tokens
+
+    w13, w2 = _experts(8, 64, 32, seed=11)
+    limit = all_experts_max_tokens(w13, w2, 2)
+    assert limit in (0, *ALL_EXPERTS_PROBES)
+    assert all_experts_max_tokens(w13.to("meta"), w2.to("meta"), 2) == 0  # not a CPU tensor
+    moe = FusedMoE(8, 64, 32, dtype=torch.float32)
+    moe.load_fused_weight("gate_up_proj", w13)
+    moe.load_fused_weight("down_proj", w2)
+    moe.top_k = 2
+    moe.finalize_weights(pack=False)
+    assert moe.all_experts_max_tokens == limit
+    moe.all_experts_max_tokens = 4  # forced: both sides of the threshold
+    gen = torch.Generator().manual_seed(12)
+    with torch.inference_mode():
+        for t in (1, 4, 5, 30):
+            x = torch.randn(t, 64, generator=gen)
+            weights, ids = select_experts(torch.randn(t, 8, generator=gen), 2, True)
+            ref = moe_forward_per_expert_loop(x, w13, w2, weights, ids)
+            torch.testing.assert_close(moe(x, weights, ids), ref, atol=1e-5, rtol=1e-5)

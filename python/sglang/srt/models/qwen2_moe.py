@@ -100,6 +100,7 @@ class SparseMoeBlock(nn.Module):
         hidden = config.hidden_size
         self.gate = RouterLinear(hidden, moe.num_experts, **kw)
         self.experts = FusedMoE(moe.num_experts, hidden, moe.moe_intermediate_size, **kw)
+        self.experts.top_k = moe.top_k
         self.shared_expert: LlamaMLP | None = None
         self.shared_expert_gate: Linear | None = None
         if shared and moe.shared_expert_intermediate_size:

@@ -32,6 +32,7 @@ stacks are then freed and ``fused_experts_packed`` runs the loop over the expert
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -46,7 +47,14 @@ from sglang.srt.layers.linear import linear
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("auto", "grouped", "loop", "gathered")
+METHODS = ("auto", "grouped", "loop", "gathered", "all_experts")
+# Token counts at which ``all_experts`` is timed against the routed compute (at load, on the
+# layer's own weights); it is used up to the largest count where it won (and all smaller ones).
+ALL_EXPERTS_PROBES = (1, 4, 16, 64)
+# Experts larger than this together are never all run per step (reading every expert each step
+# cannot beat reading the routed ones once they no longer fit the caches; not timed, so a large
+# model's load is not slowed by the probe).
+ALL_EXPERTS_MAX_BYTES = 32 << 20
 Activation = Callable[[torch.Tensor], torch.Tensor]
 ExpertFn = Callable[[int, torch.Tensor], torch.Tensor]  # (expert, its rows [c, H]) -> [c, H]
 
@@ -100,6 +108,8 @@ def fused_experts(
     if method == "gathered":
         y = _gathered(hidden, w13, w2, topk_ids, activation)
         return _combine(y, None, topk_weights, t, k)
+    if method == "all_experts":
+        return _all_experts(hidden, w13, w2, topk_weights, topk_ids, activation)
     order, counts, rows = _sort_rows(hidden, topk_ids, w13.shape[0])
     if method == "grouped":
         ends = torch.cumsum(counts, 0, dtype=torch.int32)
@@ -164,6 +174,20 @@ def _gathered(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     x = hidden.repeat_interleave(k, dim=0).unsqueeze(1)  # [T * k, 1, H]
     gate_up = torch.bmm(x, w13[flat].transpose(1, 2))
     return torch.bmm(activation(gate_up), w2[flat].transpose(1, 2)).squeeze(1)
+
+
+def _all_experts(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                 topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                 activation: Activation) -> torch.Tensor:  # fmt: skip
+    """Every expert on every token in one matmul per projection, the outputs weighted by the
+    routing (zero for the experts not chosen): E / k times the FLOPs of the routed compute, but
+    five ops and no sort, which wins for small experts and few tokens."""
+    t, (e, two_i, h) = hidden.shape[0], w13.shape
+    gate_up = F.linear(hidden, w13.reshape(e * two_i, h))  # [T, E * 2I]
+    act = activation(gate_up.view(t * e, two_i)).view(t, e, -1)
+    y = torch.bmm(act.transpose(0, 1), w2.transpose(1, 2))  # [E, T, H]
+    dense = hidden.new_zeros(t, e).scatter_(1, topk_ids, topk_weights.to(hidden.dtype))
+    return torch.bmm(dense.unsqueeze(1), y.transpose(0, 1)).squeeze(1)
 
 
 def _combine(y: torch.Tensor, order: torch.Tensor | None, topk_weights: torch.Tensor,
@@ -268,6 +292,50 @@ def _measure_packing(w13: torch.Tensor, w2: torch.Tensor, rows: int, repeats: in
     return wins
 
 
+_ALL_EXPERTS_CHOICE: dict[tuple[object, ...], int] = {}
+
+
+def all_experts_max_tokens(w13: torch.Tensor, w2: torch.Tensor, top_k: int,
+                           repeats: int = 3) -> int:  # fmt: skip
+    """Up to how many tokens ``all_experts`` beats the routed default (``auto``) on this CPU
+    (0: never): timed at ``ALL_EXPERTS_PROBES`` tokens with random top-``top_k`` routing until it
+    first loses; once per dtype, shape, k and thread count."""
+    key = (w13.device.type, w13.dtype, tuple(w13.shape), top_k, torch.get_num_threads())
+    if key not in _ALL_EXPERTS_CHOICE:
+        small = w13.nbytes + w2.nbytes <= ALL_EXPERTS_MAX_BYTES
+        _ALL_EXPERTS_CHOICE[key] = (
+            _measure_all_experts(w13, w2, top_k, repeats)
+            if w13.device.type == "cpu" and small else 0)  # fmt: skip
+    return _ALL_EXPERTS_CHOICE[key]
+
+
+def _measure_all_experts(w13: torch.Tensor, w2: torch.Tensor, top_k: int, repeats: int) -> int:
+    gen = torch.Generator().manual_seed(0)
+    e, _, h = w13.shape
+    best, times = 0, []
+    with torch.inference_mode():
+        for t in ALL_EXPERTS_PROBES:
+            x = torch.randn(t, h, generator=gen).to(w13.dtype)
+            logits = torch.randn(t, e, generator=gen)
+            weights, ids = torch.topk(torch.softmax(logits, -1), min(top_k, e), dim=-1)
+            routed, every = (
+                _time_experts(1, functools.partial(_call_method, x, w13, w2, weights, ids, m),
+                              repeats)
+                for m in ("auto", "all_experts"))  # fmt: skip
+            times.append(f"{t}: {every * 1e6:.0f} vs {routed * 1e6:.0f} us")
+            if every >= routed:
+                break
+            best = t
+    logger.info("MoE experts %s, top-%d: every expert on every token for steps of <= %d tokens "
+                "(%s)", tuple(w13.shape), top_k, best, ", ".join(times))  # fmt: skip
+    return best
+
+
+def _call_method(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, weights: torch.Tensor,
+                 ids: torch.Tensor, method: str, _: int) -> torch.Tensor:  # fmt: skip
+    return fused_experts(x, w13, w2, weights, ids, method=method)
+
+
 def _time_experts(n: int, fn: Callable[[int], torch.Tensor], repeats: int) -> float:
     """Best over ``repeats`` of the mean seconds per call of ``fn(e)`` for e in 0..n-1."""
     fn(0)
@@ -305,14 +373,21 @@ class FusedMoE(nn.Module):
         self.act_fn = SiluAndMul()  # the fused C++ kernel once the ModelRunner enables it
         self.method = "auto"
         self.packed: PackedExperts | None = None  # set by finalize_weights (CPU, where it wins)
+        # The router's k (set by the MoE block): finalize_weights measures with it whether small
+        # steps should run every expert (``all_experts_max_tokens``).
+        self.top_k: int | None = None
+        self.all_experts_max_tokens = 0  # steps up to this size run every expert
 
     def forward(
         self, hidden: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor
     ) -> torch.Tensor:
         if self.packed is not None:
             return fused_experts_packed(hidden, self.packed, topk_weights, topk_ids, self.act_fn)
+        method = self.method
+        if hidden.shape[0] <= self.all_experts_max_tokens:
+            method = "all_experts"
         return fused_experts(hidden, self.w13, self.w2, topk_weights, topk_ids, self.act_fn,
-                             self.method)  # fmt: skip
+                             method)  # fmt: skip
 
     def finalize_weights(self, quantization: str = "none", pack: bool | None = None) -> None:
         """After loading: on CPU, move the weights into ``PackedExperts`` where
@@ -327,6 +402,9 @@ class FusedMoE(nn.Module):
             empty = torch.empty(0, dtype=self.w13.dtype)
             self.w13 = nn.Parameter(empty, requires_grad=False)
             self.w2 = nn.Parameter(empty.clone(), requires_grad=False)
+        elif self.top_k is not None and self.method == "auto":
+            self.all_experts_max_tokens = all_experts_max_tokens(self.w13.data, self.w2.data,
+                                                                 self.top_k)  # fmt: skip
 
     def dense_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(w13, w2) in plain layout, packed or not."""
