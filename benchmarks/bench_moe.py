@@ -20,9 +20,9 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+from bench_encode import cpu_name
 from sglang.srt.layers.moe.fused_moe import (
     PackedExperts,
     all_experts_max_tokens,
@@ -32,16 +32,6 @@ from sglang.srt.layers.moe.fused_moe import (
     packing_wins,
 )
 from sglang.srt.layers.moe.topk import select_experts
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def time_calls(fn: Callable[[int], torch.Tensor], calls: int) -> float:

@@ -137,7 +137,9 @@ SMALL_BATCH_MAX_ROWS = 64
 small_batch_gemm_enabled = False  # set by calibrate_small_batch_gemm (or by hand in benchmarks)
 
 
-def _time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+def best_time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    """Seconds of the fastest of ``repeats`` calls of ``fn()`` after one warm-up call (the
+    load-time calibrations use it)."""
     fn()
     best = float("inf")
     for _ in range(repeats):
@@ -160,8 +162,8 @@ def calibrate_small_batch_gemm(weight: torch.Tensor, repeats: int = 5) -> bool:
         for rows in (1, 4):
             x = torch.randn(rows, weight.shape[1], generator=gen)
             xs = torch.cat([x, x]) if rows == 1 else x
-            plain = _time(lambda x=x: F.linear(x, weight), repeats)
-            transposed = _time(lambda xs=xs: torch.mm(weight, xs.t()).t().contiguous(), repeats)
+            plain = best_time(lambda x=x: F.linear(x, weight), repeats)
+            transposed = best_time(lambda xs=xs: torch.mm(weight, xs.t()).t().contiguous(), repeats)
             wins = wins and transposed < 0.9 * plain
     small_batch_gemm_enabled = wins
     logger.info("small-batch fp32 GEMM as (W @ x^T)^T: %s", "on" if wins else "off")

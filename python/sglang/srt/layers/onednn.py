@@ -11,10 +11,11 @@ both on the model's own largest projection once at load and turns oneDNN on only
 from __future__ import annotations
 
 import logging
-import time
 
 import torch
 import torch.nn.functional as F
+
+from sglang.srt.layers.linear import best_time
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +48,6 @@ def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return F.gelu(out) if post == "gelu" else out
 
 
-def _best(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def calibrate(weight: torch.Tensor, rows: int = 512, repeats: int = 5) -> bool:
     """Whether oneDNN runs ``[rows, in] x weight^T`` (+ GELU) at least 5% faster than
     ``F.linear`` + GELU on this CPU (a few milliseconds, once per model load)."""
@@ -67,11 +58,11 @@ def calibrate(weight: torch.Tensor, rows: int = 512, repeats: int = 5) -> bool:
     bias = torch.zeros(weight.shape[0], dtype=weight.dtype)
     with torch.inference_mode():
         try:
-            ours = _best(lambda: linear(x, weight, bias, "gelu"), repeats)
+            ours = best_time(lambda: linear(x, weight, bias, "gelu"), repeats)
         except RuntimeError as exc:  # an op this build cannot run: keep F.linear
             logger.info("oneDNN linear unavailable: %s", exc)
             return False
-        plain = _best(lambda: reference(x, weight, bias, "gelu"), repeats)
+        plain = best_time(lambda: reference(x, weight, bias, "gelu"), repeats)
     wins = ours < 0.95 * plain
     logger.info("encoder GEMMs: %s (oneDNN %.2f ms, F.linear %.2f ms)",
                 "oneDNN" if wins else "F.linear", ours * 1e3, plain * 1e3)  # fmt: skip
