@@ -371,3 +371,21 @@ def test_all_experts_threshold_is_measured_and_used() -> None:
             weights, ids = select_experts(torch.randn(t, 8, generator=gen), 2, True)
             ref = moe_forward_per_expert_loop(x, w13, w2, weights, ids)
             torch.testing.assert_close(moe(x, weights, ids), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_cuda_graphs_only_where_the_experts_need_no_host_sync() -> None:
+    """On CUDA only the bfloat16 grouped matmul avoids reading the expert counts on the host;
+    the ModelRunner captures graphs only when every MoE layer says it is graph-safe."""
+    from types import SimpleNamespace
+
+    def weights(device: str, dtype: torch.dtype) -> SimpleNamespace:
+        return SimpleNamespace(device=torch.device(device), is_cuda=device == "cuda",
+                               dtype=dtype)  # fmt: skip
+
+    def safe(device: str, dtype: torch.dtype, method: str = "auto") -> bool:
+        return FusedMoE.graph_safe(SimpleNamespace(w13=weights(device, dtype), method=method))
+
+    assert safe("cuda", torch.bfloat16) is hasattr(torch.nn.functional, "grouped_mm")
+    assert not safe("cuda", torch.float16) and not safe("cuda", torch.float32)
+    assert not safe("cuda", torch.bfloat16, method="loop")
+    assert safe("cpu", torch.float32) and FusedMoE(4, 8, 4).graph_safe()

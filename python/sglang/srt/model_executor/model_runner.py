@@ -222,6 +222,7 @@ class ModelRunner:
             and not disable_cuda_graph
             and expert_distribution_recorder_mode is None
             and getattr(self.attn_backend, "supports_cuda_graph", False)
+            and _graph_safe_experts(self.model)
         )
         self.cuda_graph_max_bs = cuda_graph_max_bs
         self.graph_runner: CudaGraphRunner | None = None
@@ -379,3 +380,11 @@ class ModelRunner:
         with torch.inference_mode(), self.recorder.with_forward_pass(batch):
             self.attn_backend.init_forward_metadata(batch)
             return self.model(batch)
+
+
+def _graph_safe_experts(model: torch.nn.Module) -> bool:
+    """Whether every MoE layer computes without a host sync on its device and dtype (CUDA graphs
+    cannot capture the loop over the experts, which reads the per-expert counts on the host)."""
+    from sglang.srt.layers.moe.fused_moe import FusedMoE
+
+    return all(m.graph_safe() for m in model.modules() if isinstance(m, FusedMoE))

@@ -406,6 +406,12 @@ class FusedMoE(nn.Module):
             self.all_experts_max_tokens = all_experts_max_tokens(self.w13.data, self.w2.data,
                                                                  self.top_k)  # fmt: skip
 
+    def graph_safe(self) -> bool:
+        """Whether ``forward`` runs without a host sync (CUDA graphs): the grouped matmul on
+        CUDA bfloat16; the other CUDA dtypes loop over the experts on the host."""
+        w = self.w13
+        return w.device.type != "cuda" or (self.method == "auto" and _grouped_mm_fits(w))
+
     def dense_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(w13, w2) in plain layout, packed or not."""
         return self.packed.dense() if self.packed is not None else (self.w13.data, self.w2.data)
