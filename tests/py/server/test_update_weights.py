@@ -178,3 +178,32 @@ def test_offline_engine_update(ckpts: dict[str, Path]) -> None:
             _hf_greedy(ckpts["b"])
         ok, message, _ = llm.update_weights_from_disk("/no/such/dir")
         assert not ok and message.startswith("Failed to get weights iterator: /no/such/dir")
+
+
+def test_update_under_concurrent_load(url: str, ckpts: dict[str, Path]) -> None:
+    """Clients keep sending while two updates run: every request succeeds, each one entirely on
+    one checkpoint's weights (its tokens equal a or b's greedy continuation), and nothing is left
+    behind in the engine."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    want = {tuple(_hf_greedy(ckpts[k])) for k in ("a", "b")}
+    stop = threading.Event()
+
+    def client() -> list[tuple[int, ...]]:
+        seen = []
+        while not stop.is_set():
+            seen.append(tuple(_generate(url)["output_ids"]))
+        return seen
+
+    with ThreadPoolExecutor(6) as pool:
+        clients = [pool.submit(client) for _ in range(6)]
+        time.sleep(0.5)
+        for target in ("b", "a"):
+            r = _update(url, model_path=str(ckpts[target]))
+            assert r.status_code == 200 and r.json()["success"], r.text
+        time.sleep(0.5)
+        stop.set()
+        outputs = [o for c in clients for o in c.result(timeout=120)]
+    assert len(outputs) > 12 and set(outputs) <= want
+    assert _generate(url)["output_ids"] == _hf_greedy(ckpts["a"])
+    assert_engine_clean(url)
