@@ -1,0 +1,1 @@
+"""Multimodal inputs (images): loading, validation and hashing of ``image_data``."""
