@@ -45,3 +45,31 @@ def test_text_only_and_wrong_counts() -> None:
     assert torch.equal(pos, torch.arange(5).expand(3, 5)) and delta == 0
     with pytest.raises(ValueError, match="has 6 tokens"):
         mrope_positions([0, 1, 1, 0], [[1, 4, 6]], merge=2)
+
+
+def test_multimodal_rotary_matches_transformers() -> None:
+    """``RotaryEmbedding.lookup_multimodal`` + ``apply`` against transformers' Qwen2-VL rotary
+    embedding (sections [2, 3, 3] of a 16-dim head) applied the HF way."""
+    from sglang.srt.configs.model_config import RopeConfig
+    from sglang.srt.layers.rotary_embedding import RotaryEmbedding
+    from transformers import Qwen2VLTextConfig
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLRotaryEmbedding
+
+    head_dim, sections, theta = 16, [2, 3, 3], 10000.0
+    rope = RotaryEmbedding(head_dim, 64, RopeConfig(theta=theta), dtype=torch.float32)
+    types = [0] * 3 + [1] * 6 + [0] * 4
+    positions, _ = mrope_positions(types, [[1, 4, 6]], merge=2)
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(len(types), 4, head_dim, generator=gen)
+    cs = rope.lookup_multimodal(positions, sections)
+    ours = RotaryEmbedding.apply(q, cs)
+    config = Qwen2VLTextConfig(hidden_size=64, num_attention_heads=4, head_dim=head_dim,
+                               rope_parameters={"rope_type": "default", "rope_theta": theta,
+                                                "mrope_section": sections})  # fmt: skip
+    cos, sin = Qwen2VLRotaryEmbedding(config)(q, positions[:, None, :])  # [1, T, D]
+    cos, sin = cos[0][:, None, :], sin[0][:, None, :]
+    half = head_dim // 2
+    rotated = torch.cat([-q[..., half:], q[..., :half]], dim=-1)
+    torch.testing.assert_close(ours, q * cos + rotated * sin, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="sections"):
+        rope.lookup_multimodal(positions, [2, 3])

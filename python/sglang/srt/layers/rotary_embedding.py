@@ -8,6 +8,7 @@ the rows of its ``positions`` once (``lookup``) and every layer applies them to 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -74,6 +75,22 @@ class RotaryEmbedding(nn.Module):
         cos = self.cos_cache.index_select(0, positions).unsqueeze(1)
         sin = self.sin_cache.index_select(0, positions).unsqueeze(1)
         return cos, sin
+
+    def lookup_multimodal(self, positions: torch.Tensor, sections: list[int]
+                          ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Multimodal RoPE (Qwen2-VL): ``positions`` [3, tokens] (time, height, width); the
+        first ``sections[0]`` frequencies rotate by the time position, the next ``sections[1]``
+        by the height, the last ``sections[2]`` by the width. Same shapes as ``lookup``."""
+        if sum(sections) != self.cos_cache.shape[1] or positions.shape[0] != len(sections):
+            raise ValueError(f"mrope sections {sections} must cover the {self.cos_cache.shape[1]} "
+                             f"frequencies, one per position axis ({positions.shape[0]})")
+        bounds = [0, *itertools.accumulate(sections)]
+        def pick(cache: torch.Tensor) -> torch.Tensor:
+            parts = [cache.index_select(0, positions[i])[:, bounds[i] : bounds[i + 1]]
+                     for i in range(len(sections))]  # fmt: skip
+            return torch.cat(parts, dim=-1).unsqueeze(1)
+
+        return pick(self.cos_cache), pick(self.sin_cache)
 
     @staticmethod
     def apply(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
