@@ -331,10 +331,7 @@ class TokenizerManager:
         ValueError (HTTP 400) for an invalid request, before anything is sent; EngineDeadError
         (503) while the engine cannot serve; RequestFailed when the n > 1 prefill fails.
         ``internal``: the server's own request (health checks), left out of the metrics."""
-        await self.weights_ready.wait()
-        self.check_serving()
-        if self.info.is_embedding:
-            raise ValueError(IS_GENERATION_NEEDED)
+        await self._serving(embedding=False)
         self.validator.check_request(obj)
         singles, is_list = obj.normalize()
         for single in singles:
@@ -353,10 +350,7 @@ class TokenizerManager:
         """Validates and submits every input of an /encode request; returns their states (each
         finishes with its ``embedding``). ValueError (400) for an invalid request or a server
         that does not serve embeddings, before anything is sent."""
-        await self.weights_ready.wait()
-        self.check_serving()
-        if not self.info.is_embedding:
-            raise ValueError(IS_EMBEDDING_NEEDED)
+        await self._serving(embedding=True)
         self.validator.check_embedding_request(obj)
         singles, is_list = obj.normalize()
         for single in singles:
@@ -406,6 +400,14 @@ class TokenizerManager:
         types = enc.get("token_type_ids")
         ids = [list(i) for i in enc["input_ids"]]
         return ids, ([list(t) for t in types] if types is not None else [None] * len(ids))
+
+    async def _serving(self, embedding: bool) -> None:
+        """What every new request passes first: it waits out a weight update, then the engine
+        must be up and serve this kind of request (generation or embeddings)."""
+        await self.weights_ready.wait()
+        self.check_serving()
+        if embedding != self.info.is_embedding:
+            raise ValueError(IS_EMBEDDING_NEEDED if embedding else IS_GENERATION_NEEDED)
 
     async def _send(self, prepared: list[tuple[ReqState, TokenizedGenerateReq]]
                     ) -> list[ReqState]:
