@@ -113,3 +113,6 @@ def test_unknown_mode_is_refused() -> None:
 
     with pytest.raises(ValueError, match="expert-distribution-recorder-mode"):
         ServerArgs(model_path="x", expert_distribution_recorder_mode="csv")
+    with pytest.raises(ValueError, match="expert-distribution-recorder-buffer-size"):
+        ServerArgs(model_path="x", expert_distribution_recorder_mode="stat",
+                   expert_distribution_recorder_buffer_size=0)  # fmt: skip
