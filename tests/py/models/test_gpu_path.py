@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_test_utils import NEW_TOKENS, PROMPTS, GreedyDriver, hf_logprobs, hf_model
+from model_test_utils import (
+    NEW_TOKENS,
+    PROMPTS,
+    GreedyDriver,
+    hf_greedy,
+    hf_logprobs,
+    hf_model,
+    save_tiny_model,
+)
 from sglang.srt.layers.triton_ops import available
 from sglang.srt.model_executor.model_runner import ModelRunner
 
@@ -172,3 +180,25 @@ def test_static_inputs_pad_rows_to_the_padding_slot() -> None:
     batch = inputs.batch(4)
     assert batch.batch_size == 4 and batch.req_to_token.shape == (4, 16)
     assert batch.req_pool_indices.tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_weight_update_captures_graphs_again(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """``update_weights_from_disk`` on a runner with CUDA graphs: the graphs are captured again,
+    so the decode steps replayed afterwards read the new weights (transformers' tokens for the
+    new checkpoint)."""
+    from transformers import AutoConfig
+
+    other = save_tiny_model(AutoConfig.from_pretrained(tiny_models["llama"]), tmp_path / "b",
+                            seed=99)  # fmt: skip
+    want = [hf_greedy(hf_model(other), p, NEW_TOKENS) for p in PROMPTS]
+    runner = _cuda_runner(tiny_models["llama"], "float32", "triton", True)
+    before = GreedyDriver(runner).generate(PROMPTS, NEW_TOKENS)
+    old_graphs = runner.graph_runner
+    assert old_graphs is not None
+    ok, message = runner.update_weights_from_disk(str(other))
+    assert ok, message
+    assert runner.graph_runner is not None and runner.graph_runner is not old_graphs
+    after = GreedyDriver(runner).generate(PROMPTS, NEW_TOKENS)
+    assert after == want and after != before

@@ -389,3 +389,29 @@ def test_cuda_graphs_only_where_the_experts_need_no_host_sync() -> None:
     assert not safe("cuda", torch.float16) and not safe("cuda", torch.float32)
     assert not safe("cuda", torch.bfloat16, method="loop")
     assert safe("cpu", torch.float32) and FusedMoE(4, 8, 4).graph_safe()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("arch", MOE_ARCHS)
+def test_moe_on_cuda_float32_matches_and_bfloat16_graphs_match_eager(
+    arch: str, moe_models: dict[str, Path], moe_reference: dict[str, list[list[int]]]
+) -> None:
+    """On CUDA: float32 experts (eager: their grouped compute reads the expert counts on the
+    host) give transformers' tokens; bfloat16 experts run inside the decode CUDA graphs and give
+    the same tokens as bfloat16 eager."""
+
+    def runner(dtype: str, graphs: bool) -> ModelRunner:
+        return ModelRunner(str(moe_models[arch]), device="cuda", dtype=dtype,
+                           attention_backend="triton", disable_cuda_graph=not graphs,
+                           cuda_graph_max_bs=8)  # fmt: skip
+
+    fp32 = runner("float32", True)
+    assert GreedyDriver(fp32).generate(PROMPTS, NEW_TOKENS) == moe_reference[arch]
+    assert fp32.graph_runner is None  # not graph-safe in float32
+    outputs = {}
+    for graphs in (False, True):
+        bf16 = runner("bfloat16", graphs)
+        outputs[graphs] = GreedyDriver(bf16).generate(PROMPTS, NEW_TOKENS)
+        assert (bf16.graph_runner is not None) == graphs
+    assert outputs[True] == outputs[False]
