@@ -88,6 +88,8 @@ class ModelConfig:
     mlp_bias: bool = False
     qk_norm: bool = False  # per-head RMSNorm on q and k before RoPE (Qwen3)
     hidden_act: str = "silu"
+    # Multimodal RoPE (Qwen2-VL): rotary pairs per (time, height, width) section; None for 1-D.
+    mrope_section: list[int] | None = None
     hf_config: Any = field(default=None, repr=False)
 
     @property
@@ -112,8 +114,9 @@ class ModelConfig:
         dtype: str | torch.dtype = "auto",
         device: str | torch.device = "cpu",
     ) -> ModelConfig:
-        """Build from an HF config object or dict (and optionally its generation config)."""
-        cfg = _as_dict(hf_config)
+        """Build from an HF config object or dict (and optionally its generation config). A
+        vision-language config's language model is read from its ``text_config``."""
+        cfg = _language_model_config(_as_dict(hf_config))
         model_type = str(cfg.get("model_type", ""))
         hidden = int(cfg["hidden_size"])
         heads = int(cfg["num_attention_heads"])
@@ -146,6 +149,7 @@ class ModelConfig:
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             qk_norm=model_type.startswith("qwen3"),
             hidden_act=str(cfg.get("hidden_act", "silu")),
+            mrope_section=_mrope_section(cfg),
             hf_config=hf_config,
         )
 
@@ -158,6 +162,29 @@ def _as_dict(config: Any) -> dict[str, Any]:
     if hasattr(config, "to_dict"):
         return config.to_dict()
     return dict(vars(config))
+
+
+def _language_model_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The language model's parameters of a config: a vision-language config nests them in
+    ``text_config`` (transformers >= 5 writes them there; older Qwen2-VL configs keep them at the
+    top); the architecture, model type and word-embedding tying are the outer config's."""
+    text = cfg.get("text_config")
+    if not isinstance(text, Mapping) or "hidden_size" in cfg:
+        return cfg
+    merged = {**text, "architectures": cfg.get("architectures"),
+              "model_type": cfg.get("model_type", text.get("model_type"))}
+    for key in ("tie_word_embeddings", "eos_token_id", "bos_token_id"):
+        if cfg.get(key) is not None:
+            merged[key] = cfg[key]
+    return merged
+
+
+def _mrope_section(cfg: dict[str, Any]) -> list[int] | None:
+    """Qwen2-VL's M-RoPE sections (transformers' default when the config names none)."""
+    if not str(cfg.get("model_type", "")).startswith(("qwen2_vl", "qwen2_5_vl")):
+        return None
+    rope = {**(cfg.get("rope_scaling") or {}), **(cfg.get("rope_parameters") or {})}
+    return [int(x) for x in rope.get("mrope_section") or (16, 24, 24)]
 
 
 def _architecture(cfg: dict[str, Any], model_type: str) -> str:
@@ -183,6 +210,8 @@ def _rope_config(cfg: dict[str, Any]) -> RopeConfig:
     merged = {**scaling, **params}
     theta = merged.get("rope_theta") or cfg.get("rope_theta") or 10000.0
     rope_type = merged.get("rope_type") or merged.get("type") or "default"
+    if rope_type == "mrope":  # Qwen2-VL: default frequencies, split into sections by the model
+        rope_type = "default"
     if rope_type not in SUPPORTED_ROPE_TYPES:
         raise ValueError(
             f"RoPE type '{rope_type}' is not supported; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"

@@ -39,6 +39,8 @@ from sglang.srt.managers.io_struct import (
     UpdateWeightsFromDiskResp,
 )
 from sglang.srt.managers.stop_checker import StopChecker, StopCheckError
+from sglang.srt.multimodal.engine_steps import ImageSteps, StepImages
+from sglang.srt.multimodal.inputs import ImageInputs
 from sglang.srt.models.sequence_classification import label_names
 from sglang.srt.sampling.custom_logit_processor import ReqView
 from sglang.srt.sampling.sampler import BatchSampler, RowSampling
@@ -71,6 +73,10 @@ class EngineReq:
     input_ids_logprobs: list[Any] = dataclasses.field(default_factory=list)
     # input_embeds of the prompt ([prompt_len, hidden], model dtype) replacing the id lookup.
     input_embeds: torch.Tensor | None = None
+    # A vision-language prompt's images, and their embeddings once computed (by image index;
+    # dropped when the prompt's prefill ends, computed again after a retraction if needed).
+    images: ImageInputs | None = None
+    image_embeds: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
     # return_hidden_states: the prompt's vectors gathered across prefill chunks ("full" mode).
     prefill_hidden: list[Any] = dataclasses.field(default_factory=list)
     hidden_prefill_done: bool = False
@@ -129,6 +135,9 @@ class EngineCore:
             warnings.simplefilter("ignore", UserWarning)
             self.req_to_token = torch.from_numpy(self.core.req_to_token())
         self.sampler = BatchSampler(self.device)
+        # Vision-language models: the image embeddings and M-RoPE positions of each step.
+        self.images = ImageSteps(self.runner.model) if hasattr(
+            self.runner.model, "encode_images") else None
         self.reqs: dict[int, EngineReq] = {}
         self.rid_to_handle: dict[str, int] = {}
         self.seed_counter = 0
@@ -195,6 +204,7 @@ class EngineCore:
             matryoshka=self.pooling is not None and not self.classifier
             and _is_matryoshka(self.model_config.hf_config),
             id2label=label_names(self.model_config.hf_config, self.runner.model),
+            image_understanding=hasattr(self.runner.model, "encode_images"),
             memory_usage={"weight": weight_bytes / 2**30, "kvcache": kv_bytes / 2**30,
                           "token_capacity": int(total), "graph": 0.0},
         )
@@ -295,6 +305,7 @@ class EngineCore:
         if req.input_embeds is not None:
             ereq.input_embeds = torch.as_tensor(req.input_embeds, dtype=self.runner.dtype,
                                                 device=self.device)
+        ereq.images = req.images
         self.reqs[handle] = ereq
         self.rid_to_handle[req.rid] = handle
         return None
@@ -419,11 +430,15 @@ class EngineCore:
                     e.cached_tokens = int(self.core.request_info(e.handle)["cached_tokens"])
         logits_rows, prompt_slices = self._logits_rows(plan, ereqs)
         capture_hidden = any(e.req.return_hidden_states for e in ereqs)
+        images = self.images.step(plan, ereqs) if self.images is not None else None
         batch = ForwardBatch.from_plan(plan, self.req_to_token, self.device,
-                                       logits_rows=logits_rows, capture_hidden=capture_hidden)
-        if plan.mode == _core.ForwardMode.EXTEND and any(
-                e.input_embeds is not None for e in ereqs):
-            batch.input_embeds = self._extend_embeds(plan, ereqs, batch.input_ids)
+                                       logits_rows=logits_rows, capture_hidden=capture_hidden,
+                                       positions=images.positions if images else None)
+        if images is not None and images.mrope_positions is not None:
+            batch.mrope_positions = torch.from_numpy(images.mrope_positions).to(self.device)
+        if plan.mode == _core.ForwardMode.EXTEND and (images is not None and images.rows or any(
+                e.input_embeds is not None for e in ereqs)):
+            batch.input_embeds = self._extend_embeds(plan, ereqs, batch.input_ids, images)
         sample_reqs = [ereqs[i] for i in plan.sample_indices]
         masks = None
         if self.grammars is not None:  # the bitmask rows are filled while the forward runs
@@ -462,13 +477,15 @@ class EngineCore:
                   for err in sampled.processor_errors for k in err.rows}
         return self._collect(sample_reqs, sampled, rids, tokens, reasons, hidden_out, failed)
 
-    def _extend_embeds(self, plan: Any, ereqs: list[EngineReq],
-                       input_ids: torch.Tensor) -> torch.Tensor:
+    def _extend_embeds(self, plan: Any, ereqs: list[EngineReq], input_ids: torch.Tensor,
+                       images: StepImages | None = None) -> torch.Tensor:
         """Token embeddings of an extend step, with the prompt rows of input_embeds requests
         taken from their embeddings (positions past the prompt, e.g. after a retraction, are
-        generated tokens and use the table)."""
+        generated tokens and use the table) and image rows from the vision tower."""
         with torch.inference_mode():
             embeds = self.runner.embed_tokens(input_ids)
+            if images is not None:
+                images.write(embeds)
             for i, e in enumerate(ereqs):
                 if e.input_embeds is None:
                     continue

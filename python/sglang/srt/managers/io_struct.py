@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from sglang.srt.managers.finish_reason import FinishReason
+from sglang.srt.multimodal.inputs import ImageInputs
 from sglang.srt.sampling.sampling_params import SamplingParams
 
 
@@ -50,9 +51,8 @@ Embeds = _either(list[list[float]], list[list[list[float]]], _embeds_one_or_batc
 # Fields of SGLang's /generate that this server does not implement yet: a request that sets one
 # is refused (400) rather than served without it. Value: what the field would need.
 UNSUPPORTED_FIELDS = {
-    "image_data": "image inputs (no multimodal model is supported yet)",
-    "video_data": "video inputs (no multimodal model is supported yet)",
-    "audio_data": "audio inputs (no multimodal model is supported yet)",
+    "video_data": "video inputs (only images are supported: image_data)",
+    "audio_data": "audio inputs (only images are supported: image_data)",
     "lora_path": "LoRA adapters",
     "session_params": "sessions",
     "priority": "priority scheduling",
@@ -82,8 +82,9 @@ class GenerateReqInput(BaseModel):
     custom_logit_processor: Optional[Union[list[Optional[str]], str]] = None
     log_metrics: bool = True
     return_prompt_token_ids: bool = False
-    # Not supported yet (UNSUPPORTED_FIELDS): declared so that setting one is a clear 400.
+    # Images of each prompt (vision-language models): see ``_image_items``.
     image_data: Optional[Any] = None
+    # Not supported yet (UNSUPPORTED_FIELDS): declared so that setting one is a clear 400.
     video_data: Optional[Any] = None
     audio_data: Optional[Any] = None
     lora_path: Optional[Any] = None
@@ -157,6 +158,7 @@ class GenerateReqInput(BaseModel):
             raise ValueError("Either text, input_ids or input_embeds should be provided.")
 
         params_list = self._per_item_params(batch_size)
+        images = _image_items(self.image_data, batch_size, is_batch)
         n = self._parallel_sample_num(params_list)
         if n > 1:
             for name in ("return_logprob", "logprob_start_len", "top_logprobs_num",
@@ -176,6 +178,7 @@ class GenerateReqInput(BaseModel):
                     text=prompt.get("text"),
                     input_ids=prompt.get("input_ids"),
                     input_embeds=prompt.get("input_embeds"),
+                    image_data=images[i],
                     sampling_params=dict(params_list[i] or {}),
                     return_logprob=bool(_item(self.return_logprob, i, batch_size, False)),
                     logprob_start_len=int(_item(self.logprob_start_len, i, batch_size, -1)),
@@ -309,9 +312,9 @@ def _token_ids_item(value: Any, i: int, batch_size: int) -> list[int] | None:
 
 # Fields of SGLang's /encode that this server does not implement yet (a 400 when set).
 EMBEDDING_UNSUPPORTED_FIELDS = {
-    "image_data": "image inputs (no multimodal model is supported yet)",
-    "video_data": "video inputs (no multimodal model is supported yet)",
-    "audio_data": "audio inputs (no multimodal model is supported yet)",
+    "image_data": "image inputs to embedding models (images are served by /generate)",
+    "video_data": "video inputs",
+    "audio_data": "audio inputs",
     "lora_path": "LoRA adapters",
     "priority": "priority scheduling",
 }
@@ -536,6 +539,7 @@ class SingleGenerateReq:
     text_pair: str | None = None  # a cross-encoder's document (``text`` is the query)
     input_ids: list[int] | None = None
     input_embeds: list[list[float]] | None = None
+    image_data: list[Any] | None = None  # this prompt's images, in prompt order
     sampling_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     return_logprob: bool = False
     logprob_start_len: int = -1
@@ -570,6 +574,8 @@ class TokenizedGenerateReq:
     dimensions: int | None = None
     # A cross-encoder's (query, document) pair: the segment of each token (None: all 0).
     token_type_ids: list[int] | None = None
+    # A vision-language prompt's images (spans in input_ids, pixels or embeddings, M-RoPE).
+    images: ImageInputs | None = None
 
 
 @dataclasses.dataclass
@@ -692,3 +698,22 @@ class EngineReady:
     is_embedding: bool = False  # an --is-embedding engine: /encode, no generation
     matryoshka: bool = False  # the embedding model accepts ``dimensions``
     id2label: dict[int, str] = dataclasses.field(default_factory=dict)  # classification models
+    image_understanding: bool = False  # a vision-language model: /generate takes image_data
+
+
+def _image_items(image_data: Any, batch_size: int, is_batch: bool) -> list[list[Any] | None]:
+    """Each prompt's list of images (None: no image). One prompt: an image or a list of images;
+    a batch: a list with one entry per prompt, each an image, a list of images or null."""
+    if not _is_set(image_data):
+        return [None] * batch_size
+
+    def one(entry: Any) -> list[Any] | None:
+        if entry is None or (isinstance(entry, list) and not entry):
+            return None
+        return list(entry) if isinstance(entry, (list, tuple)) else [entry]
+
+    if not is_batch:
+        return [one(image_data)]
+    if not isinstance(image_data, list) or len(image_data) != batch_size:
+        raise ValueError("The length of image_data should be equal to the batch size.")
+    return [one(entry) for entry in image_data]

@@ -39,6 +39,8 @@ from sglang.srt.managers.io_struct import (
     UpdateWeightsFromDiskResp,
 )
 from sglang.srt.managers.req_state import ReqState, RequestFailed
+from sglang.srt.multimodal.inputs import ImageInputs
+from sglang.srt.multimodal.processor import ImageProcessor
 from sglang.srt.managers.request_validator import RequestValidator, embeds_namespace
 from sglang.srt.managers.response_builder import ResponseBuilder, SentSoFar
 from sglang.srt.sampling.sampling_params import SamplingParams, chat_sampling_defaults
@@ -76,6 +78,8 @@ class TokenizerManager:
 
             self.metrics = MetricsCollector(server_args.served_model_name)
         self.validator = RequestValidator(server_args, self.info, self.tokenizer)
+        # A vision-language model's image processor (runs on the tokenize thread).
+        self.image_processor = _image_processor(server_args, self.info)
         # Tokenization and detokenization run off the event loop (one thread each: the tokenizer
         # releases the GIL), so a large prompt never stalls health checks or other clients.
         self.tokenize_pool = concurrent.futures.ThreadPoolExecutor(
@@ -272,9 +276,21 @@ class TokenizerManager:
             hook()
 
     # ---- requests --------------------------------------------------------------------------------
-    def _tokenize(self, single: SingleGenerateReq) -> tuple[list[int], str]:
-        """The prompt's token ids and its radix-cache namespace ('' for token prompts). Runs on
-        the tokenize thread."""
+    def _tokenize(self, single: SingleGenerateReq) -> tuple[list[int], str, ImageInputs | None]:
+        """The prompt's token ids, its radix-cache namespace ('' for token prompts) and its
+        images. Runs on the tokenize thread."""
+        ids, namespace = self._tokenize_text(single)
+        if not single.image_data:
+            return ids, namespace, None
+        if self.image_processor is None:
+            raise ValueError(f"image_data: the model {self.info.architectures[0]} does not take "
+                             "images (serve a vision-language model).")
+        if single.input_embeds is not None:
+            raise ValueError("image_data cannot be combined with input_embeds.")
+        ids, images = self.image_processor.process(ids, single.image_data)
+        return ids, namespace, images
+
+    def _tokenize_text(self, single: SingleGenerateReq) -> tuple[list[int], str]:
         if single.input_ids is not None:
             return list(single.input_ids), ""
         if single.input_embeds is not None:
@@ -297,8 +313,8 @@ class TokenizerManager:
                 out[single.prompt_index] = self._tokenize(single)
         return out
 
-    def _make_state(self, single: SingleGenerateReq, input_ids: list[int],
-                    namespace: str) -> tuple[ReqState, TokenizedGenerateReq]:
+    def _make_state(self, single: SingleGenerateReq, input_ids: list[int], namespace: str,
+                    images: ImageInputs | None = None) -> tuple[ReqState, TokenizedGenerateReq]:
         if single.rid in self.rid_to_state:
             raise ValueError(f"Duplicate request ID: {single.rid}")
         self.validator.check_prompt(input_ids)
@@ -322,6 +338,7 @@ class TokenizerManager:
             return_hidden_states=single.return_hidden_states,
             custom_logit_processor=single.custom_logit_processor,
             cache_namespace=namespace,
+            images=images,
         )
         return state, req
 
@@ -483,6 +500,17 @@ class TokenizerManager:
 
     def embedding_response(self, state: ReqState) -> dict[str, Any]:
         return self.builder.embedding_response(state)
+
+
+def _image_processor(args: ServerArgs, info: Any) -> ImageProcessor | None:
+    if not info.image_understanding:
+        return None
+    from sglang.srt.hf_transformers_utils import get_config
+    from sglang.srt.model_loader.resolve import resolve_model_path
+
+    source = resolve_model_path(args.model_path)
+    return ImageProcessor.for_model(info.architectures[0], str(source.folder),
+                                    get_config(source, args.trust_remote_code), info.vocab_size)
 
 
 def _apply_output(state: ReqState, out: ReqOutput) -> None:

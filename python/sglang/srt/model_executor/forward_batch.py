@@ -69,6 +69,8 @@ class ForwardBatch:
     prefix_lens_cpu: list[int]
     extend_start_cpu: list[int]
     input_embeds: torch.Tensor | None = None  # [T, hidden], replaces the embedding lookup
+    # [3, T] (time, height, width) positions of an M-RoPE model's step over image prompts.
+    mrope_positions: torch.Tensor | None = None
     capture_hidden: bool = False
     # Set by the ModelRunner before the forward pass.
     kv_pool: KVPool | None = None
@@ -92,17 +94,21 @@ class ForwardBatch:
         logits_rows: np.ndarray | torch.Tensor | None = None,
         input_embeds: torch.Tensor | None = None,
         capture_hidden: bool = False,
+        positions: np.ndarray | None = None,
     ) -> ForwardBatch:
         """Build from a ``sglang._core.BatchPlan`` (or any object with the same arrays).
 
         ``req_to_token``: the scheduler's table as a CPU tensor (``table_as_tensor``).
-        ``logits_rows`` defaults to ``plan.sample_rows``.
+        ``logits_rows`` defaults to ``plan.sample_rows``; ``positions`` replaces the plan's
+        (the rotary positions of M-RoPE models past their prompt).
         """
         device = torch.device(device)
         rows = plan.sample_rows if logits_rows is None else logits_rows
         if isinstance(rows, torch.Tensor):
             rows = rows.cpu().numpy()
         arrays = _PlanArrays.read(plan, np.asarray(rows, dtype=np.int32))
+        if positions is not None:
+            arrays.positions = np.ascontiguousarray(positions, dtype=np.int32)
         if device.type == "cpu":
             batch = arrays.to_cpu_batch(req_to_token)
         else:

@@ -1,0 +1,211 @@
+"""A prompt's ``image_data`` -> expanded prompt ids + ``ImageInputs`` (runs in the HTTP process,
+on the tokenize thread, never on the engine loop).
+
+``ImageProcessor.for_model`` picks the model family's processor (None for a text-only model).
+``process(input_ids, items)``:
+
+1. reads the items, all in one of three formats (SGLang's): images (anything
+   ``image_loader.load_image`` takes), ``{"format": "processor_output", ...}`` (the HF processor's
+   own output: ``pixel_values`` and the per-image shapes) or ``{"format":
+   "precomputed_embedding", ...}`` (the vision tower's output, which skips the tower);
+2. runs the model's HF image processor on the images (transformers; the PIL backend);
+3. expands each image placeholder of the prompt (one token, or a run of them as the HF processor
+   writes it) to one position per image embedding and puts hash-derived pad ids there
+   (``placeholders``), so the radix cache tells images apart;
+4. for M-RoPE models, computes the prompt's [3, L] positions and delta (``mrope``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from sglang.srt.multimodal.image_loader import ImageError, ImageLimits, image_hash, load_image
+from sglang.srt.multimodal.inputs import ImageInputs, ImageItem
+from sglang.srt.multimodal.mrope import mrope_positions
+from sglang.srt.multimodal.placeholders import expand_image_tokens, with_pad_ids
+
+FORMATS = ("processor_output", "precomputed_embedding")
+QWEN2_VL_ARCHITECTURES = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
+
+
+def _get(config: Any, name: str, default: Any = None) -> Any:
+    if isinstance(config, dict):
+        return config.get(name, default)
+    return getattr(config, name, default)
+
+
+def _array(value: Any, name: str, dtype: Any) -> np.ndarray:
+    """A tensor / array / nested list of a dict-format item as a numpy array."""
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().float().numpy() if dtype == np.float32 else \
+            value.detach().cpu().numpy()
+    try:
+        return np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise ImageError(f"image_data: {name} must be an array of numbers ({exc}).") from None
+
+
+def _digest(*arrays: np.ndarray) -> int:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return int.from_bytes(h.digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def collapse_runs(input_ids: Sequence[int], token_id: int) -> list[int]:
+    """Each run of ``token_id`` as one token (a prompt the HF processor already expanded)."""
+    out: list[int] = []
+    for t in input_ids:
+        if t != token_id or not out or out[-1] != token_id:
+            out.append(t)
+    return out
+
+
+class ImageProcessor:
+    """Base: the family-independent steps; subclasses read their processor's outputs."""
+
+    image_token_id: int
+
+    def __init__(self, folder: str, hf_config: Any, vocab_size: int,
+                 limits: ImageLimits | None = None) -> None:  # fmt: skip
+        self.folder = folder
+        self.hf_config = hf_config
+        self.vocab_size = vocab_size
+        self.limits = limits or ImageLimits()
+
+    @staticmethod
+    def for_model(architecture: str, folder: str, hf_config: Any, vocab_size: int,
+                  limits: ImageLimits | None = None) -> ImageProcessor | None:  # fmt: skip
+        if architecture in QWEN2_VL_ARCHITECTURES:
+            return Qwen2VLImageProcessor(folder, hf_config, vocab_size, limits)
+        return None
+
+    def process(self, input_ids: Sequence[int], items: list[Any]) -> tuple[list[int], ImageInputs]:
+        fmt = self._format(items)
+        if fmt == "image":
+            images = [load_image(item, self.limits) for item in items]
+            parts = self.from_images(images, [image_hash(im) for im in images])
+        elif fmt == "processor_output":
+            parts = [p for item in items for p in self.from_processor_output(item)]
+        else:
+            parts = [p for item in items for p in self.from_embedding(item)]
+        ids, spans = expand_image_tokens(collapse_runs(input_ids, self.image_token_id),
+                                         self.image_token_id, [p.length for p in parts])
+        for part, span in zip(parts, spans, strict=True):
+            part.start = span.start
+        ids = with_pad_ids(ids, spans, [p.hash for p in parts], self.vocab_size)
+        inputs = ImageInputs(items=parts)
+        self.positions(inputs, len(ids))
+        return ids, inputs
+
+    @staticmethod
+    def _format(items: list[Any]) -> str:
+        kinds = set()
+        for item in items:
+            if isinstance(item, dict):
+                fmt = item.get("format")
+                if fmt is None:  # SGLang's older spelling: inferred from the keys
+                    fmt = "precomputed_embedding" if any(
+                        k in item for k in ("precomputed_embeddings", "feature")) \
+                        else "processor_output"
+                if fmt not in FORMATS:
+                    raise ImageError(f"image_data: format {fmt!r} is not one of {list(FORMATS)}.")
+                kinds.add(fmt)
+            else:
+                kinds.add("image")
+        if len(kinds) > 1:
+            raise ImageError("image_data: use one format for all images of a request, got "
+                             f"{sorted(kinds)}.")
+        return kinds.pop()
+
+    # ---- per family ------------------------------------------------------------------------------
+    def from_images(self, images: list[Any], hashes: list[int]) -> list[ImageItem]:
+        raise NotImplementedError
+
+    def from_processor_output(self, item: dict[str, Any]) -> list[ImageItem]:
+        raise NotImplementedError
+
+    def from_embedding(self, item: dict[str, Any]) -> list[ImageItem]:
+        raise NotImplementedError
+
+    def positions(self, inputs: ImageInputs, length: int) -> None:
+        """Fills the M-RoPE positions of M-RoPE models (nothing for the others)."""
+
+
+class Qwen2VLImageProcessor(ImageProcessor):
+    """Qwen2-VL / Qwen2.5-VL: patches [rows, C*T*P*P] per image with its (t, h, w) grid; one
+    embedding per merge x merge block of patches."""
+
+    def __init__(self, folder: str, hf_config: Any, vocab_size: int,
+                 limits: ImageLimits | None = None) -> None:  # fmt: skip
+        super().__init__(folder, hf_config, vocab_size, limits)
+        from transformers import AutoImageProcessor
+
+        self.image_token_id = int(_get(hf_config, "image_token_id"))
+        vision = _get(hf_config, "vision_config")
+        self.merge = int(_get(vision, "spatial_merge_size", 2))
+        self.hf = AutoImageProcessor.from_pretrained(folder)
+
+    def _tokens(self, grid: Sequence[int]) -> int:
+        t, h, w = (int(x) for x in grid)
+        return t * (h // self.merge) * (w // self.merge)
+
+    def _split(self, pixels: np.ndarray, grids: np.ndarray, hashes: list[int] | None
+               ) -> list[ImageItem]:  # fmt: skip
+        if grids.ndim != 2 or grids.shape[1] != 3 or (grids <= 0).any():
+            raise ImageError("image_data: image_grid_thw must be rows of 3 positive integers.")
+        sizes = [int(np.prod(g)) for g in grids]
+        if pixels.ndim != 2 or pixels.shape[0] != sum(sizes):
+            raise ImageError(f"image_data: pixel_values must be [{sum(sizes)}, dim] for "
+                             f"image_grid_thw {grids.tolist()}, got {list(pixels.shape)}.")
+        items, row = [], 0
+        for i, (grid, n) in enumerate(zip(grids.tolist(), sizes)):
+            block = pixels[row:row + n]
+            row += n
+            h = hashes[i] if hashes else _digest(block, np.asarray(grid))
+            items.append(ImageItem(hash=h, start=0, length=self._tokens(grid),
+                                   pixel_values=block, grid_thw=grid))
+        return items
+
+    def from_images(self, images: list[Any], hashes: list[int]) -> list[ImageItem]:
+        out = self.hf(images=images, return_tensors="np")
+        return self._split(np.asarray(out["pixel_values"], dtype=np.float32),
+                           np.asarray(out["image_grid_thw"], dtype=np.int64), hashes)
+
+    def from_processor_output(self, item: dict[str, Any]) -> list[ImageItem]:
+        for key in ("pixel_values", "image_grid_thw"):
+            if key not in item:
+                raise ImageError(f"image_data: a processor_output item needs {key}.")
+        grids = _array(item["image_grid_thw"], "image_grid_thw", np.int64).reshape(-1, 3)
+        return self._split(_array(item["pixel_values"], "pixel_values", np.float32), grids, None)
+
+    def from_embedding(self, item: dict[str, Any]) -> list[ImageItem]:
+        key = next((k for k in ("precomputed_embeddings", "feature") if k in item), None)
+        if key is None or "image_grid_thw" not in item:
+            raise ImageError("image_data: a precomputed_embedding item needs "
+                             "precomputed_embeddings and image_grid_thw.")
+        grids = _array(item["image_grid_thw"], "image_grid_thw", np.int64).reshape(-1, 3)
+        embeds = _array(item[key], key, np.float32)
+        counts = [self._tokens(g) for g in grids.tolist()]
+        if embeds.ndim != 2 or embeds.shape[0] != sum(counts):
+            raise ImageError(f"image_data: {key} must be [{sum(counts)}, hidden] for "
+                             f"image_grid_thw {grids.tolist()}, got {list(embeds.shape)}.")
+        bounds = [0, *itertools.accumulate(counts)]
+        return [ImageItem(hash=_digest(embeds[a:b]), start=0, length=b - a, grid_thw=g,
+                          embedding=embeds[a:b])
+                for g, a, b in zip(grids.tolist(), bounds, bounds[1:])]  # fmt: skip
+
+    def positions(self, inputs: ImageInputs, length: int) -> None:
+        types = [0] * length  # image i is i + 1: adjacent images stay apart
+        for i, item in enumerate(inputs.items):
+            types[item.start:item.end] = [i + 1] * item.length
+        grids = [item.grid_thw for item in inputs.items]
+        pos, delta = mrope_positions(types, grids, self.merge)  # type: ignore[arg-type]
+        inputs.mrope_positions = pos.numpy()
+        inputs.mrope_delta = delta

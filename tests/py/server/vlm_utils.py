@@ -1,0 +1,145 @@
+"""Tiny random-weight vision-language checkpoints made at test time (transformers configs), with
+the demo tokenizer plus the model family's image tokens, a chat template that renders image parts,
+and the HF image processor set for small images; and transformers' reference outputs."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from server_utils import DEMO_MODEL
+
+QWEN_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+IMAGE_PART = "<|vision_start|><|image_pad|><|vision_end|>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] in ('image', 'image_url') %}" + IMAGE_PART +
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)  # fmt: skip
+# Images of at most 112 x 112 pixels: 16 embeddings (4 x 4 blocks of 2 x 2 patches of 14).
+MIN_PIXELS, MAX_PIXELS = 28 * 28, 112 * 112
+
+
+def _tokenizer() -> Any:
+    from sglang.srt.hf_transformers_utils import get_tokenizer
+
+    tokenizer = get_tokenizer(DEMO_MODEL)
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_TOKENS})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def _randomize(model: torch.nn.Module, seed: int) -> None:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln_q" in name:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.15 * torch.randn_like(p))
+
+
+def save_tiny_qwen2_vl(folder: Path, seed: int = 0, version: str = "qwen2_vl") -> Path:
+    """A 2-layer Qwen2-VL (or Qwen2.5-VL) with a 2-block vision tower."""
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessorPil,
+    )
+
+    tokenizer = _tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_TOKENS}
+    text = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=2048,
+                rope_parameters={"rope_type": "default", "mrope_section": [4, 2, 2],
+                                 "rope_theta": 10000.0},
+                bos_token_id=1, eos_token_id=2)  # fmt: skip
+    special = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                   vision_start_token_id=ids["<|vision_start|>"],
+                   vision_end_token_id=ids["<|vision_end|>"])  # fmt: skip
+    if version == "qwen2_vl":
+        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=4, mlp_ratio=2,
+                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2)  # fmt: skip
+        config = Qwen2VLConfig(text_config=text, vision_config=vision, **special)
+        model_cls: Any = Qwen2VLForConditionalGeneration
+    else:
+        vision = dict(depth=2, hidden_size=32, intermediate_size=48, num_heads=4,
+                      out_hidden_size=64, patch_size=14, spatial_merge_size=2,
+                      temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])  # fmt: skip
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **special)
+        model_cls = Qwen2_5_VLForConditionalGeneration
+    model = model_cls(config).eval()
+    _randomize(model, seed)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS).save_pretrained(folder)
+    return folder
+
+
+def image(width: int, height: int, seed: int) -> Any:
+    """A random RGB PIL image."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def png_bytes(img: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class HFQwenVL:
+    """transformers' model, processor and tokenizer of a tiny checkpoint (fp32)."""
+
+    def __init__(self, folder: Path) -> None:
+        from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
+
+        self.model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
+        self.model.generation_config.eos_token_id = None
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.processor = Qwen2VLImageProcessorPil.from_pretrained(folder)
+        self.image_token_id = self.model.config.image_token_id
+
+    def inputs(self, prompt: list[int], images: list[Any]) -> dict[str, torch.Tensor]:
+        """The expanded ids (one image token per embedding) and the processor's tensors."""
+        out = self.processor(images=images, return_tensors="pt")
+        grids = out["image_grid_thw"].tolist()
+        ids: list[int] = []
+        k = 0
+        for t in prompt:
+            if t == self.image_token_id:
+                ids += [t] * (grids[k][0] * grids[k][1] * grids[k][2] // 4)
+                k += 1
+            else:
+                ids.append(t)
+        input_ids = torch.tensor([ids])
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+                "mm_token_type_ids": (input_ids == self.image_token_id).int(),
+                "pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+
+    def greedy(self, prompt: list[int], images: list[Any], new_tokens: int) -> list[int]:
+        inputs = self.inputs(prompt, images)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, do_sample=False, max_new_tokens=new_tokens,
+                                      pad_token_id=0)  # fmt: skip
+        return out[0, inputs["input_ids"].shape[1]:].tolist()
+
+    def prompt_logprobs(self, prompt: list[int], images: list[Any]) -> tuple[list[int], list[float]]:
+        """The expanded ids and logprob of each token given the ones before (None-free: from the
+        second token on)."""
+        inputs = self.inputs(prompt, images)
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits[0].float()
+        logp = torch.log_softmax(logits, -1)
+        ids = inputs["input_ids"][0]
+        return ids.tolist(), logp[:-1].gather(1, ids[1:, None])[:, 0].tolist()
