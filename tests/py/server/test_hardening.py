@@ -236,7 +236,6 @@ def test_oversized_batch_is_refused_before_parsing_it_all(server: str) -> None:
 
 # ---- defect 9: unsupported fields are a 400, not silently ignored -------------------------------
 @pytest.mark.parametrize("field,value", [
-    ("image_data", "https://example.com/cat.png"),
     ("audio_data", ["a.wav"]),
     ("video_data", "v.mp4"),
     ("lora_path", "my-adapter"),
@@ -248,6 +247,14 @@ def test_unsupported_fields_are_a_400_naming_them(server: str, field: str, value
     r = post(server, {"text": "Hi", field: value, "sampling_params": GREEDY})
     assert r.status_code == 400
     assert error_message(r).startswith(f"{field} is not supported by this server yet")
+
+
+def test_image_data_on_a_text_only_model_is_a_400(server: str) -> None:
+    r = post(server, {"text": "Hi", "image_data": "https://example.com/cat.png",
+                      "sampling_params": GREEDY})
+    assert r.status_code == 400
+    assert error_message(r).startswith("image_data: the model LlamaForCausalLM does not take "
+                                       "images")
 
 
 def test_unset_unsupported_fields_are_fine(server: str) -> None:

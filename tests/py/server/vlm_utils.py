@@ -112,6 +112,9 @@ class HFQwenVL:
 
     def inputs(self, prompt: list[int], images: list[Any]) -> dict[str, torch.Tensor]:
         """The expanded ids (one image token per embedding) and the processor's tensors."""
+        if not images:
+            input_ids = torch.tensor([prompt])
+            return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
         out = self.processor(images=images, return_tensors="pt")
         grids = out["image_grid_thw"].tolist()
         ids: list[int] = []

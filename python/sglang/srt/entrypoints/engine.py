@@ -220,7 +220,8 @@ class Engine:
         return {"model_path": a.model_path, "tokenizer_path": a.tokenizer_path,
                 "is_generation": not a.is_embedding,
                 "preferred_sampling_params": a.preferred_sampling_params_dict,
-                "weight_version": a.weight_version, "has_image_understanding": False,
+                "weight_version": a.weight_version,
+                "has_image_understanding": self.tokenizer_manager.image_processor is not None,
                 "has_audio_understanding": False}
 
     def shutdown(self) -> None:

@@ -266,7 +266,7 @@ def _model_info_old() -> dict[str, Any]:
         "is_generation": not args.is_embedding,
         "preferred_sampling_params": args.preferred_sampling_params_dict,
         "weight_version": args.weight_version,
-        "has_image_understanding": False,
+        "has_image_understanding": _tm().image_processor is not None,
         "has_audio_understanding": False,
     }
 

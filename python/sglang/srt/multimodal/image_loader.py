@@ -44,6 +44,15 @@ class ImageLimits:
     max_pixels: int = 40_000_000  # width x height after decoding
     url_timeout_s: float = 10.0
 
+    @classmethod
+    def from_env(cls) -> ImageLimits:
+        """The defaults, or ``SGLANG_IMAGE_MAX_BYTES`` / ``SGLANG_IMAGE_MAX_PIXELS`` /
+        ``SGLANG_IMAGE_URL_TIMEOUT`` (seconds) where set."""
+        env = os.environ
+        return cls(max_bytes=int(env.get("SGLANG_IMAGE_MAX_BYTES", cls.max_bytes)),
+                   max_pixels=int(env.get("SGLANG_IMAGE_MAX_PIXELS", cls.max_pixels)),
+                   url_timeout_s=float(env.get("SGLANG_IMAGE_URL_TIMEOUT", cls.url_timeout_s)))
+
 
 def load_image(item: Any, limits: ImageLimits | None = None) -> Any:
     """The RGB ``PIL.Image.Image`` of one ``image_data`` item (see the module docstring)."""

@@ -77,7 +77,7 @@ class ImageProcessor:
         self.folder = folder
         self.hf_config = hf_config
         self.vocab_size = vocab_size
-        self.limits = limits or ImageLimits()
+        self.limits = limits or ImageLimits.from_env()
 
     @staticmethod
     def for_model(architecture: str, folder: str, hf_config: Any, vocab_size: int,
