@@ -57,23 +57,23 @@ def save_tiny_qwen2_vl(folder: Path, seed: int = 0, version: str = "qwen2_vl") -
 
     tokenizer = _tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_TOKENS}
-    text = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=2048,
-                rope_parameters={"rope_type": "default", "mrope_section": [4, 2, 2],
+    text = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "vocab_size": len(tokenizer), "max_position_embeddings": 2048,
+                "rope_parameters": {"rope_type": "default", "mrope_section": [4, 2, 2],
                                  "rope_theta": 10000.0},
-                bos_token_id=1, eos_token_id=2)  # fmt: skip
-    special = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-                   vision_start_token_id=ids["<|vision_start|>"],
-                   vision_end_token_id=ids["<|vision_end|>"])  # fmt: skip
+                "bos_token_id": 1, "eos_token_id": 2}  # fmt: skip
+    special = {"image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
+                   "vision_start_token_id": ids["<|vision_start|>"],
+                   "vision_end_token_id": ids["<|vision_end|>"]}  # fmt: skip
     if version == "qwen2_vl":
-        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=4, mlp_ratio=2,
-                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2)  # fmt: skip
+        vision = {"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 4, "mlp_ratio": 2,
+                      "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}  # fmt: skip
         config = Qwen2VLConfig(text_config=text, vision_config=vision, **special)
         model_cls: Any = Qwen2VLForConditionalGeneration
     else:
-        vision = dict(depth=2, hidden_size=32, intermediate_size=48, num_heads=4,
-                      out_hidden_size=64, patch_size=14, spatial_merge_size=2,
-                      temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])  # fmt: skip
+        vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 48, "num_heads": 4,
+                      "out_hidden_size": 64, "patch_size": 14, "spatial_merge_size": 2,
+                      "temporal_patch_size": 2, "window_size": 56, "fullatt_block_indexes": [1]}  # fmt: skip
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **special)
         model_cls = Qwen2_5_VLForConditionalGeneration
     model = model_cls(config).eval()
@@ -102,7 +102,11 @@ class HFQwenVL:
     """transformers' model, processor and tokenizer of a tiny checkpoint (fp32)."""
 
     def __init__(self, folder: Path) -> None:
-        from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
+        from transformers import (
+            AutoModelForImageTextToText,
+            AutoTokenizer,
+            Qwen2VLImageProcessorPil,
+        )
 
         self.model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
         self.model.generation_config.eos_token_id = None

@@ -39,9 +39,9 @@ from sglang.srt.managers.io_struct import (
     UpdateWeightsFromDiskResp,
 )
 from sglang.srt.managers.stop_checker import StopChecker, StopCheckError
+from sglang.srt.models.sequence_classification import label_names
 from sglang.srt.multimodal.engine_steps import ImageSteps, StepImages
 from sglang.srt.multimodal.inputs import ImageInputs
-from sglang.srt.models.sequence_classification import label_names
 from sglang.srt.sampling.custom_logit_processor import ReqView
 from sglang.srt.sampling.sampler import BatchSampler, RowSampling
 from sglang.srt.sampling.sampling_params import SamplingParams

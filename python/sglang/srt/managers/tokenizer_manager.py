@@ -39,10 +39,10 @@ from sglang.srt.managers.io_struct import (
     UpdateWeightsFromDiskResp,
 )
 from sglang.srt.managers.req_state import ReqState, RequestFailed
-from sglang.srt.multimodal.inputs import ImageInputs
-from sglang.srt.multimodal.processor import ImageProcessor
 from sglang.srt.managers.request_validator import RequestValidator, embeds_namespace
 from sglang.srt.managers.response_builder import ResponseBuilder, SentSoFar
+from sglang.srt.multimodal.inputs import ImageInputs
+from sglang.srt.multimodal.processor import ImageProcessor
 from sglang.srt.sampling.sampling_params import SamplingParams, chat_sampling_defaults
 from sglang.srt.server_args import ServerArgs
 
