@@ -45,8 +45,12 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(0.15 * torch.randn_like(p))
 
 
-def save_tiny_qwen2_vl(folder: Path, seed: int = 0, version: str = "qwen2_vl") -> Path:
-    """A 2-layer Qwen2-VL (or Qwen2.5-VL) with a 2-block vision tower."""
+def save_tiny_qwen2_vl(folder: Path, seed: int = 0, version: str = "qwen2_vl",
+                       max_pixels: int = MAX_PIXELS, text_sizes: dict | None = None,
+                       vision_sizes: dict | None = None) -> Path:
+    """A 2-layer Qwen2-VL (or Qwen2.5-VL) with a 2-block vision tower; the image processor
+    resizes images to at most ``max_pixels``; ``text_sizes`` / ``vision_sizes`` override the
+    configs' sizes (benchmarks)."""
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
@@ -57,30 +61,37 @@ def save_tiny_qwen2_vl(folder: Path, seed: int = 0, version: str = "qwen2_vl") -
 
     tokenizer = _tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_TOKENS}
-    text = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
-                "num_key_value_heads": 2, "vocab_size": len(tokenizer), "max_position_embeddings": 2048,
-                "rope_parameters": {"rope_type": "default", "mrope_section": [4, 2, 2],
-                                 "rope_theta": 10000.0},
-                "bos_token_id": 1, "eos_token_id": 2}  # fmt: skip
-    special = {"image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
-                   "vision_start_token_id": ids["<|vision_start|>"],
-                   "vision_end_token_id": ids["<|vision_end|>"]}  # fmt: skip
+    text = {
+        "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": len(tokenizer),
+        "max_position_embeddings": 2048, "bos_token_id": 1, "eos_token_id": 2,
+        "rope_parameters": {"rope_type": "default", "mrope_section": [4, 2, 2],
+                            "rope_theta": 10000.0},
+    } | (text_sizes or {})  # fmt: skip
+    special = {
+        "image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }  # fmt: skip
     if version == "qwen2_vl":
         vision = {"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 4, "mlp_ratio": 2,
-                      "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}  # fmt: skip
-        config = Qwen2VLConfig(text_config=text, vision_config=vision, **special)
+                  "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}  # fmt: skip
+        config = Qwen2VLConfig(text_config=text, vision_config=vision | (vision_sizes or {}),
+                               **special)  # fmt: skip
         model_cls: Any = Qwen2VLForConditionalGeneration
     else:
         vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 48, "num_heads": 4,
-                      "out_hidden_size": 64, "patch_size": 14, "spatial_merge_size": 2,
-                      "temporal_patch_size": 2, "window_size": 56, "fullatt_block_indexes": [1]}  # fmt: skip
-        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **special)
+                  "out_hidden_size": 64, "patch_size": 14, "spatial_merge_size": 2,
+                  "temporal_patch_size": 2, "window_size": 56,
+                  "fullatt_block_indexes": [1]}  # fmt: skip
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision | (vision_sizes or {}),
+                                  **special)  # fmt: skip
         model_cls = Qwen2_5_VLForConditionalGeneration
     model = model_cls(config).eval()
     _randomize(model, seed)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS).save_pretrained(folder)
+    Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=max_pixels).save_pretrained(folder)
     return folder
 
 
