@@ -72,7 +72,8 @@ def main() -> None:
     from sglang.srt.multimodal.processor import ImageProcessor
 
     processor = ImageProcessor.for_model("Qwen2VLForConditionalGeneration", str(folder),
-                                         get_config(str(folder)), len(hf.tokenizer))
+                                         get_config(str(folder)), len(hf.tokenizer),
+                                         hf.model.config.text_config.hidden_size)
     assert processor is not None
     pre = []
     for text, url in zip(texts, urls):

@@ -94,6 +94,13 @@ def generate_body_schema() -> dict[str, Any]:
     for name, need in UNSUPPORTED_FIELDS.items():
         props[name] = {"type": "null", "default": None, "description": f"Not supported yet "
                        f"(needs {need}): any other value is refused with 400."}
+    props["image_data"] = {
+        "anyOf": [{"type": "string"}, {"type": "object"}, {"type": "array"}, {"type": "null"}],
+        "default": None,
+        "description": "Images of vision-language models: per prompt an image (path, URL, "
+                       "base64, data URL, or a processor_output / precomputed_embedding object) "
+                       "or a list of them; for a batch, one entry per prompt. A 400 on "
+                       "text-only models."}  # fmt: skip
     inputs = ("text", "input_ids", "input_embeds")
     schema["oneOf"] = [
         {"required": [given], "properties": {other: {"type": "null"}

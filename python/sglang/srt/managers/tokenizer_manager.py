@@ -510,7 +510,8 @@ def _image_processor(args: ServerArgs, info: Any) -> ImageProcessor | None:
 
     source = resolve_model_path(args.model_path)
     return ImageProcessor.for_model(info.architectures[0], str(source.folder),
-                                    get_config(source, args.trust_remote_code), info.vocab_size)
+                                    get_config(source, args.trust_remote_code), info.vocab_size,
+                                    info.hidden_size)
 
 
 def _apply_output(state: ReqState, out: ReqOutput) -> None:

@@ -9,8 +9,8 @@ on the tokenize thread, never on the engine loop).
    own output: ``pixel_values`` and the per-image shapes) or ``{"format":
    "precomputed_embedding", ...}`` (the vision tower's output, which skips the tower);
 2. runs the model's HF image processor on the images (transformers; the PIL backend);
-3. expands each image placeholder of the prompt (one token, or a run of them as the HF processor
-   writes it) to one position per image embedding and puts hash-derived pad ids there
+3. expands each image placeholder of the prompt (one token per image, or a run of them as the HF
+   processor writes it) to one position per image embedding and puts hash-derived pad ids there
    (``placeholders``), so the radix cache tells images apart;
 4. for M-RoPE models, computes the prompt's [3, L] positions and delta (``mrope``).
 """
@@ -72,18 +72,20 @@ class ImageProcessor:
 
     image_token_id: int
 
-    def __init__(self, folder: str, hf_config: Any, vocab_size: int,
+    def __init__(self, folder: str, hf_config: Any, vocab_size: int, hidden_size: int,
                  limits: ImageLimits | None = None) -> None:  # fmt: skip
         self.folder = folder
         self.hf_config = hf_config
         self.vocab_size = vocab_size
+        self.hidden_size = hidden_size  # of precomputed embeddings
         self.limits = limits or ImageLimits.from_env()
 
     @staticmethod
     def for_model(architecture: str, folder: str, hf_config: Any, vocab_size: int,
-                  limits: ImageLimits | None = None) -> ImageProcessor | None:  # fmt: skip
+                  hidden_size: int, limits: ImageLimits | None = None
+                  ) -> ImageProcessor | None:  # fmt: skip
         if architecture in QWEN2_VL_ARCHITECTURES:
-            return Qwen2VLImageProcessor(folder, hf_config, vocab_size, limits)
+            return Qwen2VLImageProcessor(folder, hf_config, vocab_size, hidden_size, limits)
         return None
 
     def process(self, input_ids: Sequence[int], items: list[Any]) -> tuple[list[int], ImageInputs]:
@@ -95,8 +97,10 @@ class ImageProcessor:
             parts = [p for item in items for p in self.from_processor_output(item)]
         else:
             parts = [p for item in items for p in self.from_embedding(item)]
-        ids, spans = expand_image_tokens(collapse_runs(input_ids, self.image_token_id),
-                                         self.image_token_id, [p.length for p in parts])
+        ids = list(input_ids)
+        if ids.count(self.image_token_id) != len(parts):  # expanded by the HF processor?
+            ids = collapse_runs(ids, self.image_token_id)
+        ids, spans = expand_image_tokens(ids, self.image_token_id, [p.length for p in parts])
         for part, span in zip(parts, spans, strict=True):
             part.start = span.start
         ids = with_pad_ids(ids, spans, [p.hash for p in parts], self.vocab_size)
@@ -142,14 +146,17 @@ class Qwen2VLImageProcessor(ImageProcessor):
     """Qwen2-VL / Qwen2.5-VL: patches [rows, C*T*P*P] per image with its (t, h, w) grid; one
     embedding per merge x merge block of patches."""
 
-    def __init__(self, folder: str, hf_config: Any, vocab_size: int,
+    def __init__(self, folder: str, hf_config: Any, vocab_size: int, hidden_size: int,
                  limits: ImageLimits | None = None) -> None:  # fmt: skip
-        super().__init__(folder, hf_config, vocab_size, limits)
+        super().__init__(folder, hf_config, vocab_size, hidden_size, limits)
         from transformers import AutoImageProcessor
 
         self.image_token_id = int(_get(hf_config, "image_token_id"))
         vision = _get(hf_config, "vision_config")
         self.merge = int(_get(vision, "spatial_merge_size", 2))
+        patch = int(_get(vision, "patch_size", 14))
+        self.patch_dim = int(_get(vision, "in_channels", _get(vision, "in_chans", 3))) * \
+            int(_get(vision, "temporal_patch_size", 2)) * patch * patch
         self.hf = AutoImageProcessor.from_pretrained(folder)
 
     def _tokens(self, grid: Sequence[int]) -> int:
@@ -158,12 +165,13 @@ class Qwen2VLImageProcessor(ImageProcessor):
 
     def _split(self, pixels: np.ndarray, grids: np.ndarray, hashes: list[int] | None
                ) -> list[ImageItem]:  # fmt: skip
-        if grids.ndim != 2 or grids.shape[1] != 3 or (grids <= 0).any():
-            raise ImageError("image_data: image_grid_thw must be rows of 3 positive integers.")
+        self._check_grids(grids)
         sizes = [int(np.prod(g)) for g in grids]
-        if pixels.ndim != 2 or pixels.shape[0] != sum(sizes):
-            raise ImageError(f"image_data: pixel_values must be [{sum(sizes)}, dim] for "
-                             f"image_grid_thw {grids.tolist()}, got {list(pixels.shape)}.")
+        if pixels.ndim != 2 or pixels.shape[0] != sum(sizes) or pixels.shape[1] != self.patch_dim:
+            raise ImageError(f"image_data: pixel_values must be [{sum(sizes)}, {self.patch_dim}] "
+                             f"for image_grid_thw {grids.tolist()}, got {list(pixels.shape)}.")
+        if not np.isfinite(pixels).all():
+            raise ImageError("image_data: pixel_values must contain only finite numbers.")
         items, row = [], 0
         for i, (grid, n) in enumerate(zip(grids.tolist(), sizes)):
             block = pixels[row:row + n]
@@ -172,6 +180,12 @@ class Qwen2VLImageProcessor(ImageProcessor):
             items.append(ImageItem(hash=h, start=0, length=self._tokens(grid),
                                    pixel_values=block, grid_thw=grid))
         return items
+
+    def _check_grids(self, grids: np.ndarray) -> None:
+        if grids.ndim != 2 or grids.shape[1] != 3 or len(grids) == 0 or (grids <= 0).any() or \
+                (grids[:, 1:] % self.merge).any() or (grids > 4096).any():
+            raise ImageError(f"image_data: image_grid_thw must be rows (t, h, w) of positive "
+                             f"integers up to 4096, h and w multiples of {self.merge}.")
 
     def from_images(self, images: list[Any], hashes: list[int]) -> list[ImageItem]:
         out = self.hf(images=images, return_tensors="np")
@@ -182,7 +196,7 @@ class Qwen2VLImageProcessor(ImageProcessor):
         for key in ("pixel_values", "image_grid_thw"):
             if key not in item:
                 raise ImageError(f"image_data: a processor_output item needs {key}.")
-        grids = _array(item["image_grid_thw"], "image_grid_thw", np.int64).reshape(-1, 3)
+        grids = _array(item["image_grid_thw"], "image_grid_thw", np.int64)
         return self._split(_array(item["pixel_values"], "pixel_values", np.float32), grids, None)
 
     def from_embedding(self, item: dict[str, Any]) -> list[ImageItem]:
@@ -190,12 +204,15 @@ class Qwen2VLImageProcessor(ImageProcessor):
         if key is None or "image_grid_thw" not in item:
             raise ImageError("image_data: a precomputed_embedding item needs "
                              "precomputed_embeddings and image_grid_thw.")
-        grids = _array(item["image_grid_thw"], "image_grid_thw", np.int64).reshape(-1, 3)
+        grids = _array(item["image_grid_thw"], "image_grid_thw", np.int64)
+        self._check_grids(grids)
         embeds = _array(item[key], key, np.float32)
         counts = [self._tokens(g) for g in grids.tolist()]
-        if embeds.ndim != 2 or embeds.shape[0] != sum(counts):
-            raise ImageError(f"image_data: {key} must be [{sum(counts)}, hidden] for "
-                             f"image_grid_thw {grids.tolist()}, got {list(embeds.shape)}.")
+        if embeds.ndim != 2 or embeds.shape != (sum(counts), self.hidden_size):
+            raise ImageError(f"image_data: {key} must be [{sum(counts)}, {self.hidden_size}] "
+                             f"for image_grid_thw {grids.tolist()}, got {list(embeds.shape)}.")
+        if not np.isfinite(embeds).all():
+            raise ImageError(f"image_data: {key} must contain only finite numbers.")
         bounds = [0, *itertools.accumulate(counts)]
         return [ImageItem(hash=_digest(embeds[a:b]), start=0, length=b - a, grid_thw=g,
                           embedding=embeds[a:b])
