@@ -209,3 +209,29 @@ def test_bad_images_are_400s_and_the_server_keeps_serving(url: str, hf: HFQwenVL
 def test_model_info_reports_image_understanding(url: str) -> None:
     info = ok(requests.get(f"{url}/get_model_info", timeout=30))
     assert info["has_image_understanding"] is True
+
+
+def test_parallel_samples_share_the_image_prefill(url: str, hf: HFQwenVL) -> None:
+    """n > 1 prefills the prompt once (with its image) and every sample reads that KV."""
+    requests.post(f"{url}/flush_cache", timeout=30)
+    img = image(84, 84, seed=31)
+    out = ok(generate(url, text=PROMPT, image_data=data_url(img),
+                      sampling_params={**GREEDY, "n": 2}))  # fmt: skip
+    want = hf.greedy(ids(hf, PROMPT), [img], NEW)
+    assert [o["output_ids"] for o in out] == [want, want]
+    assert all(o["meta_info"]["cached_tokens"] > 0 for o in out)
+
+
+def test_offline_engine_pil_images_and_chunked_prefill(folder: Path, hf: HFQwenVL) -> None:
+    """Engine.generate takes PIL images; with 8-token prefill chunks an image's span is cut
+    across steps (the tower runs once, its rows land in the right chunks)."""
+    import sglang as sgl
+
+    images = [image(112, 84, seed=41), image(56, 112, seed=42)]
+    with sgl.Engine(model_path=str(folder), dtype="float32", chunked_prefill_size=8,
+                    log_level="warning") as llm:  # fmt: skip
+        out = llm.generate(prompt=[TWO, PROMPT], image_data=[images, [images[1]]],
+                           sampling_params=GREEDY)  # fmt: skip
+        assert llm.get_model_info()["has_image_understanding"] is True
+    assert out[0]["output_ids"] == hf.greedy(ids(hf, TWO), images, NEW)
+    assert out[1]["output_ids"] == hf.greedy(ids(hf, PROMPT), [images[1]], NEW)

@@ -459,7 +459,7 @@ class TokenizerManager:
             warm.append(state)
             await self.engine.send(TokenizedGenerateReq(
                 rid=rid, input_ids=ids, sampling=sampling, input_embeds=first.input_embeds,
-                cache_namespace=first.cache_namespace))
+                cache_namespace=first.cache_namespace, images=first.images))
         for state in warm:
             await self.wait(state)
             self.rid_to_state.pop(state.rid, None)
