@@ -33,7 +33,7 @@ class StepImages:
     def write(self, embeds: torch.Tensor) -> None:
         """Puts the image embeddings at their rows of the step's ``input_embeds``."""
         for lo, rows in self.rows:
-            embeds[lo:lo + rows.shape[0]] = rows.to(embeds.dtype)
+            embeds[lo:lo + rows.shape[0]] = rows.to(embeds.device, embeds.dtype)
 
 
 class ImageSteps:
