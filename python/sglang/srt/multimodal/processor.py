@@ -31,6 +31,7 @@ from sglang.srt.multimodal.placeholders import expand_image_tokens, with_pad_ids
 
 FORMATS = ("processor_output", "precomputed_embedding")
 QWEN2_VL_ARCHITECTURES = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
+LLAVA_ONEVISION_ARCHITECTURES = ("LlavaOnevisionForConditionalGeneration",)
 
 
 def _get(config: Any, name: str, default: Any = None) -> Any:
@@ -86,6 +87,8 @@ class ImageProcessor:
                   ) -> ImageProcessor | None:  # fmt: skip
         if architecture in QWEN2_VL_ARCHITECTURES:
             return Qwen2VLImageProcessor(folder, hf_config, vocab_size, hidden_size, limits)
+        if architecture in LLAVA_ONEVISION_ARCHITECTURES:
+            return LlavaOnevisionImageProcessor(folder, hf_config, vocab_size, hidden_size, limits)
         return None
 
     def process(self, input_ids: Sequence[int], items: list[Any]) -> tuple[list[int], ImageInputs]:
@@ -136,6 +139,35 @@ class ImageProcessor:
         raise NotImplementedError
 
     def from_embedding(self, item: dict[str, Any]) -> list[ImageItem]:
+        """``precomputed_embeddings`` (or ``feature``) [all images' tokens, hidden] and each
+        image's shape (``shape_key``), split per image."""
+        key = next((k for k in ("precomputed_embeddings", "feature") if k in item), None)
+        if key is None or self.shape_key not in item:
+            raise ImageError(f"image_data: a precomputed_embedding item needs "
+                             f"precomputed_embeddings and {self.shape_key}.")
+        shapes = self._shapes(item[self.shape_key]).tolist()
+        embeds = _array(item[key], key, np.float32)
+        counts = [self._tokens(shape) for shape in shapes]
+        if embeds.ndim != 2 or embeds.shape != (sum(counts), self.hidden_size):
+            raise ImageError(f"image_data: {key} must be [{sum(counts)}, {self.hidden_size}] "
+                             f"for {self.shape_key} {shapes}, got {list(embeds.shape)}.")
+        if not np.isfinite(embeds).all():
+            raise ImageError(f"image_data: {key} must contain only finite numbers.")
+        bounds = [0, *itertools.accumulate(counts)]
+        return [ImageItem(hash=_digest(embeds[a:b]), start=0, length=b - a,
+                          embedding=embeds[a:b], **{self.item_field: shape})
+                for shape, a, b in zip(shapes, bounds, bounds[1:])]  # fmt: skip
+
+    # The per-image shape: its name in processor outputs, its ImageItem field.
+    shape_key = ""
+    item_field = ""
+
+    def _shapes(self, value: Any) -> np.ndarray:
+        """The validated per-image shapes of a dict-format item [images, ...]."""
+        raise NotImplementedError
+
+    def _tokens(self, shape: Sequence[int]) -> int:
+        """Embeddings (prompt positions) of an image of that shape."""
         raise NotImplementedError
 
     def positions(self, inputs: ImageInputs, length: int) -> None:
@@ -181,6 +213,13 @@ class Qwen2VLImageProcessor(ImageProcessor):
                                    pixel_values=block, grid_thw=grid))
         return items
 
+    shape_key, item_field = "image_grid_thw", "grid_thw"
+
+    def _shapes(self, value: Any) -> np.ndarray:
+        grids = _array(value, "image_grid_thw", np.int64)
+        self._check_grids(grids)
+        return grids
+
     def _check_grids(self, grids: np.ndarray) -> None:
         if grids.ndim != 2 or grids.shape[1] != 3 or len(grids) == 0 or (grids <= 0).any() or \
                 (grids[:, 1:] % self.merge).any() or (grids > 4096).any():
@@ -196,27 +235,8 @@ class Qwen2VLImageProcessor(ImageProcessor):
         for key in ("pixel_values", "image_grid_thw"):
             if key not in item:
                 raise ImageError(f"image_data: a processor_output item needs {key}.")
-        grids = _array(item["image_grid_thw"], "image_grid_thw", np.int64)
-        return self._split(_array(item["pixel_values"], "pixel_values", np.float32), grids, None)
-
-    def from_embedding(self, item: dict[str, Any]) -> list[ImageItem]:
-        key = next((k for k in ("precomputed_embeddings", "feature") if k in item), None)
-        if key is None or "image_grid_thw" not in item:
-            raise ImageError("image_data: a precomputed_embedding item needs "
-                             "precomputed_embeddings and image_grid_thw.")
-        grids = _array(item["image_grid_thw"], "image_grid_thw", np.int64)
-        self._check_grids(grids)
-        embeds = _array(item[key], key, np.float32)
-        counts = [self._tokens(g) for g in grids.tolist()]
-        if embeds.ndim != 2 or embeds.shape != (sum(counts), self.hidden_size):
-            raise ImageError(f"image_data: {key} must be [{sum(counts)}, {self.hidden_size}] "
-                             f"for image_grid_thw {grids.tolist()}, got {list(embeds.shape)}.")
-        if not np.isfinite(embeds).all():
-            raise ImageError(f"image_data: {key} must contain only finite numbers.")
-        bounds = [0, *itertools.accumulate(counts)]
-        return [ImageItem(hash=_digest(embeds[a:b]), start=0, length=b - a, grid_thw=g,
-                          embedding=embeds[a:b])
-                for g, a, b in zip(grids.tolist(), bounds, bounds[1:])]  # fmt: skip
+        return self._split(_array(item["pixel_values"], "pixel_values", np.float32),
+                           self._shapes(item["image_grid_thw"]), None)
 
     def positions(self, inputs: ImageInputs, length: int) -> None:
         types = [0] * length  # image i is i + 1: adjacent images stay apart
@@ -226,3 +246,65 @@ class Qwen2VLImageProcessor(ImageProcessor):
         pos, delta = mrope_positions(types, grids, self.merge)  # type: ignore[arg-type]
         inputs.mrope_positions = pos.numpy()
         inputs.mrope_delta = delta
+
+
+class LlavaOnevisionImageProcessor(ImageProcessor):
+    """LLaVA-OneVision: any-resolution tiles [patches, 3, H, W] per image with its original
+    (height, width); the number of embeddings follows from the size and the config's grid
+    pinpoints (``llava_onevision_vision.num_image_tokens``)."""
+
+    def __init__(self, folder: str, hf_config: Any, vocab_size: int, hidden_size: int,
+                 limits: ImageLimits | None = None) -> None:  # fmt: skip
+        super().__init__(folder, hf_config, vocab_size, hidden_size, limits)
+        from transformers import AutoImageProcessor
+
+        token = _get(hf_config, "image_token_id", _get(hf_config, "image_token_index"))
+        self.image_token_id = int(token)
+        self.hf = AutoImageProcessor.from_pretrained(folder)
+
+    def _tokens(self, size: Sequence[int]) -> int:
+        from sglang.srt.models.llava_onevision_vision import num_image_tokens
+
+        return int(num_image_tokens(self.hf_config, int(size[0]), int(size[1])))
+
+    shape_key, item_field = "image_sizes", "image_size"
+
+    def _shapes(self, value: Any) -> np.ndarray:
+        sizes = _array(value, "image_sizes", np.int64)
+        if sizes.ndim != 2 or sizes.shape[1] != 2 or (sizes <= 0).any() or \
+                (sizes > 1 << 16).any():
+            raise ImageError("image_data: image_sizes must be one (height, width) of positive "
+                             "integers up to 65536 per image.")
+        return sizes
+
+    def _items(self, pixels: list[np.ndarray], sizes: np.ndarray, hashes: list[int] | None
+               ) -> list[ImageItem]:  # fmt: skip
+        if len(sizes) != len(pixels):
+            raise ImageError(f"image_data: {len(pixels)} pixel_values for {len(sizes)} "
+                             "image_sizes.")
+        items = []
+        for i, (block, size) in enumerate(zip(pixels, sizes.tolist())):
+            if block.ndim != 4 or block.shape[1] != 3 or not np.isfinite(block).all():
+                raise ImageError("image_data: pixel_values must be finite [images, patches, 3, "
+                                 "height, width] arrays.")
+            h = hashes[i] if hashes else _digest(block, np.asarray(size))
+            items.append(ImageItem(hash=h, start=0, length=self._tokens(size),
+                                   pixel_values=block, image_size=size))
+        return items
+
+    def from_images(self, images: list[Any], hashes: list[int]) -> list[ImageItem]:
+        pixels, sizes = [], []
+        for im in images:  # one call per image: no padding to the largest tile count
+            out = self.hf(images=[im], return_tensors="np")
+            pixels.append(np.asarray(out["pixel_values"][0], dtype=np.float32))
+            sizes.append(np.asarray(out["image_sizes"][0], dtype=np.int64))
+        return self._items(pixels, self._shapes(np.stack(sizes)), hashes)
+
+    def from_processor_output(self, item: dict[str, Any]) -> list[ImageItem]:
+        for key in ("pixel_values", "image_sizes"):
+            if key not in item:
+                raise ImageError(f"image_data: a processor_output item needs {key}.")
+        pixels = _array(item["pixel_values"], "pixel_values", np.float32)
+        if pixels.ndim == 4:
+            pixels = pixels[None]
+        return self._items(list(pixels), self._shapes(item["image_sizes"]), None)
