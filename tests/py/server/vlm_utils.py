@@ -161,3 +161,89 @@ class HFQwenVL:
         logp = torch.log_softmax(logits, -1)
         ids = inputs["input_ids"][0]
         return ids.tolist(), logp[:-1].gather(1, ids[1:, None])[:, 0].tolist()
+
+
+# ---- LLaVA-OneVision ---------------------------------------------------------------------------
+LLAVA_IMAGE = "<image>"
+LLAVA_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]
+
+
+def save_tiny_llava_onevision(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer Qwen2 language model with a 2-layer SigLIP tower on 32 px tiles of 8 px
+    patches (16 embeddings per tile), any-resolution grids up to 96 px."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    tokenizer = _tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [*QWEN_TOKENS, LLAVA_IMAGE]})
+    tokenizer.chat_template = CHAT_TEMPLATE.replace(IMAGE_PART, LLAVA_IMAGE)
+    text = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 96,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "vocab_size": len(tokenizer), "max_position_embeddings": 2048,
+            "bos_token_id": 1, "eos_token_id": 2}  # fmt: skip
+    vision = {"model_type": "siglip_vision_model", "image_size": 32, "patch_size": 8,
+              "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "intermediate_size": 64}  # fmt: skip
+    config = LlavaOnevisionConfig(
+        text_config=text, vision_config=vision,
+        image_token_index=tokenizer.convert_tokens_to_ids(LLAVA_IMAGE),
+        image_grid_pinpoints=LLAVA_PINPOINTS, vision_aspect_ratio="anyres_max_9",
+        vision_feature_select_strategy="full", vision_feature_layer=-1)  # fmt: skip
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    _randomize(model, seed)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32},
+                                    image_grid_pinpoints=LLAVA_PINPOINTS).save_pretrained(folder)
+    return folder
+
+
+class HFLlava:
+    """transformers' LLaVA-OneVision of a tiny checkpoint (fp32), prompts given as text."""
+
+    def __init__(self, folder: Path) -> None:
+        from transformers import (
+            AutoTokenizer,
+            LlavaOnevisionForConditionalGeneration,
+            LlavaOnevisionImageProcessorPil,
+            LlavaOnevisionProcessor,
+        )
+
+        class Processor(LlavaOnevisionProcessor):  # no video processor without torchvision
+            def check_argument_for_proper_class(self, name: str, arg: Any) -> Any:
+                if name == "video_processor" and arg is None:
+                    return None
+                return super().check_argument_for_proper_class(name, arg)
+
+        self.model = LlavaOnevisionForConditionalGeneration.from_pretrained(
+            folder, dtype=torch.float32).eval()  # fmt: skip
+        self.model.generation_config.eos_token_id = None
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.image_token_id = self.model.config.image_token_id
+        self.processor = Processor(
+            image_processor=LlavaOnevisionImageProcessorPil.from_pretrained(folder),
+            tokenizer=self.tokenizer, num_image_tokens=16, vision_aspect_ratio="anyres_max_9",
+            vision_feature_select_strategy="full")  # fmt: skip
+
+    def inputs(self, text: str, images: list[Any]) -> dict[str, torch.Tensor]:
+        if not images:
+            return dict(self.tokenizer([text], return_tensors="pt"))
+        return dict(self.processor(text=[text], images=[images], return_tensors="pt"))
+
+    def greedy(self, text: str, images: list[Any], new_tokens: int) -> list[int]:
+        inputs = self.inputs(text, images)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, do_sample=False, max_new_tokens=new_tokens,
+                                      pad_token_id=0)  # fmt: skip
+        return out[0, inputs["input_ids"].shape[1]:].tolist()
+
+    def prompt_logprobs(self, text: str, images: list[Any]) -> tuple[list[int], list[float]]:
+        inputs = self.inputs(text, images)
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits[0].float()
+        logp = torch.log_softmax(logits, -1)
+        ids = inputs["input_ids"][0]
+        return ids.tolist(), logp[:-1].gather(1, ids[1:, None])[:, 0].tolist()

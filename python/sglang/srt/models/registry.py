@@ -11,6 +11,7 @@ from sglang.srt.models.cross_encoder import (
     XLMRobertaForSequenceClassification,
 )
 from sglang.srt.models.llama import LlamaForCausalLM
+from sglang.srt.models.llava_onevision import LlavaOnevisionForConditionalGeneration
 from sglang.srt.models.qwen2 import Qwen2ForCausalLM
 from sglang.srt.models.qwen2_moe import Qwen2MoeForCausalLM
 from sglang.srt.models.qwen2_vl import Qwen2VLForConditionalGeneration
@@ -29,6 +30,7 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "RobertaModel": XLMRobertaModel,
     "RobertaForSequenceClassification": XLMRobertaForSequenceClassification,
     "LlamaForCausalLM": LlamaForCausalLM,
+    "LlavaOnevisionForConditionalGeneration": LlavaOnevisionForConditionalGeneration,
     "LlamaModel": LlamaBaseModel,
     "Qwen2Model": Qwen2BaseModel,
     "Qwen3Model": Qwen3BaseModel,

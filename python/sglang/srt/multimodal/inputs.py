@@ -23,6 +23,7 @@ class ImageItem:
     pixel_values: np.ndarray | None = None
     grid_thw: list[int] | None = None  # Qwen2-VL family: (t, h, w) in patches
     image_size: list[int] | None = None  # LLaVA-OneVision: the original (height, width)
+    alone: bool = True  # LLaVA-OneVision: the prompt's only image (else one tile, no anyres)
     embedding: np.ndarray | None = None  # [length, hidden]: skips the vision tower
 
     @property

@@ -262,10 +262,21 @@ class LlavaOnevisionImageProcessor(ImageProcessor):
         self.image_token_id = int(token)
         self.hf = AutoImageProcessor.from_pretrained(folder)
 
+    def process(self, input_ids: Sequence[int], items: list[Any]) -> tuple[list[int], ImageInputs]:
+        # Several images in one prompt are one tile each (fewer tokens, other embeddings); read
+        # by _tokens and _items. (The tokenize thread is the only caller.)
+        count = sum(len(np.asarray(item.get("image_sizes", [[0, 0]])).reshape(-1, 2))
+                    if isinstance(item, dict) else 1 for item in items)  # fmt: skip
+        self.multi_image = count > 1
+        return super().process(input_ids, items)
+
+    multi_image = False
+
     def _tokens(self, size: Sequence[int]) -> int:
         from sglang.srt.models.llava_onevision_vision import num_image_tokens
 
-        return int(num_image_tokens(self.hf_config, int(size[0]), int(size[1])))
+        return int(num_image_tokens(self.hf_config, int(size[0]), int(size[1]),
+                                    multi_image=self.multi_image))  # fmt: skip
 
     shape_key, item_field = "image_sizes", "image_size"
 
@@ -288,17 +299,21 @@ class LlavaOnevisionImageProcessor(ImageProcessor):
                 raise ImageError("image_data: pixel_values must be finite [images, patches, 3, "
                                  "height, width] arrays.")
             h = hashes[i] if hashes else _digest(block, np.asarray(size))
+            if self.multi_image:  # other embeddings than the same image alone: other pad ids
+                h = (h * 0x9E3779B1 + 1) & ((1 << 63) - 1)
             items.append(ImageItem(hash=h, start=0, length=self._tokens(size),
-                                   pixel_values=block, image_size=size))
+                                   pixel_values=block, image_size=size,
+                                   alone=not self.multi_image))  # fmt: skip
         return items
 
     def from_images(self, images: list[Any], hashes: list[int]) -> list[ImageItem]:
-        pixels, sizes = [], []
-        for im in images:  # one call per image: no padding to the largest tile count
-            out = self.hf(images=[im], return_tensors="np")
-            pixels.append(np.asarray(out["pixel_values"][0], dtype=np.float32))
-            sizes.append(np.asarray(out["image_sizes"][0], dtype=np.int64))
-        return self._items(pixels, self._shapes(np.stack(sizes)), hashes)
+        if self.multi_image:  # the prompt's images together: one padded-to-square tile each
+            out = self.hf(images=[images], return_tensors="np")
+            pixels = list(np.asarray(out["pixel_values"], dtype=np.float32))
+            return self._items(pixels, self._shapes(np.asarray(out["image_sizes"])), hashes)
+        out = self.hf(images=images, return_tensors="np")  # one image: its any-resolution tiles
+        return self._items([np.asarray(out["pixel_values"][0], dtype=np.float32)],
+                           self._shapes(np.asarray(out["image_sizes"])), hashes)
 
     def from_processor_output(self, item: dict[str, Any]) -> list[ImageItem]:
         for key in ("pixel_values", "image_sizes"):
