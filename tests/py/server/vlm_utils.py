@@ -5,12 +5,15 @@ and the HF image processor set for small images; and transformers' reference out
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from server_utils import DEMO_MODEL
+
+# The demo model's tokenizer (a folder with its files where the sglang cache lacks it: GPU runs).
+TOKENIZER = os.environ.get("SGLANG_TEST_TOKENIZER", "smollm2-135m-instruct")
 
 QWEN_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 IMAGE_PART = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -29,7 +32,7 @@ MIN_PIXELS, MAX_PIXELS = 28 * 28, 112 * 112
 def _tokenizer() -> Any:
     from sglang.srt.hf_transformers_utils import get_tokenizer
 
-    tokenizer = get_tokenizer(DEMO_MODEL)
+    tokenizer = get_tokenizer(TOKENIZER)
     tokenizer.add_special_tokens({"additional_special_tokens": QWEN_TOKENS})
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer

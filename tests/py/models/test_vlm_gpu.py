@@ -1,0 +1,62 @@
+"""Vision-language models on CUDA (``gpu``-marked): the offline Engine on the GPU (triton
+attention, CUDA graphs for decode, M-RoPE prompt steps then shifted 1-D positions in the graphs)
+gives transformers' greedy tokens (float32, transformers on the CPU) for a tiny Qwen2-VL and a
+tiny LLaVA-OneVision, with one and two images, chunked prefill cutting an image span, and a
+repeated request served from the radix cache."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
+from vlm_utils import (
+    IMAGE_PART,
+    HFLlava,
+    HFQwenVL,
+    image,
+    save_tiny_llava_onevision,
+    save_tiny_qwen2_vl,
+)
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]  # fmt: skip
+NEW = 8
+GREEDY = {"max_new_tokens": NEW, "temperature": 0, "ignore_eos": True}
+
+
+def _run(folder: Path, prompts: list[str], images: list[list], **kw: object) -> list[dict]:
+    import sglang as sgl
+
+    with sgl.Engine(model_path=str(folder), dtype="float32", log_level="warning", **kw) as llm:
+        first = llm.generate(prompt=prompts, image_data=images, sampling_params=GREEDY)
+        again = llm.generate(prompt=prompts[0], image_data=images[0], sampling_params=GREEDY)
+        assert again["meta_info"]["cached_tokens"] > 0
+        assert again["output_ids"] == first[0]["output_ids"]
+        assert llm.tokenizer_manager.info.device.startswith("cuda")
+    return first
+
+
+@pytest.mark.parametrize("chunk", [None, 8])
+def test_qwen2_vl_on_cuda(tmp_path: Path, chunk: int | None) -> None:
+    folder = save_tiny_qwen2_vl(tmp_path / "qwen2-vl")
+    hf = HFQwenVL(folder)
+    prompts = [f"Describe {IMAGE_PART} please", f"Compare {IMAGE_PART} and {IMAGE_PART}"]
+    images = [[image(90, 60, 0)], [image(56, 112, 1), image(84, 84, 2)]]
+    kw = {} if chunk is None else {"chunked_prefill_size": chunk}
+    out = _run(folder, prompts, images, **kw)
+    for item, text, imgs in zip(out, prompts, images):
+        assert item["output_ids"] == hf.greedy(hf.tokenizer.encode(text), imgs, NEW)
+
+
+def test_llava_onevision_on_cuda(tmp_path: Path) -> None:
+    folder = save_tiny_llava_onevision(tmp_path / "llava")
+    hf = HFLlava(folder)
+    prompts = ["Describe <image> please", "Compare <image> and <image>"]
+    images = [[image(70, 45, 0)], [image(40, 40, 1), image(30, 90, 2)]]
+    out = _run(folder, prompts, images)
+    for item, text, imgs in zip(out, prompts, images):
+        assert item["output_ids"] == hf.greedy(text, imgs, NEW)
