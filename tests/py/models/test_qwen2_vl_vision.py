@@ -55,3 +55,10 @@ def test_grid_must_cover_the_patches() -> None:
     ours = Qwen2VisionTransformer(config, dtype=torch.float32)
     with pytest.raises(ValueError, match="covers 24 patches"):
         ours(torch.zeros(20, 96), [[1, 4, 6]])
+
+
+def test_every_tensor_is_made_on_the_given_device() -> None:
+    """The model is built on its device (CUDA in serving): no buffer may stay on the CPU."""
+    config, _ = _tiny()
+    ours = Qwen2VisionTransformer(config, dtype=torch.float32, device="meta")
+    assert {t.device.type for t in [*ours.parameters(), *ours.buffers()]} == {"meta"}

@@ -32,7 +32,12 @@ MIN_PIXELS, MAX_PIXELS = 28 * 28, 112 * 112
 def _tokenizer() -> Any:
     from sglang.srt.hf_transformers_utils import get_tokenizer
 
-    tokenizer = get_tokenizer(TOKENIZER)
+    if os.path.isdir(TOKENIZER):  # tokenizer files only
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
+    else:
+        tokenizer = get_tokenizer(TOKENIZER)
     tokenizer.add_special_tokens({"additional_special_tokens": QWEN_TOKENS})
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer

@@ -55,10 +55,11 @@ class VisionRotary(nn.Module):
     """Axial 2-D RoPE: a quarter of the head's frequencies for the row, a quarter for the column,
     repeated over both halves (no partial rotation)."""
 
-    def __init__(self, head_dim: int, theta: float) -> None:
+    def __init__(self, head_dim: int, theta: float, device: Any = None) -> None:
         super().__init__()
         spatial = head_dim // 2
-        inv = 1.0 / (theta ** (torch.arange(0, spatial, 2, dtype=torch.float32) / spatial))
+        steps = torch.arange(0, spatial, 2, dtype=torch.float32, device=device)
+        inv = 1.0 / (theta ** (steps / spatial))
         self.register_buffer("inv_freq", inv, persistent=False)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +156,7 @@ class Qwen2VisionTransformer(nn.Module):
         mlp_hidden = int(dim * float(_cfg(vision_config, "mlp_ratio", 4)))
         act = str(_cfg(vision_config, "hidden_act", "quick_gelu"))
         self.patch_embed = PatchEmbed(channels * temporal * patch * patch, dim, **kw)
-        self.rotary = VisionRotary(dim // heads, theta)
+        self.rotary = VisionRotary(dim // heads, theta, device)
         self.blocks = nn.ModuleList(VisionBlock(dim, heads, mlp_hidden, act, **kw)
                                     for _ in range(int(_cfg(vision_config, "depth"))))  # fmt: skip
         self.merger = PatchMerger(int(_cfg(vision_config, "hidden_size")), dim, self.merge, **kw)
