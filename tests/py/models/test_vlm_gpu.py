@@ -1,7 +1,7 @@
 """Vision-language models on CUDA (``gpu``-marked): the offline Engine on the GPU (triton
 attention, CUDA graphs for decode, M-RoPE prompt steps then shifted 1-D positions in the graphs)
-gives transformers' greedy tokens (float32, transformers on the CPU) for a tiny Qwen2-VL and a
-tiny LLaVA-OneVision, with one and two images, chunked prefill cutting an image span, and a
+gives transformers' greedy tokens (float32, transformers on the CPU) for tiny Qwen2-VL, Qwen2.5-VL
+and LLaVA-OneVision, with one and two images, chunked prefill cutting an image span, and a
 repeated request served from the radix cache."""
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ def _run(folder: Path, prompts: list[str], images: list[list], **kw: object) -> 
     return first
 
 
-@pytest.mark.parametrize("chunk", [None, 8])
-def test_qwen2_vl_on_cuda(tmp_path: Path, chunk: int | None) -> None:
-    folder = save_tiny_qwen2_vl(tmp_path / "qwen2-vl")
+@pytest.mark.parametrize("version,chunk", [("qwen2_vl", None), ("qwen2_vl", 8),
+                                           ("qwen2_5_vl", None)])  # fmt: skip
+def test_qwen2_vl_on_cuda(tmp_path: Path, version: str, chunk: int | None) -> None:
+    folder = save_tiny_qwen2_vl(tmp_path / version, version=version)
     hf = HFQwenVL(folder)
     prompts = [f"Describe {IMAGE_PART} please", f"Compare {IMAGE_PART} and {IMAGE_PART}"]
     images = [[image(90, 60, 0)], [image(56, 112, 1), image(84, 84, 2)]]

@@ -1,4 +1,4 @@
-"""Image input on a server of a tiny random-weight Qwen2-VL (fp32), against transformers on the
+"""Image input on a server of a tiny random-weight Qwen2-VL, then Qwen2.5-VL (fp32), against transformers on the
 same images: greedy tokens and prompt logprobs (one image, two images of different sizes, a batch
 mixing image and text-only prompts), the radix cache with images, every ``image_data`` format
 (file path, file URL, http URL from a local server, base64, data URL, ``processor_output``,
@@ -28,9 +28,9 @@ PROMPT = f"Describe {IMAGE_PART} in detail"
 TWO = f"Compare {IMAGE_PART} with {IMAGE_PART} please"
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_qwen2_vl(tmp_path_factory.mktemp("qwen2-vl"))
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+def folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_qwen2_vl(tmp_path_factory.mktemp(request.param), version=request.param)
 
 
 @pytest.fixture(scope="module")

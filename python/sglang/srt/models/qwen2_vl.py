@@ -1,4 +1,4 @@
-"""Qwen2VLForConditionalGeneration: the Qwen2 decoder with multimodal RoPE, plus the Qwen2-VL
+"""Qwen2VLForConditionalGeneration (and Qwen2.5-VL): the Qwen2 decoder with multimodal RoPE, plus the Qwen2-VL
 vision transformer that turns an image's patches into embeddings at its placeholder positions.
 
 The language model is ``Qwen2ForCausalLM``; what differs:
@@ -26,6 +26,7 @@ from sglang.srt.layers.logits_processor import LogitsOutput
 from sglang.srt.model_executor.forward_batch import ForwardBatch
 from sglang.srt.models.llama import Rope, load_stacked_weights
 from sglang.srt.models.qwen2 import Qwen2ForCausalLM
+from sglang.srt.models.qwen2_5_vl_vision import Qwen2_5_VisionTransformer
 from sglang.srt.models.qwen2_vl_vision import Qwen2VisionTransformer
 from sglang.srt.multimodal.inputs import ImageItem
 
@@ -85,3 +86,10 @@ class Qwen2VLForConditionalGeneration(Qwen2ForCausalLM):
 
         loaded = load_stacked_weights(self, language())
         return loaded | {f"visual.{n}" for n in self.visual.load_weights(vision)}
+
+
+class Qwen2_5_VLForConditionalGeneration(Qwen2VLForConditionalGeneration):
+    """Qwen2.5-VL: the same language model and M-RoPE for images; the vision transformer has
+    window attention, RMSNorm and gated MLPs (``qwen2_5_vl_vision``)."""
+
+    vision_class = Qwen2_5_VisionTransformer
