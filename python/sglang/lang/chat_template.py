@@ -3,7 +3,10 @@
 The frontend renders roles as text as it goes (a program appends to its prompt turn by turn), so a
 template here is a table of (prefix, suffix) per role, not the Jinja template the server's chat
 route renders whole conversations with. The registry is keyed by name; a backend picks a template
-by ``get_chat_template_by_model_path`` (first matching function wins, else ``default``).
+by ``get_chat_template_by_model_path`` (first matching function wins, else ``default``), and a
+server whose model path tells nothing by the model's architecture
+(``get_chat_template_by_architecture``: vision-language models, whose ``image_token`` must be the
+model's image placeholder).
 """
 
 from __future__ import annotations
@@ -78,6 +81,22 @@ def get_chat_template_by_model_path(model_path: str) -> ChatTemplate:
         if name is not None:
             return get_chat_template(name)
     return get_chat_template("default")
+
+
+# Vision-language architectures (the server's ``/model_info``) -> their template.
+ARCHITECTURE_TEMPLATES = {
+    "Qwen2VLForConditionalGeneration": "qwen2-vl",
+    "Qwen2_5_VLForConditionalGeneration": "qwen2-vl",
+    "LlavaOnevisionForConditionalGeneration": "chatml-llava",
+}
+
+
+def get_chat_template_by_architecture(architectures: list[str] | None) -> ChatTemplate | None:
+    """The template of the first architecture that has one; None when none has."""
+    for architecture in architectures or ():
+        if architecture in ARCHITECTURE_TEMPLATES:
+            return get_chat_template(ARCHITECTURE_TEMPLATES[architecture])
+    return None
 
 
 def _roles(system: tuple[str, str], user: tuple[str, str],

@@ -58,7 +58,9 @@ def test_matches_transformers(grids: list[list[int]]) -> None:
 
 def test_config_as_dict_and_visual_prefix() -> None:
     config, ref = _tiny()
-    ours = Qwen2_5_VisionTransformer(config.to_dict(), dtype=torch.float32)
+    raw = config.to_dict()  # spelled as the checkpoint's config.json: ``in_chans``
+    raw["in_chans"] = raw.pop("in_channels")
+    ours = Qwen2_5_VisionTransformer(raw, dtype=torch.float32)
     loaded = ours.load_weights((f"visual.{k}", v) for k, v in ref.state_dict().items())
     assert loaded == {n for n, _ in ours.named_parameters()}
     assert ours.full_blocks == {1, 3} and ours.window == 2

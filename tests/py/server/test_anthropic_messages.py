@@ -88,6 +88,33 @@ def test_tool_round_trip_translates() -> None:
     ]
 
 
+def test_image_blocks_translate_to_image_url_parts_in_block_order() -> None:
+    png = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo"}
+    messages = [{"role": "user", "content": [
+        {"type": "text", "text": "First"}, {"type": "text", "text": "second"},
+        {"type": "image", "source": png},
+        {"type": "image", "source": {"type": "url", "url": "https://x/b.jpg"}},
+        {"type": "text", "text": "Both?"}]}]
+    req = request(messages=messages)
+    assert req.image_blocks() == [(0, 2), (0, 3)]
+    assert openai_body(req)["messages"] == [{"role": "user", "content": [
+        {"type": "text", "text": "First\nsecond"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo"}},
+        {"type": "image_url", "image_url": {"url": "https://x/b.jpg"}},
+        {"type": "text", "text": "Both?"}]}]
+
+
+def test_an_image_in_a_tool_result_is_refused() -> None:
+    messages = [
+        {"role": "user", "content": "Draw it"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "get_weather",
+                                           "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [
+            {"type": "image", "source": {"type": "url", "url": "https://x/a.png"}}]}]}]
+    with pytest.raises(ValidationError, match="image blocks in tool_result content"):
+        request(messages=messages, tools=[WEATHER_TOOL])
+
+
 @pytest.mark.parametrize(("choice", "expected"), [
     ({"type": "auto"}, "auto"), ({"type": "any"}, "required"), ({"type": "none"}, "none")])
 def test_tool_choice_translates(choice: dict, expected: str) -> None:
@@ -111,9 +138,15 @@ def test_error_tool_result_is_marked() -> None:
     ({"max_tokens": 0}, "max_tokens"),
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "system", "content": "x"}]}, "role"),
-    ({"messages": [{"role": "user", "content": [
+    ({"messages": [{"role": "assistant", "content": [
         {"type": "image", "source": {"type": "url", "url": "http://x/a.png"}}]}]},
-     "image content blocks are not supported yet"),
+     "cannot contain image blocks"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/bmp", "data": "x"}}]}]},
+     "media_type"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "document", "source": {"type": "url", "url": "http://x/a.pdf"}}]}]},
+     "document content blocks are not supported yet"),
     ({"tool_choice": {"type": "tool", "name": "nope"}, "tools": [WEATHER_TOOL]}, "nope"),
     ({"tool_choice": {"type": "maybe"}}, "tool_choice"),
     ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
@@ -442,8 +475,11 @@ BAD_BODIES = [
     ({"max_tokens": 4, "messages": []}, "messages"),
     ({"max_tokens": 4, "messages": [{"role": "robot", "content": "x"}]}, "role"),
     ({"max_tokens": 4, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "x"},
         {"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                     "data": "AAAA"}}]}]}, "not supported yet"),
+                                     "data": "AAAA"}}]}]},
+     ("messages.0.content.1: image blocks are not supported: the model LlamaForCausalLM does "
+      "not take images")),
     ({"max_tokens": 4, "messages": [{"role": "user", "content": "x"}], "tools": [WEATHER_TOOL],
       "tool_choice": {"type": "tool", "name": "nope"}}, "nope"),
     ({"max_tokens": 4, "messages": [{"role": "user", "content": "x"}],

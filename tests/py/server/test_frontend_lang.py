@@ -241,7 +241,8 @@ def test_a_server_error_is_the_programs_error(endpoint) -> None:
 
 
 def test_an_image_goes_to_the_server_as_image_data(endpoint) -> None:
-    """sgl.image is sent as image_data; this server refuses it until vision models exist."""
+    """sgl.image is sent as image_data, which this text-only model refuses (images on a
+    vision-language model: test_vlm_apis.py)."""
 
     @sgl.function
     def look(s):
@@ -251,3 +252,4 @@ def test_an_image_goes_to_the_server_as_image_data(endpoint) -> None:
     with pytest.warns(UserWarning):
         error = look.run().error()
     assert isinstance(error, RuntimeError) and "image_data" in str(error)
+    assert "does not take images" in str(error)

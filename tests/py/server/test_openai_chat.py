@@ -308,7 +308,11 @@ BAD_REQUESTS = [
     ({"messages": [{"role": "user", "content": 5}]}, "content"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url",
                                                  "image_url": {"url": "http://x/y.png"}}]}]},
-     "image_url"),
+     ("messages[0].content[0]: image_url parts are not supported: the model LlamaForCausalLM "
+      "does not take images")),
+    ({"messages": [{"role": "user", "content": [{"type": "video_url",
+                                                 "video_url": {"url": "http://x/y.mp4"}}]}]},
+     "content parts of type 'video_url' are not supported"),
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
      "Tool 'nope' not found in tools list."),
     ({"tool_choice": "required"}, "Tools cannot be empty if tool choice is set to required."),

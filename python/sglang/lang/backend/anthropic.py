@@ -1,5 +1,6 @@
 """The backend for the Anthropic Messages API (Anthropic itself, or this project's
-``/v1/messages``). Needs the ``anthropic`` package (``pip install "sglang[anthropic]"``)."""
+``/v1/messages``); images of a turn go as base64 ``image`` blocks. Needs the ``anthropic``
+package (``pip install "sglang[anthropic]"``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sglang.lang.backend.base_backend import BaseBackend
+from sglang.lang.backend.image_parts import anthropic_content
 from sglang.lang.chat_template import get_chat_template
 from sglang.lang.ir import SglSamplingParams
 
@@ -29,7 +31,10 @@ class Anthropic(BaseBackend):
 
     def _request(self, s: Any, params: SglSamplingParams) -> dict[str, Any]:
         """Messages (the program's turns, or its text as one user turn), system popped out."""
-        messages = [dict(m) for m in s.messages_] or [{"role": "user", "content": s.text_}]
+        image_token = self.chat_template.image_token
+        messages = [{**m, "content": anthropic_content(m["content"], image_token)}
+                    if isinstance(m["content"], list) else dict(m) for m in s.messages_]
+        messages = messages or [{"role": "user", "content": s.text_}]
         system = messages.pop(0)["content"] if messages[0]["role"] == "system" else ""
         kwargs = params.to_anthropic_kwargs()
         if kwargs.get("top_k") is not None and kwargs["top_k"] <= 0:

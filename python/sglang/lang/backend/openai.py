@@ -4,6 +4,9 @@ Chat models get the program's messages (a gen must follow ``sgl.assistant`` unle
 execution records the turn and fills it with one call at its end); completion models get the
 program's text. Typed gens and ``select`` need a completion model and a tiktoken tokenizer
 (logit bias on token ids). Needs the ``openai`` package (``pip install "sglang[openai]"``).
+
+Images (``sgl.image``) of a chat message go as ``image_url`` parts with a ``data:`` URL, where
+they stand in the message's text (``image_parts.chat_messages``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sglang.lang.backend.base_backend import BaseBackend
+from sglang.lang.backend.image_parts import chat_messages
 from sglang.lang.chat_template import ChatTemplate, get_chat_template_by_model_path
 from sglang.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from sglang.lang.ir import SglSamplingParams
@@ -147,7 +151,7 @@ class OpenAI(BaseBackend):
                 "This use case is not supported if api speculative execution is off. For "
                 "OpenAI chat models, sgl.gen must be right after sgl.assistant. Example of "
                 "adding api speculative execution: @function(num_api_spec_tokens=128).")
-        return s.messages_
+        return chat_messages(s.messages_, self.chat_template.image_token)
 
     def generate(self, s: Any, sampling_params: SglSamplingParams) -> tuple[Any, dict]:
         dtype = sampling_params.dtype
@@ -249,7 +253,9 @@ class OpenAI(BaseBackend):
         terms = _spec_format(s)
         if any(term["name"] is not None for term in terms):
             for _ in range(self.spec_max_num_tries):
-                comp = openai_completion(self.client, self.token_usage, True, s.messages_,
+                comp = openai_completion(self.client, self.token_usage, True,
+                                         chat_messages(s.messages_,
+                                                       self.chat_template.image_token),
                                          model=self.model_name, **s.spec_kwargs)
                 if _match_spec_pattern(terms, comp):
                     break

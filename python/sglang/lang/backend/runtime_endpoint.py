@@ -20,7 +20,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from sglang.lang.backend.base_backend import BaseBackend
-from sglang.lang.chat_template import get_chat_template, get_chat_template_by_model_path
+from sglang.lang.chat_template import (
+    ChatTemplate,
+    get_chat_template,
+    get_chat_template_by_architecture,
+    get_chat_template_by_model_path,
+)
 from sglang.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from sglang.lang.global_config import global_config
 from sglang.lang.ir import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR, SglSamplingParams
@@ -56,7 +61,20 @@ class RuntimeEndpoint(BaseBackend):
         if chat_template_name:
             self.chat_template = get_chat_template(chat_template_name)
         else:
-            self.chat_template = get_chat_template_by_model_path(self.model_info["model_path"])
+            self.chat_template = self._model_template()
+
+    def _model_template(self) -> ChatTemplate:
+        """The template of the model path; for a vision-language model whose path matches no
+        template, the one of its architecture (``/model_info``), so that ``sgl.image`` writes
+        the model's image placeholder."""
+        template = get_chat_template_by_model_path(self.model_info["model_path"])
+        if template.name != "default" or not self.model_info.get("has_image_understanding"):
+            return template
+        try:
+            architectures = self._get("/model_info").get("architectures")
+        except (RuntimeError, OSError, ValueError, AttributeError):  # a server without it
+            return template
+        return get_chat_template_by_architecture(architectures) or template
 
     # ---- plain calls ----
     def _get(self, path: str) -> Any:
@@ -162,9 +180,12 @@ class RuntimeEndpoint(BaseBackend):
 
     @staticmethod
     def _add_images(s: Any, body: dict[str, Any]) -> None:
-        if s.images_:
-            assert len(s.images_) == 1, "Only one image per program is supported."
+        """The state's images as ``image_data``, in program order: one image as its base64
+        string (SGLang's wire format), several as a list (one per placeholder of the text)."""
+        if len(s.images_) == 1:
             body["image_data"] = s.images_[0][1]
+        elif s.images_:
+            body["image_data"] = [data for _, data in s.images_]
 
     # ---- select ----
     def select(self, s: Any, choices: list[str], temperature: float,

@@ -137,7 +137,7 @@ class Qwen2_5_VisionTransformer(nn.Module):
         self.merge = int(_cfg(config, "spatial_merge_size", 2))
         patch = int(_cfg(config, "patch_size", 14))
         temporal = int(_cfg(config, "temporal_patch_size", 2))
-        channels = int(_cfg(config, "in_channels", 3))
+        channels = int(_cfg(config, "in_channels", _cfg(config, "in_chans", 3)))  # config.json
         self.window = int(_cfg(config, "window_size", 112)) // self.merge // patch
         if self.window < 1:
             raise ValueError(f"window_size must be at least patch_size * spatial_merge_size "

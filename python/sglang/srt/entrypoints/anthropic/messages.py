@@ -26,6 +26,7 @@ from sglang.srt.entrypoints.anthropic.protocol import (
     AnthropicError,
     CountTokensRequest,
     MessagesRequest,
+    PromptRequest,
 )
 from sglang.srt.entrypoints.anthropic.translate import (
     StreamTranslator,
@@ -41,7 +42,11 @@ from sglang.srt.entrypoints.http_common import (
     validation_message,
 )
 from sglang.srt.entrypoints.openai import chat
-from sglang.srt.entrypoints.openai.common import OpenAIError, check_generation_server
+from sglang.srt.entrypoints.openai.common import (
+    OpenAIError,
+    check_generation_server,
+    engine_errors,
+)
 from sglang.srt.entrypoints.openapi import body_schema
 from sglang.srt.managers.tokenizer_manager import RequestFailed, TokenizerManager
 
@@ -84,6 +89,17 @@ def chat_request(body: dict[str, Any]) -> Any:
         raise AnthropicError(validation_message(exc.errors(include_url=False))) from None
 
 
+def check_images(tm: TokenizerManager, req: PromptRequest) -> None:
+    """AnthropicError (400) naming the first image block when the model does not take
+    images."""
+    refused = chat.image_refusal(tm)
+    blocks = req.image_blocks()
+    if refused is not None and blocks:
+        i, j = blocks[0]
+        raise AnthropicError(f"messages.{i}.content.{j}: image blocks are not supported: "
+                             f"{refused}.")
+
+
 def error_response(exc: AnthropicError) -> ORJSONResponse:
     return ORJSONResponse(exc.body(), status_code=exc.status_code,
                           headers=retry_headers(exc.status_code))
@@ -118,6 +134,7 @@ async def serve_message(tm: TokenizerManager, req: MessagesRequest, raw_request:
                         ) -> Response:
     """The message (non-streaming) or the SSE stream of its events."""
     check_generation_server(tm)
+    check_images(tm, req)
     chat_req = chat_request(openai_body(req))
     if req.stream:
         translator = StreamTranslator(req, await prompt_tokens(tm, chat_req))
@@ -161,6 +178,7 @@ async def count_tokens(raw_request: Request) -> Response:
 async def serve_count(tm: TokenizerManager, req: CountTokensRequest, raw_request: Request
                       ) -> Response:
     """``{"input_tokens": N}``: the prompt /v1/messages would make of the same conversation."""
+    check_images(tm, req)
     chat_req = chat_request(prompt_body(req))
     return ORJSONResponse({"input_tokens": await prompt_tokens(tm, chat_req)})
 
@@ -169,6 +187,12 @@ async def prompt_tokens(tm: TokenizerManager, chat_req: Any) -> int:
     """The number of tokens of the prompt the chat layer makes of ``chat_req`` (its own
     validation, template and tokenization; nothing is submitted). A stream's message_start
     needs it before the chat layer's usage chunk comes, so a streamed prompt is rendered and
-    tokenized twice (a cost linear in the prompt, small next to its prefill)."""
+    tokenized twice (a cost linear in the prompt, small next to its prefill). With images, the
+    count is that of the expanded prompt (one position per image embedding, as the reply's
+    usage counts it): the images are read and processed for it, a second time for a stream."""
     prepared = await chat.prepare(tm, chat_req)
-    return len(prepared.obj.input_ids)
+    ids, images = prepared.obj.input_ids, prepared.obj.image_data
+    if images:
+        with engine_errors():  # a bad image: the 400 the request itself would get
+            ids, _ = await tm.run_tokenizer(tm.image_processor.process, ids, images)
+    return len(ids)

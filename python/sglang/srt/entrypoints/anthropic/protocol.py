@@ -6,8 +6,9 @@ does not know, a value of the wrong type or out of range, a content block of the
 400 naming it, never ignored. What is accepted and not acted on is named here: ``metadata`` (as
 OpenAI's ``user``), ``cache_control`` (the radix cache reuses every prefix anyway), ``thinking``
 ``{"type": "disabled"}`` and ``thinking`` blocks of earlier assistant turns (Anthropic drops those
-from the context too). Image and document blocks and extended thinking are refused: not supported
-yet.
+from the context too). Image blocks of user turns (a ``base64`` or ``url`` source) are served on a
+vision-language model (``messages`` refuses them on a text-only one); images inside a
+``tool_result``, document blocks and extended thinking are refused: not supported yet.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,128}$"
 
 # Content block kinds of the Anthropic API this server does not take (yet).
 UNSUPPORTED_BLOCKS = {
-    "image": "image content blocks are not supported yet",
     "document": "document content blocks are not supported yet",
     "search_result": "search_result content blocks are not supported yet",
     "container_upload": "container_upload content blocks are not supported yet",
@@ -45,6 +45,40 @@ class TextBlock(BaseModel):
     text: str
     cache_control: CacheControl | None = None
     citations: None = None  # a reply's ``"citations": null`` sent back as is
+
+
+class Base64ImageSource(BaseModel):
+    """Image bytes in the body (the media types Anthropic takes)."""
+
+    model_config = STRICT
+    type: Literal["base64"]
+    media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
+    data: str = Field(min_length=1)
+
+
+class URLImageSource(BaseModel):
+    """An image the server fetches (anything ``image_data`` takes)."""
+
+    model_config = STRICT
+    type: Literal["url"]
+    url: str = Field(min_length=1)
+
+
+class ImageBlock(BaseModel):
+    """An image of a user turn: served on a vision-language model, as an OpenAI ``image_url``
+    part (a base64 source as a ``data:`` URL)."""
+
+    model_config = STRICT
+    type: Literal["image"]
+    source: Annotated[Base64ImageSource | URLImageSource, Field(discriminator="type")]
+    cache_control: CacheControl | None = None
+
+    def url(self) -> str:
+        """The image as a URL that ``image_data`` takes."""
+        source = self.source
+        if isinstance(source, Base64ImageSource):
+            return f"data:{source.media_type};base64,{source.data}"
+        return source.url
 
 
 class ToolUseBlock(BaseModel):
@@ -73,7 +107,7 @@ class ToolResultBlock(BaseModel):
     @field_validator("content", mode="before")
     @classmethod
     def _text_only(cls, content: Any) -> Any:
-        return refuse_unsupported_blocks(content)
+        return refuse_unsupported_blocks(content, TOOL_RESULT_UNSUPPORTED)
 
     def text(self) -> str:
         """The result as one text (text blocks joined by newlines)."""
@@ -98,21 +132,26 @@ class RedactedThinkingBlock(BaseModel):
 
 
 ContentBlock = Annotated[
-    TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock,
+    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock
+    | RedactedThinkingBlock,
     Field(discriminator="type"),
 ]
 # The blocks each role may send.
-ROLE_BLOCKS = {"user": ("text", "tool_result"),
+ROLE_BLOCKS = {"user": ("text", "image", "tool_result"),
                "assistant": ("text", "tool_use", "thinking", "redacted_thinking")}
+# What a tool_result's content may not hold (its content is text only).
+TOOL_RESULT_UNSUPPORTED = {
+    **UNSUPPORTED_BLOCKS, "image": "image blocks in tool_result content are not supported yet"}
 
 
-def refuse_unsupported_blocks(content: Any) -> Any:
+def refuse_unsupported_blocks(content: Any, unsupported: dict[str, str] | None = None) -> Any:
     """ValueError naming the first block of a kind this server does not take (yet)."""
+    unsupported = UNSUPPORTED_BLOCKS if unsupported is None else unsupported
     if isinstance(content, list):
         for i, block in enumerate(content):
             kind = block.get("type") if isinstance(block, dict) else None
-            if isinstance(kind, str) and kind in UNSUPPORTED_BLOCKS:
-                raise ValueError(f"content block {i}: {UNSUPPORTED_BLOCKS[kind]}")
+            if isinstance(kind, str) and kind in unsupported:
+                raise ValueError(f"content block {i}: {unsupported[kind]}")
     return content
 
 
@@ -220,6 +259,11 @@ class PromptRequest(BaseModel):
     def _tools_consistent(self) -> PromptRequest:
         check_tools(self)
         return self
+
+    def image_blocks(self) -> list[tuple[int, int]]:
+        """(message index, block index) of each image block, in order."""
+        return [(i, j) for i, message in enumerate(self.messages)
+                for j, block in enumerate(message.blocks()) if block.type == "image"]
 
     def system_text(self) -> str | None:
         """The system prompt as one text (blocks joined by newlines), None when absent."""

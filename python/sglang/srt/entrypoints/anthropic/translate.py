@@ -6,11 +6,15 @@ an OpenAI chat request; ``anthropic_message`` turns the OpenAI ``chat.completion
 Anthropic ``message``; ``StreamTranslator`` turns the ``chat.completion.chunk`` objects of a
 stream into the Anthropic stream events. Everything here is pure: dicts in, dicts out.
 
-Mapping notes: text blocks of one message are joined by newlines; a ``tool_result`` becomes a
-``tool`` message (``is_error`` results are prefixed with ``"Error: "``, OpenAI has no flag for
-it) placed before the user's text; ``thinking`` blocks of earlier turns are left out (Anthropic
-drops them from the context too); ``metadata.user_id`` becomes ``user``; a final assistant
-message is a prefill the reply continues (``continue_final_message``), as Anthropic's is.
+Mapping notes: text blocks of one message are joined by newlines; a user turn with ``image``
+blocks has a content list instead, in block order: text parts (consecutive text blocks joined by
+newlines) and ``image_url`` parts (a base64 source as ``data:{media_type};base64,{data}``, a url
+source as is), which the chat layer turns into the request's ``image_data``; a ``tool_result``
+becomes a ``tool`` message (``is_error`` results are prefixed with ``"Error: "``, OpenAI has no
+flag for it) placed before the user's text; ``thinking`` blocks of earlier turns are left out
+(Anthropic drops them from the context too); ``metadata.user_id`` becomes ``user``; a final
+assistant message is a prefill the reply continues (``continue_final_message``), as Anthropic's
+is.
 """
 
 from __future__ import annotations
@@ -67,9 +71,26 @@ def openai_turn(message: Message) -> list[dict[str, Any]]:
         if b.type == "tool_result":
             content = ERROR_PREFIX + b.text() if b.is_error else b.text()
             out.append({"role": "tool", "tool_call_id": b.tool_use_id, "content": content})
-    if not out or any(b.type == "text" for b in blocks):
+    if any(b.type == "image" for b in blocks):
+        out.append({"role": "user", "content": user_parts(blocks)})
+    elif not out or any(b.type == "text" for b in blocks):
         out.append({"role": "user", "content": text})
     return out
+
+
+def user_parts(blocks: list[Any]) -> list[dict[str, Any]]:
+    """The text and image blocks of a user turn as OpenAI content parts, in block order
+    (consecutive text blocks joined by newlines, as in a text-only turn)."""
+    parts: list[dict[str, Any]] = []
+    for b in blocks:
+        if b.type == "image":
+            parts.append({"type": "image_url", "image_url": {"url": b.url()}})
+        elif b.type == "text":
+            if parts and parts[-1]["type"] == "text":
+                parts[-1]["text"] += "\n" + b.text
+            else:
+                parts.append({"type": "text", "text": b.text})
+    return parts
 
 
 def openai_tools(req: PromptRequest) -> dict[str, Any]:

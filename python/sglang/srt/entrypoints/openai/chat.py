@@ -3,10 +3,13 @@ internal request, and the reply and stream shapes.
 
 A request is validated (messages, tools, response_format, fields), its messages are rendered with
 the chat template (``chat_template``) and tokenized here, and the prompt ids are submitted as a
-``GenerateReqInput`` (``common.submit``). The states' text is then split per choice by
-``ChoiceOutput``: reasoning (``--reasoning-parser``), tool calls (``--tool-call-parser``, or the
-grammar-forced JSON of ``tool_choice`` required / named) and the content. ``create_chat_completion``
-and ``start_chat_stream`` are public: the Anthropic layer builds on them.
+``GenerateReqInput`` (``common.submit``). On a vision-language model, ``image_url`` parts reach
+the template as ``{"type": "image"}`` parts (it writes the model's image placeholder) and their
+URLs, in message order, become the request's ``image_data``. The states' text is then split
+per choice by ``ChoiceOutput``: reasoning (``--reasoning-parser``), tool calls
+(``--tool-call-parser``, or the grammar-forced JSON of ``tool_choice`` required / named) and the
+content. ``create_chat_completion`` and ``start_chat_stream`` are public: the Anthropic layer
+builds on them.
 """
 
 from __future__ import annotations
@@ -41,11 +44,15 @@ from sglang.srt.managers.tokenizer_manager import ReqState, RequestFailed, Token
 router = APIRouter()
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
-MEDIA_PARTS = ("image_url", "video_url", "audio_url", "input_audio")
+IMAGE_PART = "image_url"  # served when the model takes images
+MEDIA_PARTS = ("video_url", "audio_url", "input_audio")  # refused: only images are served
 MAX_TOP_LOGPROBS = 20
 # Template variables the route sets itself.
 RESERVED_TEMPLATE_KWARGS = frozenset({"messages", "tools", "documents", "add_generation_prompt",
                                       "continue_final_message", "chat_template"})
+IMAGES_NEED_PARTS = ("The chat template prints message content as one string, so it cannot place "
+                     "the images: start the server with a --chat-template that renders content "
+                     "parts (the model's own multimodal template).")
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high")
 # OpenAI fields this server does not implement: a request that sets one gets a 400 naming it.
 UNSUPPORTED_FIELDS = {
@@ -59,12 +66,18 @@ UNSUPPORTED_FIELDS = {
 
 # ---- request -----------------------------------------------------------------------------------
 class ContentPart(BaseModel):
-    """One part of a message's content: ``text`` is served; media parts are refused for now."""
+    """One part of a message's content: ``text``, or ``image_url`` (``{"url": ..., "detail":
+    ...}``; the URL is anything ``image_data`` takes) when the model takes images. Other media
+    parts are refused; ``check_part`` names what is wrong with a part."""
 
     model_config = ConfigDict(extra="allow")
 
-    type: str = Field(json_schema_extra={"enum": ["text"]})  # media parts: a 400 names them
+    type: str = Field(json_schema_extra={"enum": ["text", IMAGE_PART]})  # others: a 400
     text: str | None = None
+    image_url: Any = Field(None, json_schema_extra={"anyOf": [
+        {"type": "object", "required": ["url"],
+         "properties": {"url": {"type": "string"}, "detail": {"type": "string"}}},
+        {"type": "null"}]})
 
 
 class FunctionCall(BaseModel):
@@ -228,9 +241,21 @@ def check_request(tm: TokenizerManager, req: ChatCompletionRequest) -> None:
                           "--skip-tokenizer-init.")
 
 
-def check_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """The messages as template dicts; OpenAIError for an empty list, an unknown role or a
-    content part that is not supported."""
+def image_refusal(tm: TokenizerManager) -> str | None:
+    """Why image parts are refused (the model is text-only); None when the model takes
+    images."""
+    if tm.image_processor is not None:
+        return None
+    name = tm.info.architectures[0] if tm.info.architectures else "served"
+    return f"the model {name} does not take images (serve a vision-language model)"
+
+
+def check_messages(messages: list[ChatMessage], image_refused: str | None = None
+                   ) -> list[dict[str, Any]]:
+    """The messages as template dicts (an image part becomes ``{"type": "image"}``, as HF
+    multimodal templates expect); OpenAIError for an empty list, an unknown role or a content
+    part that is not supported (``image_refused``: why image parts are, None when the model
+    takes images)."""
     if not messages:
         raise OpenAIError("Messages cannot be empty.")
     out = []
@@ -240,23 +265,51 @@ def check_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
                               f"{', '.join(ROLES)}.")
         if isinstance(msg.content, list):
             for j, part in enumerate(msg.content):
-                check_part(part, f"messages[{i}].content[{j}]")
+                check_part(part, f"messages[{i}].content[{j}]", image_refused)
         if msg.tool_calls and msg.role != "assistant":
             raise OpenAIError(f"messages[{i}]: only assistant messages have tool_calls.")
         data = msg.model_dump(exclude_none=True)
         data.setdefault("content", "")  # as SGLang: templates print content (null with tool calls)
+        if isinstance(data["content"], list):
+            data["content"] = [{"type": "image"} if p["type"] == IMAGE_PART else p
+                               for p in data["content"]]
         out.append(data)
     return out
 
 
-def check_part(part: ContentPart, where: str) -> None:
+def check_part(part: ContentPart, where: str, image_refused: str | None = None) -> None:
+    """OpenAIError naming ``where`` for a part that is refused or malformed."""
+    if part.type == IMAGE_PART:
+        if image_refused is not None:
+            raise OpenAIError(f"{where}: image_url parts are not supported: {image_refused}.")
+        check_image_url(part.image_url, f"{where}.image_url")
+        return
     if part.type in MEDIA_PARTS:
-        raise OpenAIError(f"{where}: content parts of type '{part.type}' are not supported yet "
-                          "(this server serves text-only models).")
+        raise OpenAIError(f"{where}: content parts of type '{part.type}' are not supported "
+                          f"(this server takes text and {IMAGE_PART} parts).")
     if part.type != "text":
-        raise OpenAIError(f"{where}: unknown content part type {part.type!r}; expected 'text'.")
+        raise OpenAIError(f"{where}: unknown content part type {part.type!r}; expected 'text' "
+                          f"or '{IMAGE_PART}'.")
     if part.text is None:
         raise OpenAIError(f"{where}: a text part needs a 'text' string.")
+
+
+def check_image_url(value: Any, where: str) -> None:
+    """``image_url`` must be ``{"url": "<non-empty string>", "detail": ...}`` (``detail`` is
+    accepted and has no effect: the model's image processor sizes the image)."""
+    if not isinstance(value, dict):
+        raise OpenAIError(f"{where}: must be an object with a 'url' string, got "
+                          f"{type(value).__name__}.")
+    url = value.get("url")
+    if not isinstance(url, str) or not url:
+        raise OpenAIError(f"{where}.url: must be a non-empty string (an http(s) URL or a "
+                          "data:image/...;base64 URL).")
+
+
+def image_urls(messages: list[ChatMessage]) -> list[str]:
+    """The URLs of the image parts, in message order (the prompt's ``image_data``)."""
+    return [part.image_url["url"] for msg in messages if isinstance(msg.content, list)
+            for part in msg.content if part.type == IMAGE_PART]
 
 
 def template_kwargs(req: ChatCompletionRequest) -> dict[str, Any]:
@@ -443,8 +496,11 @@ async def prepare(tm: TokenizerManager, req: ChatCompletionRequest) -> Prepared:
     """Validates ``req``, renders and tokenizes its prompt and builds the internal request.
     OpenAIError for whatever is refused."""
     check_request(tm, req)
-    messages = check_messages(req.messages)
+    messages = check_messages(req.messages, image_refusal(tm))
+    images = image_urls(req.messages)
     template = chat_template_of(tm)
+    if images and not template.content_as_parts:
+        raise OpenAIError(IMAGES_NEED_PARTS)
     output, tool_plan = plan_output(tm, req)
     template_tools = tool_plan.template_tools if tool_plan is not None else None
     try:
@@ -460,7 +516,7 @@ async def prepare(tm: TokenizerManager, req: ChatCompletionRequest) -> Prepared:
         top_logprobs_num=(req.top_logprobs or 0) if req.logprobs else 0,
         return_hidden_states=req.return_hidden_states,
         custom_logit_processor=req.custom_logit_processor, lora_path=req.lora_path,
-        session_params=req.session_params, priority=req.priority)
+        session_params=req.session_params, priority=req.priority, image_data=images or None)
     return Prepared(obj, output)
 
 
