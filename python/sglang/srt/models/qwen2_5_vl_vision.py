@@ -24,7 +24,6 @@ from torch import nn
 
 from sglang.srt.layers.layernorm import RMSNorm
 from sglang.srt.models.qwen2_vl_vision import (
-    _ACTS,
     PatchEmbed,
     PatchMerger,
     Qwen2VisionTransformer,
@@ -32,6 +31,7 @@ from sglang.srt.models.qwen2_vl_vision import (
     VisionRotary,
     _cfg,
     _rotate_half,
+    vision_activation,
     vision_positions,
 )
 
@@ -91,12 +91,10 @@ class WindowAttention(VisionAttention):
 class GatedMlp(nn.Module):
     def __init__(self, dim: int, hidden: int, act: str, **kw: Any) -> None:
         super().__init__()
-        if act not in _ACTS:
-            raise ValueError(f"Unsupported vision activation '{act}'; supported: {list(_ACTS)}")
+        self.act = vision_activation(act)
         self.gate_proj = nn.Linear(dim, hidden, **kw)
         self.up_proj = nn.Linear(dim, hidden, **kw)
         self.down_proj = nn.Linear(hidden, dim, **kw)
-        self.act = _ACTS[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))

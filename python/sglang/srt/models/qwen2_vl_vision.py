@@ -28,6 +28,13 @@ _ACTS = {
 }
 
 
+def vision_activation(name: str) -> Any:
+    """The activation function of a vision MLP by its config name (ValueError if unknown)."""
+    if name not in _ACTS:
+        raise ValueError(f"Unsupported vision activation '{name}'; supported: {list(_ACTS)}")
+    return _ACTS[name]
+
+
 def _cfg(config: Any, name: str, default: Any = None) -> Any:
     return config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
 
@@ -93,11 +100,9 @@ class VisionAttention(nn.Module):
 class VisionMlp(nn.Module):
     def __init__(self, dim: int, hidden: int, act: str, **kw: Any) -> None:
         super().__init__()
-        if act not in _ACTS:
-            raise ValueError(f"Unsupported vision activation '{act}'; supported: {list(_ACTS)}")
+        self.act = vision_activation(act)
         self.fc1 = nn.Linear(dim, hidden, **kw)
         self.fc2 = nn.Linear(hidden, dim, **kw)
-        self.act = _ACTS[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
