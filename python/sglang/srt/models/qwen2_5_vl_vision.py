@@ -30,7 +30,6 @@ from sglang.srt.models.qwen2_vl_vision import (
     VisionAttention,
     VisionRotary,
     _cfg,
-    _rotate_half,
     vision_activation,
     vision_positions,
 )
@@ -76,11 +75,7 @@ class WindowAttention(VisionAttention):
 
     def forward(self, x: torch.Tensor, groups: list[torch.Tensor],  # type: ignore[override]
                 rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:  # fmt: skip
-        n = x.shape[0]
-        q, k, v = self.qkv(x).view(n, 3, self.heads, self.head_dim).unbind(1)
-        cos, sin = (r[:, None, :] for r in rope)
-        q = (q.float() * cos + _rotate_half(q.float()) * sin).to(x.dtype)
-        k = (k.float() * cos + _rotate_half(k.float()) * sin).to(x.dtype)
+        q, k, v = self.rotated_qkv(x, rope)
         out = torch.empty_like(x)
         for idx in groups:  # [segments, length]: each segment attends to itself only
             o = F.scaled_dot_product_attention(*(t[idx].transpose(1, 2) for t in (q, k, v)))

@@ -83,13 +83,18 @@ class VisionAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, **kw)
         self.proj = nn.Linear(dim, dim, **kw)
 
-    def forward(self, x: torch.Tensor, bounds: list[int],
-                rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:  # fmt: skip
-        n = x.shape[0]
-        q, k, v = self.qkv(x).view(n, 3, self.heads, self.head_dim).unbind(1)
+    def rotated_qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """q, k (rotated, in float32 then rounded back) and v, each [N, heads, head_dim]."""
+        q, k, v = self.qkv(x).view(x.shape[0], 3, self.heads, self.head_dim).unbind(1)
         cos, sin = (r[:, None, :] for r in rope)
         q = (q.float() * cos + _rotate_half(q.float()) * sin).to(x.dtype)
         k = (k.float() * cos + _rotate_half(k.float()) * sin).to(x.dtype)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, bounds: list[int],
+                rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:  # fmt: skip
+        q, k, v = self.rotated_qkv(x, rope)
         out = torch.empty_like(x)
         for a, b in itertools.pairwise(bounds):  # each image (frame) attends to itself only
             o = F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (q, k, v)))
