@@ -27,7 +27,8 @@ py::array_t<T> plan_array(const PlanPtr& plan, std::vector<T> BatchPlan::*member
 
 RequestParams make_params(int32_t max_new_tokens, int32_t min_new_tokens, bool ignore_eos,
                           std::vector<int32_t> stop_token_ids, int32_t penalty_scope,
-                          std::string cache_namespace, int32_t max_cached_prefix) {
+                          std::string cache_namespace, int32_t max_cached_prefix,
+                          int32_t lora_id) {
   if (penalty_scope < 0 || penalty_scope > 2) throw py::value_error("penalty_scope must be 0, 1 or 2");
   RequestParams p;
   p.max_new_tokens = max_new_tokens;
@@ -37,6 +38,7 @@ RequestParams make_params(int32_t max_new_tokens, int32_t min_new_tokens, bool i
   p.penalty_scope = static_cast<PenaltyScope>(penalty_scope);
   p.cache_namespace = std::move(cache_namespace);
   p.max_cached_prefix = max_cached_prefix;
+  p.lora_id = lora_id;
   return p;
 }
 
@@ -56,7 +58,8 @@ void bind_config(py::module_& m) {
       .def_readwrite("init_new_token_ratio", &SchedulerConfig::init_new_token_ratio)
       .def_readwrite("min_new_token_ratio", &SchedulerConfig::min_new_token_ratio)
       .def_readwrite("new_token_ratio_decay", &SchedulerConfig::new_token_ratio_decay)
-      .def_readwrite("clip_max_new_tokens", &SchedulerConfig::clip_max_new_tokens);
+      .def_readwrite("clip_max_new_tokens", &SchedulerConfig::clip_max_new_tokens)
+      .def_readwrite("max_loras_per_batch", &SchedulerConfig::max_loras_per_batch);
 
   py::class_<SchedulerStats>(m, "SchedulerStats")
       .def_readonly("num_waiting", &SchedulerStats::num_waiting)
@@ -151,19 +154,22 @@ void bind_scheduler_class(py::module_& m) {
           "add_request",
           [](Scheduler& s, const Int32Array& input_ids, int32_t max_new_tokens,
              int32_t min_new_tokens, bool ignore_eos, std::vector<int32_t> stop_token_ids,
-             int32_t penalty_scope, std::string cache_namespace, int32_t max_cached_prefix) {
+             int32_t penalty_scope, std::string cache_namespace, int32_t max_cached_prefix,
+             int32_t lora_id) {
             return s.add_request(as_span(input_ids),
                                  make_params(max_new_tokens, min_new_tokens, ignore_eos,
                                              std::move(stop_token_ids), penalty_scope,
-                                             std::move(cache_namespace), max_cached_prefix));
+                                             std::move(cache_namespace), max_cached_prefix,
+                                             lora_id));
           },
           py::arg("input_ids"), py::arg("max_new_tokens") = 128, py::arg("min_new_tokens") = 0,
           py::arg("ignore_eos") = false, py::arg("stop_token_ids") = std::vector<int32_t>{},
           py::arg("penalty_scope") = 0, py::arg("cache_namespace") = std::string(),
-          py::arg("max_cached_prefix") = -1,
+          py::arg("max_cached_prefix") = -1, py::arg("lora_id") = -1,
           "Queues a request; returns its integer handle. penalty_scope: 0 none, 1 output tokens, "
           "2 prompt and output tokens. max_cached_prefix: at most this many leading tokens come "
-          "from the prefix cache (-1: no limit).")
+          "from the prefix cache (-1: no limit). lora_id: the request's LoRA adapter (-1: none), "
+          "for the max_loras_per_batch limit.")
       .def(
           "schedule",
           [](Scheduler& s) {

@@ -129,8 +129,10 @@ bool Scheduler::plan_prefill(BatchPlan& plan) {
   int64_t budget_memory = available_tokens() - reserved_decode_tokens();
   plan.mode = ForwardMode::kExtend;
   plan.extend_start.push_back(0);
+  std::vector<Request*> in_plan;  // for the LoRA adapter limit
   if (chunked_ != nullptr) {
     Request* req = chunked_;
+    in_plan.push_back(req);
     const int32_t extend = std::min({req->pending_len(), budget_chunk, budget_tokens});
     if (!grow_kv(req, req->kv_len + extend)) {
       plan = BatchPlan();
@@ -151,12 +153,14 @@ bool Scheduler::plan_prefill(BatchPlan& plan) {
     for (Request* req : waiting_) {
       if (static_cast<int32_t>(admitted.size()) >= slots) break;
       if (budget_tokens <= 0 || budget_chunk <= 0) break;
+      if (!lora_fits(req, in_plan)) continue;  // its adapter waits for a free adapter slot
       if (!admit(req, plan, budget_tokens, budget_chunk, budget_memory)) break;
       admitted.push_back(req);
+      in_plan.push_back(req);
       if (chunked_ == req) break;
     }
     if (!admitted.empty()) {
-      waiting_.erase(waiting_.begin(), waiting_.begin() + admitted.size());
+      std::erase_if(waiting_, [](const Request* r) { return r->state == RequestState::kRunning; });
     }
   }
   if (plan.req_ids.empty()) {
@@ -164,6 +168,23 @@ bool Scheduler::plan_prefill(BatchPlan& plan) {
     return false;
   }
   return true;
+}
+
+bool Scheduler::lora_fits(const Request* req, const std::vector<Request*>& in_plan) const {
+  const int32_t id = req->params.lora_id;
+  if (id < 0 || config_.max_loras_per_batch <= 0) return true;
+  std::vector<int32_t> active;
+  auto note = [&active, id](const Request* r) {
+    const int32_t other = r->params.lora_id;
+    if (other >= 0 && std::find(active.begin(), active.end(), other) == active.end()) {
+      active.push_back(other);
+    }
+    return other == id;
+  };
+  bool present = false;
+  for (const Request* r : running_) present |= note(r);
+  for (const Request* r : in_plan) present |= note(r);  // the mid-prefill request is here
+  return present || static_cast<int32_t>(active.size()) < config_.max_loras_per_batch;
 }
 
 void Scheduler::cache_unfinished(Request* req) {

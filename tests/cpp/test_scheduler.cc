@@ -373,6 +373,45 @@ TEST(Scheduler, MaxCachedPrefixLimitsReuse) {
   EXPECT_EQ(d.outputs[id], d.expected(id));
 }
 
+TEST(Scheduler, LoraAdapterLimitPerBatch) {
+  // Requests of 5 adapters (and the base model) with 2 adapter slots: every plan holds at most 2
+  // adapters, a request of a third adapter is passed over (not blocking those behind it), and
+  // every request completes with its reference output.
+  SchedulerConfig c = small_config();
+  c.max_loras_per_batch = 2;
+  Driver d(c);
+  std::vector<RequestId> ids;
+  for (int i = 0; i < 15; ++i) {
+    RequestParams p;
+    p.max_new_tokens = 6 + i % 4;
+    p.ignore_eos = true;
+    p.lora_id = i % 3 == 2 ? -1 : (i / 3) % 5;
+    ids.push_back(d.add(iota_tokens(8 + i, i + 1), p));
+  }
+  std::set<int32_t> seen_in_first_plan;
+  for (int step = 0; step < 1000 && !d.sched.idle(); ++step) {
+    BatchPlan plan = d.sched.schedule();
+    d.sched.check_integrity();
+    if (plan.mode == ForwardMode::kIdle) break;
+    std::set<int32_t> adapters;
+    for (RequestId id : plan.req_ids) {
+      const int32_t lora = d.sched.find(id)->params.lora_id;
+      if (lora >= 0) adapters.insert(lora);
+      if (step == 0) seen_in_first_plan.insert(lora);
+    }
+    EXPECT_LE(adapters.size(), 2u) << "step " << step;
+    StepOutput out = d.sched.commit(d.model.forward(d.sched, plan));
+    for (size_t i = 0; i < out.req_ids.size(); ++i) {
+      if (out.tokens[i] >= 0) d.outputs[out.req_ids[i]].push_back(out.tokens[i]);
+    }
+  }
+  ASSERT_TRUE(d.sched.idle());
+  d.sched.check_integrity();
+  // The first prefill took adapters 0 and 1 and the base requests, skipping those of 2..4.
+  EXPECT_EQ(seen_in_first_plan, (std::set<int32_t>{-1, 0, 1}));
+  for (RequestId id : ids) EXPECT_EQ(d.outputs[id], d.expected(id));
+}
+
 TEST(Scheduler, FlushCacheOnlyWhenIdle) {
   Driver d(small_config());
   RequestParams p;

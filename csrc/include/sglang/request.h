@@ -33,6 +33,9 @@ struct RequestParams {
   // At most this many leading tokens are taken from the prefix cache (< 0: no limit). A request
   // that wants logits of prompt positions (prompt logprobs) must compute them.
   int32_t max_cached_prefix = -1;
+  // The LoRA adapter the request runs with (-1: the base model). At most
+  // SchedulerConfig::max_loras_per_batch distinct adapters run at once.
+  int32_t lora_id = -1;
 };
 
 enum class RequestState : int32_t { kWaiting = 0, kRunning = 1, kFinished = 2 };

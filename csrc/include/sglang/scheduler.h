@@ -38,6 +38,10 @@ struct SchedulerConfig {
   std::string schedule_policy = "fcfs";   // fcfs | lpm | dfs-weight
   bool disable_radix_cache = false;
   std::vector<int32_t> eos_token_ids;
+  // > 0: requests of at most this many distinct LoRA adapters (RequestParams::lora_id >= 0) run
+  // at once (the adapter slots of the model); a waiting request whose adapter would exceed it is
+  // passed over until one of the running adapters has no request left.
+  int32_t max_loras_per_batch = 0;
   // Memory reserved for running requests' future tokens: min(remaining max_new_tokens,
   // clip_max_new_tokens) * ratio, the ratio decaying from init to min as decoding goes well and
   // reset to init after a retraction.
@@ -134,6 +138,7 @@ class Scheduler {
              int64_t& budget_memory);
   void add_extend(Request* req, int32_t extend, BatchPlan& plan);
   void cache_unfinished(Request* req);
+  bool lora_fits(const Request* req, const std::vector<Request*>& in_plan) const;
 
   // decode side (scheduler_decode.cc)
   bool plan_decode(BatchPlan& plan);

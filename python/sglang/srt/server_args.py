@@ -86,6 +86,12 @@ class ServerArgs:
     # mixture-of-experts models: routing statistics (see eplb.expert_distribution)
     expert_distribution_recorder_mode: str | None = None
     expert_distribution_recorder_buffer_size: int = 1000
+    # LoRA adapters (see lora.manager): --lora-paths implies --enable-lora
+    enable_lora: bool = False
+    lora_paths: Any = None  # NAME=PATH strings, PATH, JSON objects, or a {name: path} dict
+    max_loras_per_batch: int = 8
+    max_lora_rank: int | None = None
+    lora_target_modules: list[str] | None = None
     # limits of one request (a 4xx names the limit and its flag) and of the server's queue
     max_request_body_bytes: int = 64 << 20
     max_batch_size: int = 1024  # items of one /generate request (prompts x n)
@@ -117,6 +123,8 @@ class ServerArgs:
             self.chunked_prefill_size = 8192 if self.device == "cuda" else 2048
         if self.max_running_requests is None:
             self.max_running_requests = 256 if self.device == "cuda" else 64
+        if self.lora_paths:
+            self.enable_lora = True
         self._validate()
 
     def _validate(self) -> None:
@@ -181,12 +189,36 @@ class ServerArgs:
             check(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be at least 0")
         if self.max_queued_requests is not None:
             check(self.max_queued_requests >= 1, "--max-queued-requests must be at least 1")
+        self._validate_lora(check)
         if self.preferred_sampling_params is not None:
             try:
                 parsed = json.loads(self.preferred_sampling_params)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"--preferred-sampling-params is not valid JSON: {exc}") from exc
             check(isinstance(parsed, dict), "--preferred-sampling-params must be a JSON object")
+
+    def _validate_lora(self, check: Any) -> None:
+        from sglang.srt.lora.adapter import TARGETS
+
+        self.lora_path_map()  # a malformed --lora-paths fails at launch
+        check(self.max_loras_per_batch >= 1, "--max-loras-per-batch must be at least 1")
+        check(self.max_lora_rank is None or self.max_lora_rank >= 1,
+              "--max-lora-rank must be at least 1")
+        modules = self.lora_target_modules
+        check(modules is None or (isinstance(modules, list) and len(modules) > 0
+                                  and set(modules) <= {*TARGETS, "all"}),
+              f"--lora-target-modules must be among {', '.join(TARGETS)} or 'all', "
+              f"got {modules!r}")
+        if self.enable_lora:
+            check(not self.enable_torch_compile,
+                  "--enable-lora cannot be combined with --enable-torch-compile yet")
+            check(not self.is_embedding, "--enable-lora serves generation models only")
+
+    def lora_path_map(self) -> dict[str, str]:
+        """--lora-paths as {adapter name: folder}."""
+        from sglang.srt.lora.manager import parse_lora_paths
+
+        return parse_lora_paths(self.lora_paths)
 
     @property
     def preferred_sampling_params_dict(self) -> dict[str, Any] | None:
@@ -263,6 +295,17 @@ class ServerArgs:
         a("--max-queued-requests", type=_optional_int, default=d["max_queued_requests"].default,
           help="Most requests waiting in the engine; more get 503 with Retry-After "
                "('none': unbounded).")
+        a("--enable-lora", action="store_true",
+          help="Serve LoRA adapters (lora_path per request; implied by --lora-paths).")
+        a("--lora-paths", type=str, nargs="*", default=None,
+          help="Adapters loaded at start: NAME=PATH, PATH, or JSON {lora_name, lora_path}.")
+        a("--max-loras-per-batch", type=int, default=d["max_loras_per_batch"].default,
+          help="Adapter slots: most distinct adapters running at once.")
+        a("--max-lora-rank", type=int, default=None,
+          help="Largest adapter rank (default: the largest of --lora-paths, else 16).")
+        a("--lora-target-modules", type=str, nargs="*", default=None,
+          help="Projections adapters may target (q_proj ... down_proj, or all; default: those "
+               "of --lora-paths, else all).")
         a("--engine-restart", action="store_true",
           help="Restart a dead engine process instead of exiting with an error.")
         for flag in ("trust-remote-code", "skip-tokenizer-init", "is-embedding", "enable-metrics",

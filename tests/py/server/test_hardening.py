@@ -238,7 +238,6 @@ def test_oversized_batch_is_refused_before_parsing_it_all(server: str) -> None:
 @pytest.mark.parametrize("field,value", [
     ("audio_data", ["a.wav"]),
     ("video_data", "v.mp4"),
-    ("lora_path", "my-adapter"),
     ("session_params", {"id": "s1"}),
     ("priority", 5),
     ("bootstrap_room", 3),

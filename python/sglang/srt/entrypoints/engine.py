@@ -17,6 +17,7 @@ from typing import Any
 from sglang.srt.managers.io_struct import (
     EmbeddingReqInput,
     GenerateReqInput,
+    LoraAdapterResp,
     UpdateWeightFromDiskReqInput,
 )
 from sglang.srt.managers.tokenizer_manager import ReqState, RequestFailed, TokenizerManager
@@ -198,6 +199,18 @@ class Engine:
         except ValueError as exc:
             return False, str(exc), 0
         return self._call(self.tokenizer_manager.update_weights_from_disk(obj))
+
+    def load_lora_adapter(self, lora_name: str, lora_path: str,
+                          pinned: bool = False) -> LoraAdapterResp:
+        """Serves the PEFT adapter folder ``lora_path`` as ``lora_name`` (``/load_lora_adapter``);
+        the reply has ``success``, ``error_message`` and ``loaded_adapters`` (name -> path)."""
+        if pinned:
+            return LoraAdapterResp(False, "pinned: adapters cannot be pinned to a slot (not "
+                                   "supported).", dict(self.tokenizer_manager.lora_adapters))
+        return self._call(self.tokenizer_manager.load_lora_adapter(lora_name, lora_path))
+
+    def unload_lora_adapter(self, lora_name: str) -> LoraAdapterResp:
+        return self._call(self.tokenizer_manager.unload_lora_adapter(lora_name))
 
     def start_expert_distribution_record(self) -> None:
         self._call(self.tokenizer_manager.expert_distribution("start"))

@@ -58,7 +58,10 @@ from sglang.srt.managers.io_struct import (
     DetokenizeReqInput,
     EmbeddingReqInput,
     GenerateReqInput,
+    LoadLoRAAdapterReqInput,
+    LoraAdapterResp,
     TokenizeReqInput,
+    UnloadLoRAAdapterReqInput,
     UpdateWeightFromDiskReqInput,
 )
 from sglang.srt.managers.tokenizer_manager import (
@@ -443,23 +446,63 @@ async def detokenize(request: Request) -> ORJSONResponse:
     return ORJSONResponse({"text": await tm.run_detokenizer(decode)})
 
 
+# ---- LoRA adapters -------------------------------------------------------------------------------
+@app.post("/load_lora_adapter",
+          openapi_extra={"requestBody": body_schema(LoadLoRAAdapterReqInput)})
+@admin_optional
+async def load_lora_adapter(request: Request) -> ORJSONResponse:
+    """``{"success", "error_message", "loaded_adapters": {name: path}}``, 200 or 400."""
+    obj = await parse_body(request, LoadLoRAAdapterReqInput)
+    if obj.pinned:
+        return _lora_reply(LoraAdapterResp(False, "pinned: adapters cannot be pinned to a slot "
+                                           "(not supported).", _tm().lora_adapters))
+    return await _lora_update(_tm().load_lora_adapter(obj.lora_name, obj.lora_path))
+
+
+@app.post("/unload_lora_adapter",
+          openapi_extra={"requestBody": body_schema(UnloadLoRAAdapterReqInput)})
+@admin_optional
+async def unload_lora_adapter(request: Request) -> ORJSONResponse:
+    obj = await parse_body(request, UnloadLoRAAdapterReqInput)
+    return await _lora_update(_tm().unload_lora_adapter(obj.lora_name))
+
+
+async def _lora_update(update: Any) -> ORJSONResponse:
+    try:
+        reply = await update
+    except (EngineDeadError, asyncio.TimeoutError) as exc:
+        return e4(f"The engine cannot update LoRA adapters: {exc or type(exc).__name__}", 503)
+    return _lora_reply(reply)
+
+
+def _lora_reply(reply: LoraAdapterResp) -> ORJSONResponse:
+    return ORJSONResponse({"success": reply.success, "error_message": reply.error_message,
+                           "loaded_adapters": reply.loaded_adapters},
+                          status_code=200 if reply.success else 400)
+
+
 # ---- OpenAI model list ---------------------------------------------------------------------------
-def _model_card() -> dict[str, Any]:
+def _model_cards() -> list[dict[str, Any]]:
+    """The served model, then one card per loaded LoRA adapter (``parent``: the base)."""
     tm = _tm()
     name = tm.args.served_model_name
-    return {"id": name, "object": "model", "created": G.created, "owned_by": "sglang",
-            "root": name, "parent": None, "max_model_len": tm.info.context_length}
+    cards = [{"id": name, "object": "model", "created": G.created, "owned_by": "sglang",
+              "root": name, "parent": None, "max_model_len": tm.info.context_length}]
+    for adapter, path in tm.lora_adapters.items():
+        cards.append({"id": adapter, "object": "model", "created": G.created,
+                      "owned_by": "sglang", "root": path, "parent": name, "max_model_len": None})
+    return cards
 
 
 @app.get("/v1/models")
 async def list_models() -> ORJSONResponse:
-    return ORJSONResponse({"object": "list", "data": [_model_card()]})
+    return ORJSONResponse({"object": "list", "data": _model_cards()})
 
 
 @app.get("/v1/models/{model:path}")
 async def get_model(model: str) -> ORJSONResponse:
-    card = _model_card()
-    if model != card["id"]:
+    card = next((c for c in _model_cards() if c["id"] == model), None)
+    if card is None:
         return ORJSONResponse(
             {"error": {"message": f"The model '{model}' does not exist",
                        "type": "invalid_request_error", "param": "model",

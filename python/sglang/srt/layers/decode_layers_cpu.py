@@ -72,6 +72,7 @@ class FusedDecodeLayers:
         return (
             self.supported
             and batch.is_decode
+            and batch.lora is None
             and getattr(batch.attn_backend, "fuses_rope", False)
             and batch.kv_pool is not None
             and batch.kv_pool.dtype == torch.float32

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -64,11 +65,17 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, **kw)) if bias else None
         self.quant: QuantWeight | None = None
         self._quant_shards: dict[str | None, QuantizedTensor] = {}
+        # Set by the LoRA manager (--enable-lora): ``lora(x, y)`` adds the adapters' deltas.
+        self.lora: Callable[[torch.Tensor, torch.Tensor], None] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant is not None:
-            return self.quant.matmul(x, self.bias)
-        return linear(x, self.weight, self.bias)
+            y = self.quant.matmul(x, self.bias)
+        else:
+            y = linear(x, self.weight, self.bias)
+        if self.lora is not None:  # adds the step's LoRA deltas (rows with an adapter) into y
+            self.lora(x, y)
+        return y
 
     def load_shard(
         self, param: nn.Parameter, shard: str | None, tensor: torch.Tensor | QuantizedTensor

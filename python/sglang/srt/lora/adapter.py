@@ -65,6 +65,8 @@ class LoraConfig:
         targets = raw.get("target_modules") or []
         if targets == "all-linear":
             targets = list(TARGETS)
+        if isinstance(targets, list):  # peft writes full paths for all-linear: take the names
+            targets = [t.rsplit(".", 1)[-1] if isinstance(t, str) else t for t in targets]
         if isinstance(targets, str) or not set(targets) <= set(TARGETS):
             raise LoraError(f"target_modules {targets!r} is not supported: a list of "
                             f"{', '.join(TARGETS)} (or 'all-linear').")

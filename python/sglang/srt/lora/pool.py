@@ -3,9 +3,12 @@
 Per (layer, target module) the pool holds stacked weights ``A`` [slots, max_rank, in] and ``B``
 [slots, out, max_rank] (an adapter of a smaller rank is zero-padded: the extra rank rows add
 nothing) and per slot the adapter's scaling, so a batch mixing adapters reads each adapter from
-its slot (``ops.lora_delta``). ``acquire(adapter)`` makes an adapter resident (copying it into a
+its slot (``kernels.lora_apply_``, which also reads each slot's rank). ``acquire(adapter, key)``
+makes an adapter resident (copying it into a
 free slot, or into the slot of the least recently used adapter that no running request holds)
-and pins it; ``release(name)`` unpins it once a request is done. When every slot is pinned,
+and pins it; ``release(key)`` unpins it once the step is done. Adapters are keyed by ``key``
+(default: the adapter's name; the server uses the load's unique id, so an adapter unloaded and
+loaded again under the same name never reads the old weights). When every slot is pinned,
 ``acquire`` raises ``PoolFull``: the scheduler keeps that request waiting. A target module an
 adapter does not adapt stays zero in its slot.
 """
@@ -13,7 +16,7 @@ adapter does not adapt stays zero in its slot.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 
 import torch
 
@@ -38,21 +41,22 @@ class LoraPool:
                   for m, (i, _) in self.shapes.items()}  # fmt: skip
         self.B = {m: torch.zeros(num_layers, num_slots, o, max_rank, **kw)
                   for m, (_, o) in self.shapes.items()}  # fmt: skip
-        self.scaling = torch.zeros(num_slots, **kw)
-        self.slot_of: OrderedDict[str, int] = OrderedDict()  # resident adapters, LRU first
-        self.pins: dict[str, int] = {}
+        self.scaling = torch.zeros(num_slots, dtype=torch.float32, device=device)
+        self.ranks = torch.zeros(num_slots, dtype=torch.int32, device=device)
+        self.slot_of: OrderedDict[Hashable, int] = OrderedDict()  # resident adapters, LRU first
+        self.pins: dict[Hashable, int] = {}
         self.loads = 0  # adapters copied in (evictions = loads beyond the slot count)
 
-    def acquire(self, adapter: LoraAdapter) -> int:
+    def acquire(self, adapter: LoraAdapter, key: Hashable = None) -> int:
         """The adapter's slot (loaded if needed), pinned until ``release``."""
-        name = adapter.name
+        name = adapter.name if key is None else key
         if name not in self.slot_of:
-            self._load(adapter, self._free_slot())
+            self._load(adapter, self._free_slot(), name)
         self.slot_of.move_to_end(name)
         self.pins[name] = self.pins.get(name, 0) + 1
         return self.slot_of[name]
 
-    def release(self, name: str) -> None:
+    def release(self, name: Hashable) -> None:
         count = self.pins.get(name, 0)
         if count <= 0:
             raise ValueError(f"LoRA adapter '{name}' is not pinned")
@@ -61,7 +65,7 @@ class LoraPool:
         else:
             self.pins[name] = count - 1
 
-    def evict(self, name: str) -> None:
+    def evict(self, name: Hashable) -> None:
         """Drops a resident adapter (unloading it); ValueError while a request uses it."""
         if self.pins.get(name):
             raise ValueError(f"LoRA adapter '{name}' is in use by running requests")
@@ -83,7 +87,7 @@ class LoraPool:
                 return slot
         raise PoolFull(f"all {self.num_slots} LoRA slots hold adapters in use")
 
-    def _load(self, adapter: LoraAdapter, slot: int) -> None:
+    def _load(self, adapter: LoraAdapter, slot: int, key: Hashable) -> None:
         rank = adapter.config.rank
         if rank > self.max_rank:
             raise ValueError(f"rank {rank} above the pool's {self.max_rank}")
@@ -97,5 +101,6 @@ class LoraPool:
                 self.A[module][layer, slot, :rank] = a
                 self.B[module][layer, slot, :, :rank] = b
             self.scaling[slot] = adapter.config.scaling
-        self.slot_of[adapter.name] = slot
+            self.ranks[slot] = rank
+        self.slot_of[key] = slot
         self.loads += 1

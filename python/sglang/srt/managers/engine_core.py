@@ -28,13 +28,18 @@ from sglang.srt.constrained.base_grammar_backend import (
 )
 from sglang.srt.constrained.grammar_manager import GrammarManager
 from sglang.srt.layers.pooler import PoolingConfig, pool, pooling_config
+from sglang.srt.lora.adapter import LoraError
+from sglang.srt.lora.manager import LoraManager, ServedAdapter
 from sglang.srt.managers.finish_reason import FinishKind, FinishReason
 from sglang.srt.managers.io_struct import (
     WEIGHTS_BUSY,
     EngineReady,
+    LoadLoraAdapterReq,
+    LoraAdapterResp,
     ReqOutput,
     RequestError,
     TokenizedGenerateReq,
+    UnloadLoraAdapterReq,
     UpdateWeightsFromDiskReq,
     UpdateWeightsFromDiskResp,
 )
@@ -81,6 +86,7 @@ class EngineReq:
     prefill_hidden: list[Any] = dataclasses.field(default_factory=list)
     hidden_prefill_done: bool = False
     grammar: GrammarMatcher | None = None  # constrained decoding state
+    lora: ServedAdapter | None = None  # its LoRA adapter (kept after an unload until it ends)
 
     @property
     def wants_input_logprobs(self) -> bool:
@@ -129,6 +135,15 @@ class EngineCore:
             from sglang.srt.hf_transformers_utils import get_tokenizer
 
             self.tokenizer = get_tokenizer(server_args.tokenizer_path)
+        # --enable-lora: the adapters, their slot pool and the projections' hooks.
+        self.lora: LoraManager | None = None
+        if server_args.enable_lora:
+            self.lora = LoraManager(
+                self.runner.model, max_loras_per_batch=server_args.max_loras_per_batch,
+                max_lora_rank=server_args.max_lora_rank,
+                target_modules=server_args.lora_target_modules,
+                lora_paths=server_args.lora_path_map(), dtype=self.runner.dtype,
+                device=self.device)
         self.core = _core.Scheduler(self._scheduler_config())
         self.runner.init_kv_pool(self.core.num_slots)
         with warnings.catch_warnings():  # the table is read-only on purpose: the core writes it
@@ -178,6 +193,7 @@ class EngineCore:
         cfg.schedule_policy = args.schedule_policy
         cfg.disable_radix_cache = args.disable_radix_cache
         cfg.eos_token_ids = list(mc.eos_token_ids)
+        cfg.max_loras_per_batch = args.max_loras_per_batch if args.enable_lora else 0
         return cfg
 
     def ready_info(self) -> EngineReady:
@@ -205,6 +221,8 @@ class EngineCore:
             and _is_matryoshka(self.model_config.hf_config),
             id2label=label_names(self.model_config.hf_config, self.runner.model),
             image_understanding=hasattr(self.runner.model, "encode_images"),
+            lora_enabled=self.lora is not None,
+            lora_adapters=self.lora.loaded() if self.lora is not None else {},
             memory_usage={"weight": weight_bytes / 2**30, "kvcache": kv_bytes / 2**30,
                           "token_capacity": int(total), "graph": 0.0},
         )
@@ -278,6 +296,16 @@ class EngineCore:
             max_cached = max(req.logprob_start_len - 1, 0)
         if req.return_hidden_states == "full":
             max_cached = 0  # every prompt position's hidden state is computed
+        lora = None
+        namespace = req.cache_namespace
+        if req.lora_name is not None:
+            if self.lora is None:
+                return "lora_path: LoRA adapters are not enabled on this server."
+            try:
+                lora = self.lora.get(req.lora_name)
+            except LoraError as exc:
+                return f"lora_path: {exc}"
+            namespace = lora.cache_namespace(namespace)  # adapters never share KV
         try:
             handle = self.core.add_request(
                 np.asarray(req.input_ids, dtype=np.int32),
@@ -286,8 +314,9 @@ class EngineCore:
                 ignore_eos=sp.ignore_eos,
                 stop_token_ids=list(sp.stop_token_ids or []),
                 penalty_scope=penalty_scope,
-                cache_namespace=req.cache_namespace,
+                cache_namespace=namespace,
                 max_cached_prefix=max_cached,
+                lora_id=-1 if lora is None else lora.id,
             )
         except _core.CoreError as exc:
             return str(exc)
@@ -301,7 +330,7 @@ class EngineCore:
                                 req.token_ids_logprob, req.custom_logit_processor,
                                 ReqView(req.rid, req.input_ids, output_ids))
         ereq = EngineReq(req=req, handle=handle, sampling=row, stop=stop, output_ids=output_ids,
-                         grammar=grammar)
+                         grammar=grammar, lora=lora)
         if req.input_embeds is not None:
             ereq.input_embeds = torch.as_tensor(req.input_embeds, dtype=self.runner.dtype,
                                                 device=self.device)
@@ -359,6 +388,20 @@ class EngineCore:
             self.flush_cache()
         return UpdateWeightsFromDiskResp(ok, message)
 
+    def update_lora(self, req: LoadLoraAdapterReq | UnloadLoraAdapterReq) -> LoraAdapterResp:
+        """/load_lora_adapter and /unload_lora_adapter (between steps; requests already
+        accepted keep the adapter they run with)."""
+        if self.lora is None:
+            return LoraAdapterResp(False, "LoRA adapters are not enabled on this server.", {})
+        try:
+            if isinstance(req, LoadLoraAdapterReq):
+                self.lora.load(req.lora_name, req.lora_path)
+            else:
+                self.lora.unload(req.lora_name)
+        except LoraError as exc:
+            return LoraAdapterResp(False, str(exc), self.lora.loaded())
+        return LoraAdapterResp(True, None, self.lora.loaded())
+
     def idle(self) -> bool:
         return self.core.idle() and not (self.grammars and self.grammars.waiting)
 
@@ -379,13 +422,17 @@ class EngineCore:
             "num_grammar_waiting": len(self.grammars.waiting) if self.grammars else 0,
             "grammar_mask_us_per_token": self.grammars.mask_us_per_token if self.grammars else 0.0,
             "integrity_ok": self._integrity_ok(),
+            # adapters copied into the LoRA slots so far (more than loaded: evictions happened)
+            "lora_slot_loads": self.lora.pool.loads if self.lora is not None else 0,
         }
 
     def _integrity_ok(self) -> bool:
         try:
             self.core.check_integrity()
-        except _core.CoreError as exc:
-            logger.error("core integrity check failed: %s", exc)
+            if self.lora is not None:
+                self.lora.check_integrity()
+        except (_core.CoreError, AssertionError) as exc:
+            logger.error("integrity check failed: %s", exc)
             return False
         return True
 
@@ -443,7 +490,15 @@ class EngineCore:
         masks = None
         if self.grammars is not None:  # the bitmask rows are filled while the forward runs
             masks = self.grammars.start_masks([e.grammar for e in sample_reqs])
-        result = self.runner.forward(batch)
+        if self.lora is not None:
+            rows = plan.extend_lens if plan.mode == _core.ForwardMode.EXTEND else \
+                np.ones(len(ereqs), dtype=np.int32)
+            batch.lora = self.lora.begin(rows, [e.lora for e in ereqs])
+        try:
+            result = self.runner.forward(batch)
+        finally:
+            if self.lora is not None:
+                self.lora.end()
         logits = result.logits
         sample_pos = prompt_slices.pop("__sample__")
         sample_index = None if sample_pos is None else torch.as_tensor(

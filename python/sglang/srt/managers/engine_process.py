@@ -31,9 +31,12 @@ from sglang.srt.managers.io_struct import (
     FlushCacheResp,
     GetInternalStateReq,
     InternalStateResp,
+    LoadLoraAdapterReq,
+    LoraAdapterResp,
     RequestError,
     ShutdownReq,
     TokenizedGenerateReq,
+    UnloadLoraAdapterReq,
     UpdateWeightsFromDiskReq,
 )
 from sglang.srt.server_args import ServerArgs
@@ -139,6 +142,10 @@ def _handle(engine: Any, msg: Any, send: zmq.Socket) -> None:
         send.send_pyobj(engine.update_weights_from_disk(msg))
     elif isinstance(msg, ExpertDistributionReq):
         send.send_pyobj(_expert_distribution(msg.action))
+    elif isinstance(msg, (LoadLoraAdapterReq, UnloadLoraAdapterReq)):
+        update = getattr(engine, "update_lora", None)
+        send.send_pyobj(update(msg) if update is not None else LoraAdapterResp(
+            False, "LoRA adapters are not served by this engine.", {}))
     else:
         logger.warning("engine got an unknown message %r", type(msg).__name__)
 

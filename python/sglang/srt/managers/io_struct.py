@@ -53,7 +53,6 @@ Embeds = _either(list[list[float]], list[list[list[float]]], _embeds_one_or_batc
 UNSUPPORTED_FIELDS = {
     "video_data": "video inputs (only images are supported: image_data)",
     "audio_data": "audio inputs (only images are supported: image_data)",
-    "lora_path": "LoRA adapters",
     "session_params": "sessions",
     "priority": "priority scheduling",
     "bootstrap_host": "prefill/decode disaggregation",
@@ -84,10 +83,11 @@ class GenerateReqInput(BaseModel):
     return_prompt_token_ids: bool = False
     # Images of each prompt (vision-language models): see ``_image_items``.
     image_data: Optional[Any] = None
+    # The LoRA adapter (name) of every prompt, or one per prompt (null: the base model).
+    lora_path: Optional[Any] = None
     # Not supported yet (UNSUPPORTED_FIELDS): declared so that setting one is a clear 400.
     video_data: Optional[Any] = None
     audio_data: Optional[Any] = None
-    lora_path: Optional[Any] = None
     session_params: Optional[Any] = None
     priority: Optional[Any] = None
     bootstrap_host: Optional[Any] = None
@@ -159,6 +159,7 @@ class GenerateReqInput(BaseModel):
 
         params_list = self._per_item_params(batch_size)
         images = _image_items(self.image_data, batch_size, is_batch)
+        adapters = _lora_items(self.lora_path, batch_size, is_batch)
         n = self._parallel_sample_num(params_list)
         if n > 1:
             for name in ("return_logprob", "logprob_start_len", "top_logprobs_num",
@@ -179,6 +180,7 @@ class GenerateReqInput(BaseModel):
                     input_ids=prompt.get("input_ids"),
                     input_embeds=prompt.get("input_embeds"),
                     image_data=images[i],
+                    lora_path=adapters[i],
                     sampling_params=dict(params_list[i] or {}),
                     return_logprob=bool(_item(self.return_logprob, i, batch_size, False)),
                     logprob_start_len=int(_item(self.logprob_start_len, i, batch_size, -1)),
@@ -422,6 +424,22 @@ class EmbeddingReqInput(BaseModel):
         return list(self.rid)
 
 
+class LoadLoRAAdapterReqInput(BaseModel):
+    """The /load_lora_adapter body: a PEFT adapter folder served under ``lora_name``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    lora_name: str
+    lora_path: str
+    pinned: bool = False  # refused when true: adapters are never pinned to a slot
+
+
+class UnloadLoRAAdapterReqInput(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    lora_name: str
+
+
 class UpdateWeightFromDiskReqInput(BaseModel):
     """The /update_weights_from_disk body (contract 2.6)."""
 
@@ -540,6 +558,7 @@ class SingleGenerateReq:
     input_ids: list[int] | None = None
     input_embeds: list[list[float]] | None = None
     image_data: list[Any] | None = None  # this prompt's images, in prompt order
+    lora_path: str | None = None  # the LoRA adapter's name (None: the base model)
     sampling_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     return_logprob: bool = False
     logprob_start_len: int = -1
@@ -576,6 +595,27 @@ class TokenizedGenerateReq:
     token_type_ids: list[int] | None = None
     # A vision-language prompt's images (spans in input_ids, pixels or embeddings, M-RoPE).
     images: ImageInputs | None = None
+    lora_name: str | None = None  # the LoRA adapter it runs with (None: the base model)
+
+
+@dataclasses.dataclass
+class LoadLoraAdapterReq:
+    lora_name: str
+    lora_path: str
+
+
+@dataclasses.dataclass
+class UnloadLoraAdapterReq:
+    lora_name: str
+
+
+@dataclasses.dataclass
+class LoraAdapterResp:
+    """The engine's reply to a load / unload: the adapters served afterwards (name -> path)."""
+
+    success: bool
+    error_message: str | None
+    loaded_adapters: dict[str, str]
 
 
 @dataclasses.dataclass
@@ -699,6 +739,8 @@ class EngineReady:
     matryoshka: bool = False  # the embedding model accepts ``dimensions``
     id2label: dict[int, str] = dataclasses.field(default_factory=dict)  # classification models
     image_understanding: bool = False  # a vision-language model: /generate takes image_data
+    lora_enabled: bool = False  # --enable-lora: requests may name an adapter (lora_path)
+    lora_adapters: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> path
 
 
 def _image_items(image_data: Any, batch_size: int, is_batch: bool) -> list[list[Any] | None]:
@@ -717,3 +759,27 @@ def _image_items(image_data: Any, batch_size: int, is_batch: bool) -> list[list[
     if not isinstance(image_data, list) or len(image_data) != batch_size:
         raise ValueError("The length of image_data should be equal to the batch size.")
     return [one(entry) for entry in image_data]
+
+
+MAX_LORA_NAME_CHARS = 256
+
+
+def _lora_items(lora_path: Any, batch_size: int, is_batch: bool) -> list[str | None]:
+    """Each prompt's adapter name: one name (or null) for every prompt, or a list with one name
+    or null per prompt."""
+    def one(entry: Any) -> str | None:
+        if entry is None:
+            return None
+        if not isinstance(entry, str) or not entry or len(entry) > MAX_LORA_NAME_CHARS:
+            raise ValueError(f"lora_path must be an adapter name (a non-empty string of at most "
+                             f"{MAX_LORA_NAME_CHARS} characters) or null, got {entry!r:.80}.")
+        return entry
+
+    if isinstance(lora_path, list):
+        if not is_batch and len(lora_path) == 1:
+            return [one(lora_path[0])]
+        if len(lora_path) != batch_size:
+            raise ValueError(f"The length of lora_path ({len(lora_path)}) should be equal to "
+                             f"the batch size ({batch_size}).")
+        return [one(entry) for entry in lora_path]
+    return [one(lora_path)] * batch_size

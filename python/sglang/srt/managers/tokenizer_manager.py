@@ -30,10 +30,13 @@ from sglang.srt.managers.io_struct import (
     GenerateReqInput,
     GetInternalStateReq,
     InternalStateResp,
+    LoadLoraAdapterReq,
+    LoraAdapterResp,
     ReqOutput,
     RequestError,
     SingleGenerateReq,
     TokenizedGenerateReq,
+    UnloadLoraAdapterReq,
     UpdateWeightFromDiskReqInput,
     UpdateWeightsFromDiskReq,
     UpdateWeightsFromDiskResp,
@@ -78,6 +81,9 @@ class TokenizerManager:
 
             self.metrics = MetricsCollector(server_args.served_model_name)
         self.validator = RequestValidator(server_args, self.info, self.tokenizer)
+        # The engine's adapters (name -> folder), refreshed by each load / unload reply.
+        self.lora_adapters: dict[str, str] = dict(self.info.lora_adapters)
+        self.lora_lock = asyncio.Lock()
         # A vision-language model's image processor (runs on the tokenize thread).
         self.image_processor = _image_processor(server_args, self.info)
         # Tokenization and detokenization run off the event loop (one thread each: the tokenizer
@@ -117,12 +123,13 @@ class TokenizerManager:
         self.engine.shutdown()
         client = EngineClient(self.args, self)
         try:
-            await asyncio.get_running_loop().run_in_executor(None, client.spawn)
+            info = await asyncio.get_running_loop().run_in_executor(None, client.spawn)
         except Exception:
             self.status = "dead"
             client.shutdown()
             raise
         self.engine = client
+        self.lora_adapters = dict(info.lora_adapters)  # adapters loaded at run time are gone
         client.start()
         self.engine_restarts += 1
         if self.metrics is not None:
@@ -318,6 +325,7 @@ class TokenizerManager:
         if single.rid in self.rid_to_state:
             raise ValueError(f"Duplicate request ID: {single.rid}")
         self.validator.check_prompt(input_ids)
+        self._check_lora(single.lora_path)
         self.validator.check_logprob_options(single, len(input_ids))
         sampling = self.validator.sampling_params(single, len(input_ids))
         detok = None
@@ -339,8 +347,40 @@ class TokenizerManager:
             custom_logit_processor=single.custom_logit_processor,
             cache_namespace=namespace,
             images=images,
+            lora_name=single.lora_path,
         )
         return state, req
+
+    def _check_lora(self, name: str | None) -> None:
+        """A 400 for an adapter this server cannot run (the engine checks again on arrival:
+        an unload may come in between)."""
+        if name is None:
+            return
+        if not self.info.lora_enabled:
+            raise ValueError("lora_path: LoRA adapters are not enabled on this server; start it "
+                             "with --enable-lora (or --lora-paths).")
+        if name not in self.lora_adapters:
+            known = ", ".join(sorted(self.lora_adapters)) or "none"
+            raise ValueError(f"lora_path: unknown LoRA adapter '{name}' (loaded: {known}).")
+
+    async def load_lora_adapter(self, name: str, path: str) -> LoraAdapterResp:
+        """Loads an adapter in the engine (``/load_lora_adapter``); the reply lists the adapters
+        served afterwards. A refusal (bad folder, rank, targets, name) has success False."""
+        return await self._lora_update(LoadLoraAdapterReq(name, path))
+
+    async def unload_lora_adapter(self, name: str) -> LoraAdapterResp:
+        return await self._lora_update(UnloadLoraAdapterReq(name))
+
+    async def _lora_update(self, msg: Any) -> LoraAdapterResp:
+        self.check_serving()
+        if not self.info.lora_enabled:
+            return LoraAdapterResp(False, "LoRA adapters are not enabled on this server; start "
+                                   "it with --enable-lora (or --lora-paths).", {})
+        async with self.lora_lock:
+            reply: LoraAdapterResp = await self.engine.request(
+                msg, LoraAdapterResp, timeout=WEIGHT_UPDATE_TIMEOUT_S)
+            self.lora_adapters = dict(reply.loaded_adapters)
+        return reply
 
     async def generate(self, obj: GenerateReqInput,
                        internal: bool = False) -> tuple[list[ReqState], bool]:
@@ -459,7 +499,8 @@ class TokenizerManager:
             warm.append(state)
             await self.engine.send(TokenizedGenerateReq(
                 rid=rid, input_ids=ids, sampling=sampling, input_embeds=first.input_embeds,
-                cache_namespace=first.cache_namespace, images=first.images))
+                cache_namespace=first.cache_namespace, images=first.images,
+                lora_name=first.lora_name))
         for state in warm:
             await self.wait(state)
             self.rid_to_state.pop(state.rid, None)

@@ -72,6 +72,9 @@ class ForwardBatch:
     # [3, T] (time, height, width) positions of an M-RoPE model's step over image prompts.
     mrope_positions: torch.Tensor | None = None
     capture_hidden: bool = False
+    # The step's LoRA segments (``lora.manager.LoraStep``) when some rows run with an adapter:
+    # the fused C++ decode and CUDA graphs, which do not apply adapters, are skipped then.
+    lora: Any = None
     # Set by the ModelRunner before the forward pass.
     kv_pool: KVPool | None = None
     attn_backend: TorchNativeAttnBackend | None = None

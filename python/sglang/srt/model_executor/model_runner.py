@@ -369,7 +369,8 @@ class ModelRunner:
         """Run the model on one step; writes the batch's K/V into the pool."""
         if self.kv_pool is None:
             raise RuntimeError("init_kv_pool() must be called before forward()")
-        if self.graph_runner is not None and self.graph_runner.can_run(batch):
+        if self.graph_runner is not None and batch.lora is None and \
+                self.graph_runner.can_run(batch):
             with torch.inference_mode():
                 return self.graph_runner.replay(batch)
         return self._forward_eager(batch)

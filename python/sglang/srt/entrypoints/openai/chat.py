@@ -29,6 +29,7 @@ from sglang.srt.entrypoints.openai.common import (
     check_generation_server,
     finish_reason,
     include_usage,
+    lora_adapter,
     metadata,
     now,
     sampling_params,
@@ -515,7 +516,8 @@ async def prepare(tm: TokenizerManager, req: ChatCompletionRequest) -> Prepared:
         return_logprob=req.logprobs, logprob_start_len=-1,
         top_logprobs_num=(req.top_logprobs or 0) if req.logprobs else 0,
         return_hidden_states=req.return_hidden_states,
-        custom_logit_processor=req.custom_logit_processor, lora_path=req.lora_path,
+        custom_logit_processor=req.custom_logit_processor,
+        lora_path=lora_adapter(req.model, req.lora_path),
         session_params=req.session_params, priority=req.priority, image_data=images or None)
     return Prepared(obj, output)
 

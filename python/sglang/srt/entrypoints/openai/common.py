@@ -104,6 +104,16 @@ SAME_NAME_FIELDS = ("temperature", "top_p", "top_k", "min_p", "frequency_penalty
                     "json_schema", "ebnf", "logit_bias", "custom_params", "n")
 
 
+def lora_adapter(model: str | None, lora_path: Any) -> Any:
+    """The LoRA adapter a request names: its ``lora_path`` (SGLang's extra field), else the
+    ``adapter`` of ``"model": "base:adapter"``; None for the base model."""
+    if lora_path is not None:
+        return lora_path
+    if isinstance(model, str) and ":" in model:
+        return model.split(":", 1)[1] or None
+    return None
+
+
 def sampling_params(req: Any, max_new_tokens: int | None,
                     defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     """The internal ``sampling_params`` of an OpenAI request: the fields it sets (``None`` means

@@ -28,6 +28,7 @@ from sglang.srt.entrypoints.openai.common import (
     check_generation_server,
     finish_reason,
     include_usage,
+    lora_adapter,
     metadata,
     now,
     sampling_params,
@@ -206,7 +207,7 @@ def to_generate_request(req: CompletionRequest) -> GenerateReqInput:
         return_text_in_logprobs=True,
         return_hidden_states=req.return_hidden_states,
         custom_logit_processor=req.custom_logit_processor,
-        lora_path=req.lora_path,
+        lora_path=lora_adapter(req.model, req.lora_path),
         session_params=req.session_params,
         priority=req.priority,
     )

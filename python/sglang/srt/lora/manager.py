@@ -1,0 +1,287 @@
+"""The engine's LoRA adapters (``--enable-lora``): the served adapters by name, the slot pool on
+the model's device, and the hooks that add each step's adapter deltas to the model's projections.
+
+- ``LoraManager(model, args)`` finds the decoder's projections (q/k/v inside the fused
+  ``qkv_proj``, ``o_proj``, gate/up inside ``gate_up_proj``, ``down_proj``), sizes the pool
+  (``--max-loras-per-batch`` slots of ``--max-lora-rank`` for ``--lora-target-modules``, both
+  inferred from ``--lora-paths`` when not given) and loads the ``--lora-paths`` adapters.
+- ``load`` / ``unload`` (``/load_lora_adapter``, ``/unload_lora_adapter``): each load gets a new
+  id, the request's ``lora_id`` in the core (at most ``--max-loras-per-batch`` adapters run at
+  once) and its radix-cache namespace, so a name loaded again never reuses the old adapter's KV.
+  Requests already accepted keep their adapter after an unload; new ones get a 400.
+- ``begin(plan, adapters)`` before a forward pass: pins the step's adapters in the pool (at most
+  one slot each; the core's limit guarantees they fit) and publishes the step's segments (rows of
+  consecutive requests with the same adapter); every hooked ``Linear`` then adds
+  ``scaling * B (A x)`` to the rows of each segment (``kernels.lora_apply_``). ``end()`` unpins.
+  A step without adapter rows publishes nothing: the base model runs unchanged (the fused C++
+  decode and CUDA graphs included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sglang.srt.lora.adapter import TARGETS, LoraAdapter, LoraError
+from sglang.srt.lora.ops import _tmp_segment_apply_ as lora_apply_
+from sglang.srt.lora.pool import LoraPool
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_RANK = 16  # --max-lora-rank when no --lora-paths adapter tells
+NAMESPACE_SEP = "\x1flora:"  # cache namespace suffix of an adapter's requests
+# The fused projection of the Llama-family decoder layer that computes each target, and its shard.
+FUSED_TARGETS = {"q_proj": ("self_attn.qkv_proj", "q"), "k_proj": ("self_attn.qkv_proj", "k"),
+                 "v_proj": ("self_attn.qkv_proj", "v"), "o_proj": ("self_attn.o_proj", None),
+                 "gate_proj": ("mlp.gate_up_proj", "gate"), "up_proj": ("mlp.gate_up_proj", "up"),
+                 "down_proj": ("mlp.down_proj", None)}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedAdapter:
+    """An adapter as requests see it: ``id`` is unique per load (core lora_id, cache key)."""
+
+    id: int
+    adapter: LoraAdapter
+
+    @property
+    def name(self) -> str:
+        return self.adapter.name
+
+    def cache_namespace(self, base: str) -> str:
+        return f"{base}{NAMESPACE_SEP}{self.id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraStep:
+    """One step's segments: rows ``indptr[g]:indptr[g+1]`` use slot ``slots[g]`` (-1: none)."""
+
+    indptr: torch.Tensor  # int32 [segments + 1], on the model's device
+    slots: torch.Tensor  # int32 [segments]
+
+
+def parse_lora_paths(value: Any) -> dict[str, str]:
+    """``--lora-paths`` as {name: folder}: each entry ``NAME=PATH``, ``PATH`` (named by itself)
+    or a JSON object ``{"lora_name": ..., "lora_path": ...}``; a dict maps names to folders."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        entries = [(str(k), str(v)) for k, v in value.items()]
+    elif isinstance(value, (list, tuple)):
+        entries = [_lora_entry(item) for item in value]
+    else:
+        entries = [_lora_entry(value)]
+    out: dict[str, str] = {}
+    for name, path in entries:
+        check_adapter_name(name)
+        if name in out:
+            raise ValueError(f"--lora-paths names the adapter '{name}' twice")
+        out[name] = path
+    return out
+
+
+def _lora_entry(item: Any) -> tuple[str, str]:
+    if isinstance(item, dict):
+        raw = item
+    elif isinstance(item, str) and item.lstrip().startswith("{"):
+        try:
+            raw = json.loads(item)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--lora-paths entry {item!r} is not valid JSON: {exc}") from None
+    elif isinstance(item, str):
+        name, sep, path = item.partition("=")
+        return (name, path) if sep else (item, item)
+    else:
+        raise ValueError(f"--lora-paths entries are NAME=PATH strings, got {item!r}")
+    if not isinstance(raw, dict) or not isinstance(raw.get("lora_name"), str) \
+            or not isinstance(raw.get("lora_path"), str):
+        raise ValueError(  # noqa: TRY004 (a flag's value: reported as a ValueError at launch)
+            f"--lora-paths JSON entries need lora_name and lora_path, got {item!r}")
+    if raw.get("pinned"):
+        raise ValueError("--lora-paths: pinned adapters are not supported")
+    return raw["lora_name"], raw["lora_path"]
+
+
+def check_adapter_name(name: Any) -> None:
+    if not isinstance(name, str) or not name or len(name) > 256 or name != name.strip():
+        raise LoraError(f"A LoRA adapter name must be a non-empty string of at most 256 "
+                        f"characters without surrounding spaces, got {name!r}.")
+
+
+def lora_layers(model: nn.Module) -> list[dict[str, tuple[nn.Module, str | None]]]:
+    """Per decoder layer, each target module's (fused Linear, shard); LoraError for models whose
+    layers are not the Llama family's (with a dense MLP for the gate/up/down targets)."""
+    from sglang.srt.layers.linear import Linear
+
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None or not hasattr(layers[0], "self_attn") or \
+            not isinstance(getattr(layers[0].self_attn, "qkv_proj", None), Linear):
+        raise LoraError(f"LoRA adapters are not supported for {type(model).__name__}: only "
+                        "Llama-family decoders (Llama, Mistral, Qwen2, Qwen3).")
+    out = []
+    for layer in layers:
+        found = {}
+        for target, (path, shard) in FUSED_TARGETS.items():
+            try:
+                module = layer.get_submodule(path)
+            except AttributeError:
+                continue
+            if isinstance(module, Linear):
+                found[target] = (module, shard)
+        out.append(found)
+    return out
+
+
+class LoraManager:
+    def __init__(self, model: nn.Module, *, max_loras_per_batch: int, max_lora_rank: int | None,
+                 target_modules: Sequence[str] | None, lora_paths: dict[str, str],
+                 dtype: torch.dtype, device: torch.device | str) -> None:  # fmt: skip
+        self.layers = lora_layers(model)
+        self.available = set(self.layers[0])
+        initial = [LoraAdapter.load(name, path, max_lora_rank) for name, path in
+                   lora_paths.items()]  # fmt: skip
+        if target_modules and "all" not in target_modules:
+            targets = list(dict.fromkeys(target_modules))
+        elif target_modules is None and initial:  # the union of the --lora-paths adapters'
+            targets = sorted({t for a in initial for t in a.config.targets})
+        else:
+            targets = [t for t in TARGETS if t in self.available]
+        missing = [t for t in targets if t not in self.available]
+        if missing:
+            raise LoraError(f"--lora-target-modules {missing} are not projections of this model "
+                            f"(it has {sorted(self.available)}).")
+        max_rank = max_lora_rank or max((a.config.rank for a in initial), default=DEFAULT_MAX_RANK)
+        shapes = {t: self._shape(t) for t in targets}
+        self.pool = LoraPool(max_loras_per_batch, max_rank, len(self.layers), shapes, dtype, device)
+        self.device = torch.device(device)
+        self.adapters: dict[str, ServedAdapter] = {}
+        self.next_id = 0
+        self.step: LoraStep | None = None
+        self._pinned: list[int] = []
+        for adapter in initial:
+            self._add(adapter)
+        self._install_hooks()
+
+    @property
+    def max_rank(self) -> int:
+        return self.pool.max_rank
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.pool.shapes)
+
+    def _shape(self, target: str) -> tuple[int, int]:
+        module, shard = self.layers[0][target]
+        out = module.out_features if shard is None else module.shard_offsets[shard][1]
+        return module.in_features, out
+
+    # ---- adapters ------------------------------------------------------------------------------
+    def loaded(self) -> dict[str, str]:
+        return {name: s.adapter.path for name, s in self.adapters.items()}
+
+    def get(self, name: str) -> ServedAdapter:
+        served = self.adapters.get(name)
+        if served is None:
+            known = ", ".join(sorted(self.adapters)) or "none"
+            raise LoraError(f"Unknown LoRA adapter '{name}' (loaded: {known}).")
+        return served
+
+    def load(self, name: str, path: str) -> None:
+        check_adapter_name(name)
+        if name in self.adapters:
+            raise LoraError(f"A LoRA adapter named '{name}' is already loaded.")
+        if not isinstance(path, str) or not path:
+            raise LoraError("lora_path must be a non-empty string (a PEFT adapter folder).")
+        self._add(LoraAdapter.load(name, path, self.max_rank))
+
+    def unload(self, name: str) -> None:
+        served = self.get(name)
+        del self.adapters[name]
+        if served.id in self.pool.slot_of and not self.pool.pins.get(served.id):
+            self.pool.evict(served.id)
+
+    def _add(self, adapter: LoraAdapter) -> None:
+        extra = [t for t in adapter.config.targets if t not in self.pool.shapes]
+        if extra:
+            raise LoraError(f"LoRA adapter '{adapter.name}' adapts {extra}, outside the server's "
+                            f"target modules {self.targets} (--lora-target-modules).")
+        adapter.check_base(len(self.layers), self._shape)
+        self.adapters[adapter.name] = ServedAdapter(self.next_id, adapter)
+        self.next_id += 1
+
+    # ---- steps ---------------------------------------------------------------------------------
+    def begin(self, rows_per_req: np.ndarray, adapters: Sequence[ServedAdapter | None]
+              ) -> LoraStep | None:  # fmt: skip
+        """Pins the step's adapters and publishes its segments (None: no adapter row)."""
+        if all(a is None for a in adapters):
+            return None
+        slot_of: dict[int, int] = {}
+        try:
+            for served in adapters:
+                if served is not None and served.id not in slot_of:
+                    slot_of[served.id] = self.pool.acquire(served.adapter, served.id)
+                    self._pinned.append(served.id)
+        except Exception:
+            self.end()
+            raise
+        indptr, slots = [0], []
+        for n, served in zip(rows_per_req.tolist(), adapters):
+            slot = -1 if served is None else slot_of[served.id]
+            if slots and slots[-1] == slot:
+                indptr[-1] += n
+            else:
+                slots.append(slot)
+                indptr.append(indptr[-1] + n)
+        self.step = LoraStep(
+            torch.tensor(indptr, dtype=torch.int32).to(self.device, non_blocking=True),
+            torch.tensor(slots, dtype=torch.int32).to(self.device, non_blocking=True))
+        return self.step
+
+    def end(self) -> None:
+        self.step = None
+        for key in self._pinned:
+            self.pool.release(key)
+        self._pinned = []
+
+    def check_integrity(self) -> None:
+        self.pool.check_integrity()
+        assert not self._pinned and self.step is None, "a LoRA step was left open"
+
+    def _install_hooks(self) -> None:
+        by_module: dict[int, tuple[nn.Module, int, list[tuple[str, int, int]]]] = {}
+        for index, layer in enumerate(self.layers):
+            for target in self.pool.shapes:
+                module, shard = layer[target]
+                lo, size = (0, module.out_features) if shard is None else \
+                    module.shard_offsets[shard]
+                entry = by_module.setdefault(id(module), (module, index, []))
+                entry[2].append((target, lo, size))
+        for module, index, parts in by_module.values():
+            module.lora = _LoraHook(self, index, tuple(parts))
+
+
+class _LoraHook:
+    """Adds the step's deltas of one layer's targets computed by one (fused) projection."""
+
+    __slots__ = ("layer", "manager", "parts")
+
+    def __init__(self, manager: LoraManager, layer: int,
+                 parts: tuple[tuple[str, int, int], ...]) -> None:  # fmt: skip
+        self.manager, self.layer, self.parts = manager, layer, parts
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        step = self.manager.step
+        if step is None:
+            return
+        pool = self.manager.pool
+        for target, lo, size in self.parts:
+            lora_apply_(x, y[:, lo:lo + size], pool.A[target][self.layer],
+                        pool.B[target][self.layer], pool.ranks, pool.scaling, step.indptr,
+                        step.slots)
