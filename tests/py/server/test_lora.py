@@ -141,7 +141,8 @@ def url(base: Path, adapters: dict[str, Path]) -> Iterator[str]:
     with serving(str(base), ["--dtype", "float32", "--lora-paths", *paths,
                              "--max-loras-per-batch", "2", "--max-lora-rank", "8",
                              "--lora-target-modules", "all", "--random-seed", "7",
-                             "--max-total-tokens", "4096", "--skip-server-warmup",
+                             "--max-total-tokens", "4096", "--chunked-prefill-size", "16",
+                             "--skip-server-warmup",
                              "--log-level", "warning"]) as u:  # fmt: skip
         yield u
 
@@ -326,8 +327,52 @@ def test_openai_model_selects_adapter(url: str) -> None:
                                        messages=[{"role": "user", "content": "hi"}])
 
 
+def test_chat_and_anthropic_select_adapter(url: str) -> None:
+    import anthropic
+    import openai
+
+    served = openai.OpenAI(base_url=f"{url}/v1", api_key="none").models.list().data[0].id
+    messages = [{"role": "user", "content": "Tell me about the sea"}]
+    chat = openai.OpenAI(base_url=f"{url}/v1", api_key="none").chat.completions
+    texts = {name: chat.create(model=f"{served}:{name}" if name else served, messages=messages,
+                               max_tokens=NEW, temperature=0).choices[0].message.content
+             for name in ["alpha", "gamma", None]}  # fmt: skip
+    assert len(set(texts.values())) == 3
+    claude = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0, timeout=60)
+    for name, text in texts.items():
+        reply = claude.messages.create(model=f"{served}:{name}" if name else served,
+                                       max_tokens=NEW, messages=messages,
+                                       extra_body={"temperature": 0})
+        assert reply.content[0].text == text, name
+
+
 def test_engine_clean_after_everything(url: str) -> None:
     assert_engine_clean(url)  # idle, core and adapter-pool integrity, no KV held
+
+
+# ---- the offline engine -------------------------------------------------------------------------
+def test_offline_engine_adapters(base: Path, adapters: dict[str, Path], hf: HFLora,
+                                 arch: str) -> None:  # fmt: skip
+    if arch != "llama":
+        pytest.skip("one architecture is enough for the Engine methods")
+    import sglang as sgl
+
+    with sgl.Engine(model_path=str(base), dtype="float32", max_total_tokens=2048,
+                    lora_paths={"alpha": str(adapters["alpha"])}, max_lora_rank=8,
+                    lora_target_modules=["all"], random_seed=3) as llm:  # fmt: skip
+        out = llm.generate(input_ids=PROMPTS[0], sampling_params=GREEDY, lora_path="alpha")
+        assert out["output_ids"] == hf.greedy("alpha", PROMPTS[0])
+        reply = llm.load_lora_adapter("g", str(adapters["gamma"]))
+        assert reply.success and set(reply.loaded_adapters) == {"alpha", "g"}
+        outs = llm.generate(input_ids=PROMPTS[:2], sampling_params=GREEDY,
+                            lora_path=["g", None])
+        assert outs[0]["output_ids"] == hf.greedy("gamma", PROMPTS[0])
+        assert outs[1]["output_ids"] == hf.greedy(None, PROMPTS[1])
+        assert llm.unload_lora_adapter("g").loaded_adapters == {"alpha": str(adapters["alpha"])}
+        assert not llm.unload_lora_adapter("g").success
+        assert not llm.load_lora_adapter("p", str(adapters["beta"]), pinned=True).success
+        with pytest.raises(ValueError, match="unknown LoRA adapter"):
+            llm.generate(input_ids=PROMPTS[0], sampling_params=GREEDY, lora_path="g")
 
 
 # ---- a server without --enable-lora (the session's demo server) --------------------------------
