@@ -23,6 +23,8 @@ RECORDER_MODES = ("stat", "stat_approx", "per_pass", "per_token")  # MoE routing
 ATTENTION_BACKENDS = ("cpu", "torch_native", "intel_amx", "triton")
 QUANTIZATIONS = ("none", "gguf", "w8a16")
 GRAMMAR_BACKENDS = ("xgrammar", "outlines", "none")
+# --dp-size > 1: how the router picks a replica for each request (managers/router.py)
+LOAD_BALANCE_METHODS = ("round_robin", "shortest_queue", "cache_aware")
 SECRET_FIELDS = ("api_key", "admin_api_key")
 REDACTED = "<redacted>"
 
@@ -68,7 +70,8 @@ class ServerArgs:
     torch_compile_max_bs: int = 32
     cuda_graph_max_bs: int | None = None
     tp_size: int = 1
-    dp_size: int = 1
+    dp_size: int = 1  # engine replicas behind the router (see managers/engine_group.py)
+    load_balance_method: str = "round_robin"
     # outputs
     stream_interval: int = 1
     incremental_streaming_output: bool = False
@@ -157,8 +160,11 @@ class ServerArgs:
         check(self.torch_compile_max_bs >= 1, "--torch-compile-max-bs must be at least 1")
         check(self.cuda_graph_max_bs is None or self.cuda_graph_max_bs >= 1,
               f"--cuda-graph-max-bs must be at least 1, got {self.cuda_graph_max_bs}")
-        check(self.tp_size == 1 and self.dp_size == 1,
-              "tensor and data parallelism (--tp-size/--dp-size > 1) are not supported yet")
+        check(self.tp_size == 1, "tensor parallelism (--tp-size > 1) is not supported yet")
+        check(self.dp_size >= 1, f"--dp-size must be at least 1, got {self.dp_size}")
+        check(self.load_balance_method in LOAD_BALANCE_METHODS,
+              f"--load-balance-method must be one of {', '.join(LOAD_BALANCE_METHODS)}, "
+              f"got {self.load_balance_method!r}")
         check(self.expert_distribution_recorder_mode in (None, *RECORDER_MODES),
               f"--expert-distribution-recorder-mode must be one of {', '.join(RECORDER_MODES)}, "
               f"got {self.expert_distribution_recorder_mode!r}")
@@ -269,7 +275,14 @@ class ServerArgs:
         a("--torch-compile-max-bs", type=int, default=d["torch_compile_max_bs"].default)
         a("--cuda-graph-max-bs", type=int, default=None)
         a("--tp-size", "--tensor-parallel-size", dest="tp_size", type=int, default=1)
-        a("--dp-size", "--data-parallel-size", dest="dp_size", type=int, default=1)
+        a("--dp-size", "--data-parallel-size", dest="dp_size", type=int, default=1,
+          help="Engine replicas (each with its own scheduler, radix cache and KV pool; on CUDA "
+               "replica i runs on the i-th visible GPU) behind a router in the HTTP process.")
+        a("--load-balance-method", type=str, default=d["load_balance_method"].default,
+          choices=LOAD_BALANCE_METHODS,
+          help="How the router picks a replica (--dp-size > 1): round_robin, shortest_queue "
+               "(fewest requests in flight) or cache_aware (longest cached prefix, else the "
+               "shortest queue).")
         a("--stream-interval", type=int, default=1)
         a("--grammar-backend", type=str, default=None, choices=GRAMMAR_BACKENDS)
         a("--sampling-defaults", type=str, default="model", choices=("model", "openai"))

@@ -5,7 +5,8 @@ waits for its ``EngineReady``, and talks to it over two ZMQ sockets (requests ou
 A receive task hands every ``BatchTokenOut`` / ``RequestError`` to the ``EngineListener`` (the
 tokenizer manager) and routes replies to the coroutine awaiting them (``request``); a watchdog
 task notices when the process dies and tells the listener once. It knows nothing of requests,
-text or responses. Runs on one asyncio loop; ``start``/``shutdown`` may be called off it.
+text or responses. Runs on one asyncio loop; ``start``/``shutdown`` may be called off it. With
+``--dp-size > 1`` an ``EngineGroup`` (``engine_group.py``) holds one client per replica.
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ class EngineListener(Protocol):
 
 
 class EngineClient:
-    def __init__(self, server_args: ServerArgs, listener: EngineListener) -> None:
+    def __init__(self, server_args: ServerArgs, listener: EngineListener,
+                 dp_rank: int | None = None) -> None:
         self.args = server_args
         self.listener = listener
+        self.dp_rank = dp_rank  # this replica's index (None: the only engine)
         self.ipc_dir = tempfile.mkdtemp(prefix="sglang-ipc-")
         self.ctx = zmq.asyncio.Context()
         self.send_sock = self.ctx.socket(zmq.PUSH)
@@ -51,6 +54,7 @@ class EngineClient:
         self.recv_sock = self.ctx.socket(zmq.PULL)
         self.recv_sock.bind(f"ipc://{self.ipc_dir}/from_engine")
         self.proc: mp.Process | None = None
+        self._ready_reader: Any = None  # the engine's start-up report (launch -> wait_ready)
         self.info: EngineReady | None = None
         self.dead = False
         self.last_receive = time.time()
@@ -62,22 +66,28 @@ class EngineClient:
     def spawn(self) -> EngineReady:
         """Starts the engine process and waits (blocking: off the event loop when one runs) for
         its EngineReady. RuntimeError when it fails to start."""
-        self.proc, self.info = self._spawn()
-        return self.info
+        self.launch()
+        return self.wait_ready()
 
-    def _spawn(self) -> tuple[mp.Process, EngineReady]:
+    def launch(self) -> None:
+        """Starts the engine process (``wait_ready`` then waits for it). The calling thread must
+        outlive the engine: the process is told to exit when its parent thread ends."""
         from sglang.srt.managers.engine_process import run_engine_process
 
         ctx = mp.get_context("spawn")
-        reader, writer = ctx.Pipe(duplex=False)
-        proc = ctx.Process(
+        self._ready_reader, writer = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(
             target=run_engine_process,
             args=(self.args, f"ipc://{self.ipc_dir}/to_engine",
-                  f"ipc://{self.ipc_dir}/from_engine", writer),
+                  f"ipc://{self.ipc_dir}/from_engine", writer, self.dp_rank),
             daemon=True,
         )
-        proc.start()
+        self.proc.start()
         writer.close()
+
+    def wait_ready(self) -> EngineReady:
+        """Waits for the launched engine's EngineReady; RuntimeError when it fails to start."""
+        proc, reader = self.proc, self._ready_reader
         deadline = time.time() + ENGINE_START_TIMEOUT_S
         while time.time() < deadline:
             if reader.poll(0.5):
@@ -86,7 +96,8 @@ class EngineClient:
                 except EOFError:
                     break
                 if kind == "ready":
-                    return proc, payload
+                    self.info = payload
+                    return payload
                 proc.join(10)
                 raise RuntimeError(f"The engine failed to start: {payload}")
             if not proc.is_alive():
@@ -169,6 +180,10 @@ class EngineClient:
         if reply is None:
             raise EngineDeadError("The engine process is not running.")
         return reply
+
+    async def request_each(self, msg: Any, reply_type: type, timeout: float = 60.0) -> list[Any]:
+        """``request`` as a list of every engine's reply (EngineGroup's interface)."""
+        return [await self.request(msg, reply_type, timeout)]
 
     async def abort(self, rid: str = "", abort_all: bool = False) -> None:
         if not self.dead:

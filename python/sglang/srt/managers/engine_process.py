@@ -43,6 +43,7 @@ from sglang.srt.server_args import ServerArgs
 
 logger = logging.getLogger("sglang.engine")
 POLL_MS_IDLE = 500
+NVIDIA_GPUS_DIR = "/proc/driver/nvidia/gpus"
 
 
 def _die_with_parent() -> None:
@@ -54,7 +55,10 @@ def _die_with_parent() -> None:
             pass
 
 
-def run_engine_process(server_args: ServerArgs, ipc_in: str, ipc_out: str, ready_conn: Any) -> None:
+def run_engine_process(server_args: ServerArgs, ipc_in: str, ipc_out: str, ready_conn: Any,
+                       dp_rank: int | None = None) -> None:
+    """``dp_rank``: this replica's index with --dp-size > 1 (its logs say so; on CUDA it runs on
+    the dp_rank-th visible GPU)."""
     _die_with_parent()
     # OpenMP's default wait policy (spin briefly, then sleep) is kept on purpose: PASSIVE made
     # every parallel region wake sleeping threads and doubled the CPU decode step (89 vs 41 ms at
@@ -63,10 +67,12 @@ def run_engine_process(server_args: ServerArgs, ipc_in: str, ipc_out: str, ready
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and tells us
     logging.basicConfig(
         level=getattr(logging, server_args.log_level.upper(), logging.INFO),
-        format="[%(asctime)s engine] %(message)s",
+        format=f"[%(asctime)s engine{'' if dp_rank is None else f' dp{dp_rank}'}] %(message)s",
     )
     parent = os.getppid()
     try:
+        if dp_rank is not None and server_args.device == "cuda":
+            _use_gpu(dp_rank)
         from sglang.srt.managers.embedding_core import EmbeddingEngineCore, serves_encoder
 
         if server_args.is_embedding and serves_encoder(server_args):
@@ -96,6 +102,21 @@ def run_engine_process(server_args: ServerArgs, ipc_in: str, ipc_out: str, ready
         recv.close(0)
         send.close(0)
         ctx.term()
+
+
+def _use_gpu(index: int) -> None:
+    """Makes the index-th visible GPU this process's only one (before CUDA is initialised)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = [g.strip() for g in visible.split(",") if g.strip()]
+    elif os.path.isdir(NVIDIA_GPUS_DIR):  # counted without initialising CUDA
+        gpus = [str(i) for i in range(len(os.listdir(NVIDIA_GPUS_DIR)))]
+    else:
+        gpus = [str(i) for i in range(index + 1)]  # CUDA reports a missing one
+    if index >= len(gpus):
+        raise RuntimeError(f"--dp-size replica {index} needs its own GPU; {len(gpus)} visible "
+                           "(CUDA_VISIBLE_DEVICES).")
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index]
 
 
 def _serve(engine: Any, recv: zmq.Socket, send: zmq.Socket, parent: int) -> None:

@@ -1,7 +1,8 @@
 """The tokenizer manager: the HTTP process's side of generation.
 
 It turns a ``/generate`` body into engine requests (normalise -> tokenize -> validate with the
-``RequestValidator`` -> send through the ``EngineClient``), applies the engine's per-step outputs
+``RequestValidator`` -> send through the ``EngineClient``, or the ``EngineGroup`` of
+``--dp-size`` replicas), applies the engine's per-step outputs
 to each request's ``ReqState`` (token ids, logprobs, incremental detokenization, finish reasons),
 and hands states to the routes, which wait on them or stream them; the ``ResponseBuilder`` shapes
 the replies. Used by the HTTP server and by the offline ``sgl.Engine``; runs on one asyncio loop.
@@ -17,7 +18,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from sglang.srt.managers.detokenizer import IncrementalDetokenizer
-from sglang.srt.managers.engine_client import EngineClient, EngineDeadError
+from sglang.srt.managers.engine_client import EngineDeadError
+from sglang.srt.managers.engine_group import engine_for
 from sglang.srt.managers.io_struct import (
     IS_EMBEDDING_NEEDED,
     IS_GENERATION_NEEDED,
@@ -66,7 +68,7 @@ class TokenizerManager:
 
             self.tokenizer = get_tokenizer(server_args.tokenizer_path)
         self.rid_to_state: dict[str, ReqState] = {}
-        self.engine = EngineClient(server_args, self)
+        self.engine = engine_for(server_args, self)
         self.info = self.engine.spawn()
         # "starting" (the HTTP server's warm-up request has not finished) | "ready" |
         # "restarting" | "dead". Health checks pass only when "ready".
@@ -121,7 +123,7 @@ class TokenizerManager:
         refused with 503 meanwhile. RuntimeError when the new engine fails to start."""
         self.status = "restarting"
         self.engine.shutdown()
-        client = EngineClient(self.args, self)
+        client = engine_for(self.args, self)
         try:
             info = await asyncio.get_running_loop().run_in_executor(None, client.spawn)
         except Exception:
@@ -202,25 +204,34 @@ class TokenizerManager:
         if not reply.success:
             raise ValueError(reply.message)
 
+    async def get_internal_states(self) -> list[dict[str, Any]]:
+        """Each engine replica's internal state (one with --dp-size 1)."""
+        replies: list[InternalStateResp] = await self.engine.request_each(
+            GetInternalStateReq(), InternalStateResp)
+        return [reply.state for reply in replies]
+
     async def get_internal_state(self) -> dict[str, Any]:
-        reply: InternalStateResp = await self.engine.request(GetInternalStateReq(),
-                                                             InternalStateResp)
-        return reply.state
+        """The engine's internal state; with --dp-size > 1 the replicas' counters summed (for
+        the metrics' gauges)."""
+        states = await self.get_internal_states()
+        return states[0] if len(states) == 1 else _summed(states)
 
     async def server_info(self) -> dict[str, Any]:
-        """The /get_server_info object: server args, engine limits and the engine's state."""
+        """The /get_server_info object: server args, engine limits (of one replica) and each
+        engine replica's state (``internal_states``, in replica order; ``dp_rank`` in each)."""
         import sglang
 
         args = self.args.to_json()
         try:
-            state = await self.get_internal_state()
+            states = await self.get_internal_states()
         except (EngineDeadError, asyncio.TimeoutError):
-            state = {}
-        internal = {**args, **state, "memory_usage": self.info.memory_usage,
-                    "chat_sampling_defaults": self.chat_sampling_defaults}
+            states = [{} for _ in range(self.args.dp_size)]
+        internal = [{**args, **state, "dp_rank": rank, "memory_usage": self.info.memory_usage,
+                     "chat_sampling_defaults": self.chat_sampling_defaults}
+                    for rank, state in enumerate(states)]
         return {**args, "status": self.status, "engine_restarts": self.engine_restarts,
                 "max_total_num_tokens": self.info.max_total_num_tokens,
-                "max_req_input_len": self.info.max_req_input_len, "internal_states": [internal],
+                "max_req_input_len": self.info.max_req_input_len, "internal_states": internal,
                 "version": sglang.__version__}
 
     async def metrics_text(self) -> tuple[bytes, str]:
@@ -553,6 +564,20 @@ def _image_processor(args: ServerArgs, info: Any) -> ImageProcessor | None:
     return ImageProcessor.for_model(info.architectures[0], str(source.folder),
                                     get_config(source, args.trust_remote_code), info.vocab_size,
                                     info.hidden_size)
+
+
+def _summed(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """The replicas' states as one: numbers added up, flags true when true for every replica."""
+    out: dict[str, Any] = {}
+    for key, value in states[0].items():
+        values = [s.get(key, value) for s in states]
+        if isinstance(value, bool):
+            out[key] = all(values)
+        elif isinstance(value, (int, float)):
+            out[key] = sum(values)
+        else:
+            out[key] = value
+    return out
 
 
 def _apply_output(state: ReqState, out: ReqOutput) -> None:
