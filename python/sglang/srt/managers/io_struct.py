@@ -58,8 +58,8 @@ UNSUPPORTED_FIELDS = {
     "bootstrap_host": "prefill/decode disaggregation",
     "bootstrap_port": "prefill/decode disaggregation",
     "bootstrap_room": "prefill/decode disaggregation",
-    "routed_dp_rank": "data parallelism",
-    "data_parallel_rank": "data parallelism",
+    "routed_dp_rank": "requests choosing their data-parallel replica (the router chooses)",
+    "data_parallel_rank": "requests choosing their data-parallel replica (the router chooses)",
 }
 
 
