@@ -24,6 +24,8 @@ void bind_kernels_cpu(py::module_& m);
 void bind_quant_cpu(py::module_& m);
 /// Registers the fused CPU model kernels (norm, RoPE + KV store, activation, paged attention).
 void bind_ops_cpu(py::module_& m);
+/// Registers the segmented multi-LoRA kernel (lora_apply).
+void bind_lora_cpu(py::module_& m);
 
 using Int32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 

@@ -17,4 +17,5 @@ PYBIND11_MODULE(_core, m) {
   sglang::bindings::bind_kernels_cpu(m);
   sglang::bindings::bind_quant_cpu(m);
   sglang::bindings::bind_ops_cpu(m);
+  sglang::bindings::bind_lora_cpu(m);
 }
