@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from sglang.srt.lora.adapter import TARGETS, LoraAdapter, LoraError
-from sglang.srt.lora.ops import _tmp_segment_apply_ as lora_apply_
+from sglang.srt.lora.kernels import lora_apply_
 from sglang.srt.lora.pool import LoraPool
 
 logger = logging.getLogger(__name__)

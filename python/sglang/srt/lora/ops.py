@@ -31,13 +31,3 @@ def lora_delta(x: torch.Tensor, row_slots: torch.Tensor, A: torch.Tensor, B: tor
         out[rows] = (shrunk @ B[slot].T) * scaling[slot]
     return out
 
-
-def _tmp_segment_apply_(x, y, A, B, ranks, scaling, indptr, slots) -> None:  # noqa: ANN001
-    """TEMPORARY until kernels.lora_apply_ lands."""
-    bounds = indptr.tolist()
-    for g, slot in enumerate(slots.tolist()):
-        if slot < 0:
-            continue
-        lo, hi = bounds[g], bounds[g + 1]
-        r = int(ranks[slot])
-        y[lo:hi] += (x[lo:hi] @ A[slot, :r].T) @ B[slot, :, :r].T * float(scaling[slot])
