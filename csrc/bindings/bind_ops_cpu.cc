@@ -4,7 +4,10 @@
 // DType int; the GIL is released while a kernel runs and a non-ok Status raises
 // sglang._core.CoreError. The torch adapter (sglang.srt.layers.cpu_ops) checks the tensors and
 // passes their data_ptr(). Semantics in sglang/kernels/cpu_ops.h.
+#include <optional>
 #include <vector>
+
+#include <pybind11/stl.h>
 
 #include "bindings.h"
 #include "kernel_args.h"
@@ -151,7 +154,8 @@ void bind_ops_cpu(py::module_& m) {
       [](py::array_t<int64_t, py::array::c_style> dims, py::array_t<double> consts,
          py::array_t<int64_t, py::array::c_style> layers, py::array_t<int64_t> step,
          uintptr_t hidden, uintptr_t residual, bool has_residual,
-         py::array_t<int64_t> scratch) {
+         py::array_t<int64_t> scratch, std::optional<py::array_t<int64_t, py::array::c_style>>
+         lora_weights, std::optional<py::array_t<int64_t>> lora_meta) {
         // dims: hidden, heads, kv_heads, head_dim, intermediate, num_slots, cos, sin, max_pos;
         // consts: eps, scale; layers: [L, kLayerColumns]; step: batch, positions, out_slots,
         // req_to_token, table_rows, table_stride, req_pool_indices, seq_lens; scratch: 4 ptrs.
@@ -183,13 +187,35 @@ void bind_ops_cpu(py::module_& m) {
         const int64_t* X = scratch.data();
         const k::DecoderScratch sc{ptr<float>(X[0]), ptr<float>(X[1]), ptr<float>(X[2]),
                                    ptr<float>(X[3])};
+        // LoRA: weights [L, 7, 2] (A, B pointers per target, 0: not adapted); meta: max_rank,
+        // ranks, scaling, num_slots, seg_indptr, seg_slots, num_segments.
+        std::optional<k::DecoderLoraCpu> lora;
+        if (lora_weights.has_value() != lora_meta.has_value()) {
+          throw py::value_error("decode_layers_cpu: lora_weights and lora_meta go together");
+        }
+        if (lora_weights.has_value()) {
+          const auto& w = *lora_weights;
+          const auto& m = *lora_meta;
+          const auto per_layer = static_cast<py::ssize_t>(k::LoraTarget::kCount) * 2;
+          if (w.size() != layers.shape(0) * per_layer || m.size() != 7) {
+            throw py::value_error("decode_layers_cpu: malformed LoRA arrays");
+          }
+          static_assert(sizeof(int64_t) == sizeof(const void*));
+          const int64_t* M = m.data();
+          lora = k::DecoderLoraCpu{reinterpret_cast<const void* const*>(w.data()), M[0],
+                                   ptr<const int32_t>(M[1]), ptr<const float>(M[2]), M[3],
+                                   k::LoraSegments{ptr<const int32_t>(M[4]),
+                                                   ptr<const int32_t>(M[5]), M[6]}};
+        }
         run("decode_layers_cpu", [&] {
           return k::decode_layers_cpu(dm, ls.data(), static_cast<int64_t>(ls.size()), st,
-                                      ptr<float>(hidden), ptr<float>(residual), has_residual, sc);
+                                      ptr<float>(hidden), ptr<float>(residual), has_residual, sc,
+                                      lora ? &*lora : nullptr);
         });
       },
       py::arg("dims"), py::arg("consts"), py::arg("layers"), py::arg("step"), py::arg("hidden"),
       py::arg("residual"), py::arg("has_residual"), py::arg("scratch"),
+      py::arg("lora_weights") = py::none(), py::arg("lora_meta") = py::none(),
       "A decode step's decoder layers (quantized weights, float32) in one call; see decoder_cpu.h.");
 }
 

@@ -18,6 +18,19 @@ Status matmul(const QuantMatrix& w, const float* x, int64_t m, int64_t ldx, floa
   return quant_matmul_cpu(w.fmt, w.data, w.n, w.k, x, m, ldx, w.bias, out, ldo, 0);
 }
 
+/// Adds the step's deltas of one LoRA target of layer `l` (nothing when it is not adapted).
+Status add_lora(const DecoderLoraCpu* lora, int64_t l, LoraTarget target, const float* x,
+                int64_t rows, int64_t in, int64_t ldx, float* y, int64_t out, int64_t ldy) {
+  if (lora == nullptr) return Status::kOk;
+  const void* const* w =
+      lora->weights + (l * static_cast<int64_t>(LoraTarget::kCount) + static_cast<int>(target)) * 2;
+  if (w[0] == nullptr && w[1] == nullptr) return Status::kOk;
+  const LoraWeights weights{w[0], w[1], lora->max_rank, lora->ranks, lora->scaling,
+                            lora->num_slots};
+  return lora_apply(RowsView{const_cast<float*>(x), DType::kFloat32, rows, in, ldx},
+                    RowsView{y, DType::kFloat32, rows, out, ldy}, weights, lora->segments);
+}
+
 #define SGL_TRY(expr)                          \
   do {                                         \
     const Status status_ = (expr);             \
@@ -28,7 +41,8 @@ Status matmul(const QuantMatrix& w, const float* x, int64_t m, int64_t ldx, floa
 
 Status decode_layers_cpu(const DecoderDims& d, const DecoderLayerCpu* layers, int64_t num_layers,
                          const DecodeStepCpu& step, float* hidden, float* residual,
-                         bool has_residual, const DecoderScratch& s) {
+                         bool has_residual, const DecoderScratch& s,
+                         const DecoderLoraCpu* lora) {
   const int64_t b = step.batch, hd = d.hidden;
   const int64_t q_dim = d.num_heads * d.head_dim, kv_dim = d.num_kv_heads * d.head_dim;
   const int64_t qkv_dim = q_dim + 2 * kv_dim, inter = d.intermediate;
@@ -61,6 +75,10 @@ Status decode_layers_cpu(const DecoderDims& d, const DecoderLayerCpu* layers, in
       SGL_TRY(fused_add_rms_norm_cpu(h, r, L.input_norm, d.eps));
     }
     SGL_TRY(matmul(L.qkv, hidden, b, hd, s.qkv, qkv_dim));
+    SGL_TRY(add_lora(lora, l, LoraTarget::kQ, hidden, b, hd, hd, s.qkv, q_dim, qkv_dim));
+    SGL_TRY(add_lora(lora, l, LoraTarget::kK, hidden, b, hd, hd, s.qkv + q_dim, kv_dim, qkv_dim));
+    SGL_TRY(add_lora(lora, l, LoraTarget::kV, hidden, b, hd, hd, s.qkv + q_dim + kv_dim, kv_dim,
+                     qkv_dim));
     const RopeKvArgs rope{s.qkv,         s.qkv + q_dim,  s.qkv + q_dim + kv_dim,
                           qkv_dim,       qkv_dim,        qkv_dim,
                           b,             d.num_heads,    d.num_kv_heads,
@@ -75,11 +93,16 @@ Status decode_layers_cpu(const DecoderDims& d, const DecoderLayerCpu* layers, in
                      b};
     SGL_TRY(paged_decode_attention_cpu(attn, kv));
     SGL_TRY(matmul(L.o, s.attn, b, q_dim, hidden, hd));
+    SGL_TRY(add_lora(lora, l, LoraTarget::kO, s.attn, b, q_dim, q_dim, hidden, hd, hd));
     SGL_TRY(fused_add_rms_norm_cpu(h, r, L.post_norm, d.eps));
     SGL_TRY(matmul(L.gate_up, hidden, b, hd, s.gate_up, 2 * inter));
+    SGL_TRY(add_lora(lora, l, LoraTarget::kGate, hidden, b, hd, hd, s.gate_up, inter, 2 * inter));
+    SGL_TRY(add_lora(lora, l, LoraTarget::kUp, hidden, b, hd, hd, s.gate_up + inter, inter,
+                     2 * inter));
     SGL_TRY(silu_and_mul_cpu(RowsView{s.gate_up, DType::kFloat32, b, 2 * inter, 2 * inter},
                              RowsView{s.act, DType::kFloat32, b, inter, inter}));
     SGL_TRY(matmul(L.down, s.act, b, inter, hidden, hd));
+    SGL_TRY(add_lora(lora, l, LoraTarget::kDown, s.act, b, inter, inter, hidden, hd, hd));
   }
   return Status::kOk;
 }

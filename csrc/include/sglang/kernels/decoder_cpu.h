@@ -12,10 +12,14 @@
 //   hidden, hidden = rms_norm(hidden)); qkv = hidden @ Wqkv^T (+b); rope_kv_store; attn =
 //   paged_decode_attention; hidden = attn @ Wo^T (+b); hidden, residual = add_rms_norm(...);
 //   hidden = down(silu_and_mul(hidden @ Wgate_up^T)).
+// With LoRA adapters (DecoderLoraCpu), each projection's output also gets the step's adapter
+// deltas (lora_apply of lora.h, per target: q, k and v into their columns of qkv, o, gate and up
+// into theirs of gate_up, down), exactly as the Python model's Linear hooks add them.
 #pragma once
 
 #include <cstdint>
 
+#include "sglang/kernels/lora.h"
 #include "sglang/kernels/quant.h"
 #include "sglang/kernels/sampling.h"  // Status
 
@@ -78,11 +82,29 @@ struct DecoderScratch {
   float* act;
 };
 
+/// LoRA targets of a decoder layer, in the order of DecoderLoraCpu::weights.
+enum class LoraTarget : int { kQ = 0, kK, kV, kO, kGate, kUp, kDown, kCount };
+
+/// The step's LoRA adapters (float32 slot pool, see lora.h): per layer and target the pool's
+/// stacked A [num_slots, max_rank, in] and B [num_slots, out, max_rank] (both null: the target
+/// is not adapted), the pool's ranks and scalings, and the step's segments (one row per
+/// request).
+struct DecoderLoraCpu {
+  const void* const* weights;  // [num_layers][LoraTarget::kCount][2]: A, B
+  int64_t max_rank;
+  const int32_t* ranks;        // [num_slots]
+  const float* scaling;        // [num_slots]
+  int64_t num_slots;
+  LoraSegments segments;
+};
+
 /// Runs layers [0, num_layers) on hidden / residual (float32 [batch, hidden], in place).
-/// `has_residual` false: layer 0 starts the residual stream from hidden. Returns the first
-/// failing kernel's status (kInvalidArgument for inconsistent shapes) and stops there.
+/// `has_residual` false: layer 0 starts the residual stream from hidden. `lora` null: no
+/// adapters. Returns the first failing kernel's status (kInvalidArgument for inconsistent
+/// shapes) and stops there.
 Status decode_layers_cpu(const DecoderDims& dims, const DecoderLayerCpu* layers,
                          int64_t num_layers, const DecodeStepCpu& step, float* hidden,
-                         float* residual, bool has_residual, const DecoderScratch& scratch);
+                         float* residual, bool has_residual, const DecoderScratch& scratch,
+                         const DecoderLoraCpu* lora = nullptr);
 
 }  // namespace sglang::kernels

@@ -9,7 +9,9 @@ its layers to ``FusedDecodeLayers.run``: the same kernels in the same order, so 
 results are bit-identical. Everything else (prefill, larger batches, other models) runs in Python.
 
 The pointer table of the weights and KV caches is built once and rebuilt when the KV pool or a
-weight tensor changes (checked by identity, per step).
+weight tensor changes (checked by identity, per step). A step with LoRA adapters passes the
+adapter pool's pointers and the step's segments (``LoraStep.fused``): the C++ layers add the
+deltas after each projection as the Python ``Linear`` hooks do.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class FusedDecodeLayers:
         return (
             self.supported
             and batch.is_decode
-            and batch.lora is None
+            and (batch.lora is None or batch.lora.fused is not None)
             and getattr(batch.attn_backend, "fuses_rope", False)
             and batch.kv_pool is not None
             and batch.kv_pool.dtype == torch.float32
@@ -136,8 +138,9 @@ class FusedDecodeLayers:
             dtype=np.int64,
         )
         scratch = np.array([b.data_ptr() for b in self._buffers(bs)], dtype=np.int64)
+        lora = batch.lora.fused if batch.lora is not None else (None, None)
         _core.decode_layers_cpu(
             dims, consts, self._layer_table(pool), step, hidden.data_ptr(),
-            residual.data_ptr(), False, scratch,
+            residual.data_ptr(), False, scratch, *lora,
         )  # fmt: skip
         return hidden, residual

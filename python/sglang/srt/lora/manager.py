@@ -65,6 +65,10 @@ class LoraStep:
 
     indptr: torch.Tensor  # int32 [segments + 1], on the model's device
     slots: torch.Tensor  # int32 [segments]
+    # For the fused C++ decode (a float32 pool on the CPU): the pool's A/B pointers per layer
+    # and target (``LoraManager.fused_weights``) and this step's (max_rank, ranks, scaling,
+    # num_slots, indptr, slots, num_segments); None elsewhere.
+    fused: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def parse_lora_paths(value: Any) -> dict[str, str]:
@@ -168,6 +172,7 @@ class LoraManager:
         for adapter in initial:
             self._add(adapter)
         self._install_hooks()
+        self.fused_weights = self._fused_weights()
 
     @property
     def max_rank(self) -> int:
@@ -239,9 +244,16 @@ class LoraManager:
             else:
                 slots.append(slot)
                 indptr.append(indptr[-1] + n)
-        self.step = LoraStep(
-            torch.tensor(indptr, dtype=torch.int32).to(self.device, non_blocking=True),
-            torch.tensor(slots, dtype=torch.int32).to(self.device, non_blocking=True))
+        indptr_t = torch.tensor(indptr, dtype=torch.int32).to(self.device, non_blocking=True)
+        slots_t = torch.tensor(slots, dtype=torch.int32).to(self.device, non_blocking=True)
+        fused = None
+        if self.fused_weights is not None:
+            pool = self.pool
+            meta = np.array([pool.max_rank, pool.ranks.data_ptr(), pool.scaling.data_ptr(),
+                             pool.num_slots, indptr_t.data_ptr(), slots_t.data_ptr(),
+                             len(slots)], dtype=np.int64)  # fmt: skip
+            fused = (self.fused_weights, meta)
+        self.step = LoraStep(indptr_t, slots_t, fused)
         return self.step
 
     def end(self) -> None:
@@ -253,6 +265,21 @@ class LoraManager:
     def check_integrity(self) -> None:
         self.pool.check_integrity()
         assert not self._pinned and self.step is None, "a LoRA step was left open"
+
+    def _fused_weights(self) -> np.ndarray | None:
+        """The pool's A and B pointers of each layer and target, in the fused C++ decode's
+        order (q, k, v, o, gate, up, down; 0: not a target), for a float32 pool on the CPU."""
+        pool = self.pool
+        if self.device.type != "cpu" or pool.scaling.device.type != "cpu" or \
+                next(iter(pool.A.values())).dtype != torch.float32:
+            return None
+        table = np.zeros((len(self.layers), len(TARGETS), 2), dtype=np.int64)
+        for layer in range(len(self.layers)):
+            for t, target in enumerate(TARGETS):
+                if target in pool.A:
+                    table[layer, t] = (pool.A[target][layer].data_ptr(),
+                                       pool.B[target][layer].data_ptr())
+        return table
 
     def _install_hooks(self) -> None:
         by_module: dict[int, tuple[nn.Module, int, list[tuple[str, int, int]]]] = {}

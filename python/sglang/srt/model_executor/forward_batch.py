@@ -72,8 +72,8 @@ class ForwardBatch:
     # [3, T] (time, height, width) positions of an M-RoPE model's step over image prompts.
     mrope_positions: torch.Tensor | None = None
     capture_hidden: bool = False
-    # The step's LoRA segments (``lora.manager.LoraStep``) when some rows run with an adapter:
-    # the fused C++ decode and CUDA graphs, which do not apply adapters, are skipped then.
+    # The step's LoRA segments (``lora.manager.LoraStep``) when some rows run with an adapter
+    # (the fused C++ decode applies them too; CUDA graphs are skipped for such steps).
     lora: Any = None
     # Set by the ModelRunner before the forward pass.
     kv_pool: KVPool | None = None
