@@ -3,6 +3,11 @@
 ``forward(ids)`` looks rows up; ``project(hidden)`` is the LM-head matmul ``hidden @ table^T``.
 The table may be kept quantized (a GGUF embedding in Q8_0 or another block format): a lookup
 then dequantizes only the looked-up rows and the projection runs on the quantized blocks.
+
+``VocabParallelEmbedding`` is the tensor-parallel table: each rank holds a slice of the
+vocabulary (a lookup outside it gives zeros, then the ranks' rows are summed) and, as a tied LM
+head, projects onto its slice and all-gathers the full logits. With one rank it is the plain
+table.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglang.srt.distributed.parallel_state import get_tp_group
 from sglang.srt.layers.linear import linear
+from sglang.srt.layers.parallel_linear import dense_only, take
 from sglang.srt.layers.quantization import kernels
 from sglang.srt.layers.quantization.weights import QuantizedTensor
 
@@ -65,3 +72,58 @@ class VocabEmbedding(nn.Module):
             f", quant={kernels.format_info(self.quant.fmt).name}" if self.quant is not None else ""
         )
         return f"{self.num_embeddings}, {self.embedding_dim}{quant}"
+
+
+class VocabParallelEmbedding(VocabEmbedding):
+    """The table of a tensor-parallel model: rank r holds rows ``[vocab_start, vocab_start +
+    num_embeddings)`` of the ``vocab_size`` rows (``num_embeddings = ceil(vocab_size / size)``,
+    the last rank's tail zero padding). The checkpoint's full table is sliced by
+    ``checkpoint_slice``. Lookups and projections return full results on every rank."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        tp = get_tp_group()
+        rows = -(-num_embeddings // tp.size)
+        super().__init__(rows, embedding_dim, dtype=dtype, device=device)
+        self.tp = tp
+        self.vocab_size = num_embeddings
+        self.vocab_start = tp.rank * rows
+
+    def checkpoint_slice(self, param: nn.Parameter, tensor: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of the full [vocab, hidden] checkpoint table."""
+        if self.tp.size == 1:
+            return tensor
+        return take(dense_only(tensor, self.tp), 0, self.vocab_start, self.num_embeddings)
+
+    def load_quantized(self, tensor: QuantizedTensor) -> None:
+        if self.tp.size > 1:
+            dense_only(tensor, self.tp)  # raises: quantized tables are not split
+        super().load_quantized(tensor)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.tp.size == 1:
+            return super().forward(ids)
+        local = ids - self.vocab_start
+        outside = (local < 0) | (local >= self.num_embeddings)
+        out = F.embedding(local.masked_fill(outside, 0), self.weight)
+        out.masked_fill_(outside.unsqueeze(-1), 0)
+        return self.tp.all_reduce(out)
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = super().project(hidden)
+        if self.tp.size == 1:
+            return logits
+        logits = self.tp.all_gather(logits, dim=-1)
+        if logits.shape[-1] != self.vocab_size:  # the last rank's padding rows
+            logits = logits[..., : self.vocab_size].contiguous()
+        return logits
+
+    def extra_repr(self) -> str:
+        tp = f", vocab={self.vocab_size} from {self.vocab_start}" if self.tp.size > 1 else ""
+        return super().extra_repr() + tp

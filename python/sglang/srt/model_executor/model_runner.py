@@ -4,6 +4,12 @@ The engine builds it from a model path (resolved by ``model_loader.resolve``), s
 from ``kv_bytes_per_token`` / ``profile_max_num_tokens`` and the scheduler's ``num_slots``, then
 each step turns the scheduler's plan into a ``ForwardBatch`` and calls ``forward``, which returns
 float32 logits (and optionally hidden states) of the batch's ``logits_rows`` for sampling.
+
+Tensor parallelism: one ModelRunner per rank (``tp_rank`` of ``tp_size``, each in its own
+process), joined in a ``torch.distributed`` group (``tp_group``, or made here from
+``dist_init_method``). Each builds the model with its shard of the weights (heads, MLP slices,
+vocabulary slice) and a KV pool of its own KV heads; every rank must run the same steps in the
+same order (the collectives inside the model pair them up), and each gets the full logits.
 """
 
 from __future__ import annotations
@@ -17,6 +23,15 @@ from typing import Any
 import torch
 
 from sglang.srt.configs.model_config import ModelConfig
+from sglang.srt.distributed.parallel_state import (
+    SINGLE,
+    TPGroup,
+    default_backend,
+    init_tp_group,
+    kv_heads_per_rank,
+    split_heads,
+    tp_group_scope,
+)
 from sglang.srt.eplb.expert_distribution import (
     ExpertDistributionRecorder,
     RealExpertDistributionRecorder,
@@ -39,6 +54,7 @@ from sglang.srt.model_loader.loader import (
     resolve_quantization,
 )
 from sglang.srt.model_loader.resolve import resolve_model_path
+from sglang.srt.models.registry import get_model_class
 
 logger = logging.getLogger(__name__)
 
@@ -153,10 +169,20 @@ class ModelRunner:
         cuda_graph_max_bs: int = DEFAULT_CUDA_GRAPH_MAX_BS,
         expert_distribution_recorder_mode: str | None = None,
         expert_distribution_recorder_buffer_size: int = 1000,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+        tp_group: TPGroup | None = None,
+        dist_init_method: str | None = None,
     ) -> None:
         if load_format not in LOAD_FORMATS:
             raise ValueError(f"Unknown load format '{load_format}'; expected one of {LOAD_FORMATS}")
         self.device = resolve_device(device)
+        if tp_size > 1 and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", tp_rank)  # rank r on the r-th visible GPU
+        if tp_size > 1 and self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # NCCL binds each rank to its current device
+        self.tp_group = self._join_tp_group(tp_rank, tp_size, tp_group, dist_init_method)
+        self.tp_rank, self.tp_size = self.tp_group.rank, self.tp_group.size
         self.source = resolve_model_path(model_path)
         self.tokenizer_path: Any = tokenizer_path or self.source
         hf_config = get_config(self.source, trust_remote_code=trust_remote_code)
@@ -173,17 +199,22 @@ class ModelRunner:
         )
         if dtype == "auto" and self.device.type == "cpu" and self.quantization == "none":
             cfg = self.model_config
-            self.model_config = dataclasses.replace(cfg, dtype=auto_cpu_dtype())
+            # Rank 0's measurement for every rank (all must hold the same dtype).
+            auto = self.tp_group.broadcast_object(auto_cpu_dtype() if self.tp_rank == 0 else None)
+            self.model_config = dataclasses.replace(cfg, dtype=auto)
         self.dtype = self.model_config.dtype
+        if self.tp_size > 1:
+            self._check_tensor_parallel()
         torch.manual_seed(random_seed)
-        self.model = load_model(
-            self.source,
-            self.model_config,
-            load_format=load_format,
-            device=self.device,
-            seed=random_seed,
-            quantization=self.quantization,
-        )
+        with tp_group_scope(self.tp_group):
+            self.model = load_model(
+                self.source,
+                self.model_config,
+                load_format=load_format,
+                device=self.device,
+                seed=random_seed,
+                quantization=self.quantization,
+            )
         if getattr(self.model, "is_encoder", False):
             raise ValueError(
                 f"{self.model_config.architecture} is an embedding (encoder) model: serve it with "
@@ -213,12 +244,17 @@ class ModelRunner:
             if not interpreting():
                 raise ValueError("attention backend 'triton' runs on CUDA (or TRITON_INTERPRET=1)")
         self.attn_backend = create_attention_backend(self.attention_backend)
+        if enable_torch_compile and self.tp_size > 1:
+            logger.warning("--enable-torch-compile is not used with tensor parallelism yet")
+            enable_torch_compile = False
         self.torch_compile_max_bs = torch_compile_max_bs if enable_torch_compile else 0
         self._prepare_model()
         # Decode steps from CUDA graphs (captured in init_kv_pool, once the pool exists); not
-        # while the expert distribution is recorded (its hooks run on the host each pass).
+        # while the expert distribution is recorded (its hooks run on the host each pass), nor
+        # under tensor parallelism (NCCL collectives in captured graphs: not verified yet).
         self.use_cuda_graph = (
             self.device.type == "cuda"
+            and self.tp_size == 1
             and not disable_cuda_graph
             and expert_distribution_recorder_mode is None
             and getattr(self.attn_backend, "supports_cuda_graph", False)
@@ -228,14 +264,47 @@ class ModelRunner:
         self.graph_runner: CudaGraphRunner | None = None
         self.kv_pool: KVPool | None = None
         logger.info(
-            "loaded %s (%s) on %s in %s, quantization %s, %d threads",
+            "loaded %s (%s) on %s in %s, quantization %s, %d threads%s",
             model_path,
             self.model_config.architecture,
             self.device,
             self.dtype,
             self.quantization,
             torch.get_num_threads(),
+            f", TP rank {self.tp_rank} of {self.tp_size}" if self.tp_size > 1 else "",
         )
+
+    def _join_tp_group(self, rank: int, size: int, group: TPGroup | None,
+                       init_method: str | None) -> TPGroup:  # fmt: skip
+        """The given group (checked against ``rank`` / ``size``), or a new one joined through
+        ``init_method``; the trivial group for one rank."""
+        if group is None:
+            if size == 1:
+                return SINGLE
+            if init_method is None:
+                raise ValueError(f"TP size {size}: pass tp_group or dist_init_method")
+            group = init_tp_group(rank, size, init_method, default_backend(self.device))
+        if (group.rank, group.size) != (rank, size):
+            raise ValueError(
+                f"tp_group is rank {group.rank} of {group.size}, expected {rank} of {size}"
+            )
+        return group
+
+    def _check_tensor_parallel(self) -> None:
+        """What tensor parallelism supports, checked before any weight is read."""
+        cfg, size = self.model_config, self.tp_size
+        cls = get_model_class(cfg.architecture)
+        if not getattr(cls, "supports_tensor_parallel", False):
+            raise ValueError(f"{cfg.architecture} does not support tensor parallelism yet")
+        if self.quantization != "none":
+            raise ValueError(
+                f"tensor parallelism splits dense weights only; --quantization "
+                f"{self.quantization} is not supported with TP size {size} (a GGUF checkpoint "
+                "loads dequantized with --quantization none)"
+            )
+        if self.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"tensor parallelism runs float32 or bfloat16, not {self.dtype}")
+        split_heads(cfg.num_attention_heads, cfg.num_key_value_heads, size)  # raises if uneven
 
     @classmethod
     def from_server_args(cls, args: Any) -> ModelRunner:
@@ -279,7 +348,8 @@ class ModelRunner:
         """What a freshly loaded model gets before it serves: the fused CPU or Triton layers of
         the chosen backend and, with --enable-torch-compile, compiled MLPs."""
         if self.attention_backend == "cpu":
-            enable_cpu_kernels(self.model)
+            # The C++ decode runner knows nothing of TP collectives.
+            enable_cpu_kernels(self.model, fused_decode=self.tp_size == 1)
         if self.device.type == "cuda" and self.attention_backend == "triton":
             enable_gpu_kernels(self.model)
         if self.torch_compile_max_bs:
@@ -291,9 +361,10 @@ class ModelRunner:
         shapes (``/update_weights_from_disk``); (success, message). On failure the old weights
         keep serving. CUDA graphs are captured again for the new weights."""
         try:
-            self.model, self.model_config, self.source = load_replacement(
-                self.model_config, model_path, load_format, self.device, self.quantization,
-                self.generation_config)  # fmt: skip
+            with tp_group_scope(self.tp_group):
+                self.model, self.model_config, self.source = load_replacement(
+                    self.model_config, model_path, load_format, self.device, self.quantization,
+                    self.generation_config)  # fmt: skip
         except WeightUpdateError as exc:
             return False, str(exc)
         self._prepare_model()
@@ -321,10 +392,16 @@ class ModelRunner:
         if dense and self.device.type == "cpu" and self.dtype == torch.float32:
             calibrate_small_batch_gemm(max(dense, key=lambda w: w.numel()).data)
 
+    @property
+    def num_kv_heads(self) -> int:
+        """The KV heads this rank's pool holds (all of them without tensor parallelism)."""
+        return kv_heads_per_rank(self.model_config.num_key_value_heads, self.tp_size)
+
     def kv_bytes_per_token(self) -> int:
+        """KV bytes per token of this rank's pool."""
         cfg = self.model_config
         return KVPool.bytes_per_token(
-            cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, self.dtype
+            cfg.num_hidden_layers, self.num_kv_heads, cfg.head_dim, self.dtype
         )
 
     def profile_max_num_tokens(self, mem_fraction_static: float) -> int | None:
@@ -344,7 +421,7 @@ class ModelRunner:
         self.kv_pool = KVPool(
             num_slots,
             cfg.num_hidden_layers,
-            cfg.num_key_value_heads,
+            self.num_kv_heads,
             cfg.head_dim,
             self.dtype,
             self.device,

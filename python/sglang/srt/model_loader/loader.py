@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sglang.srt.configs.model_config import ModelConfig
+from sglang.srt.distributed.parallel_state import get_tp_group
 from sglang.srt.model_loader.gguf_file import iter_gguf_weights
 from sglang.srt.model_loader.hf_weights import (
     iter_pt,
@@ -88,18 +89,24 @@ def _folder_format(folder: str) -> str:
     raise ValueError(f"No weights (*.safetensors or pytorch_model*.bin) in '{folder}'")
 
 
-def init_dummy_weights(model: nn.Module, seed: int, std: float = 0.02) -> None:
+def init_dummy_weights(
+    model: nn.Module, seed: int, std: float = 0.02, per_parameter: bool = False
+) -> None:
     """Seeded random weights: norms at 1, everything else N(0, std) (biases too). On CPU drawn in
     float32 from a CPU generator; on a GPU drawn there, in the parameter's dtype (an 8B model
-    in seconds rather than minutes), from a generator on that device."""
+    in seconds rather than minutes), from a generator on that device. ``per_parameter``: each
+    parameter from its own generator (seeded with ``seed`` + its index), so that the replicated
+    parameters of tensor-parallel ranks (whose shards differ in size) get the same values."""
     generators: dict[torch.device, torch.Generator] = {}
-    for name, param in model.named_parameters():
+    for index, (name, param) in enumerate(model.named_parameters()):
         if "norm" in name:
             param.data.fill_(1.0)
             continue
         device = param.device
-        if device not in generators:
-            generators[device] = torch.Generator(device=device).manual_seed(seed)
+        if device not in generators or per_parameter:
+            generators[device] = torch.Generator(device=device).manual_seed(
+                seed + index if per_parameter else seed
+            )
         gen = generators[device]
         if device.type == "cpu":
             values = torch.randn(param.shape, generator=gen, dtype=torch.float32) * std
@@ -118,11 +125,12 @@ def load_model(
     quantization: str = "none",
 ) -> nn.Module:
     """Instantiate ``config.architecture`` on ``device`` in ``config.dtype`` and load it;
-    ``quantization`` is a resolved method (``resolve_quantization``)."""
+    ``quantization`` is a resolved method (``resolve_quantization``). Under a TP group
+    (``parallel_state.tp_group_scope``) the model holds this rank's shards."""
     cls = get_model_class(config.architecture)
     model = cls(config, dtype=config.dtype, device=device)
     if load_format == "dummy":
-        init_dummy_weights(model, seed)
+        init_dummy_weights(model, seed, per_parameter=get_tp_group().size > 1)
     else:
         weights = iter_weights(source, load_format, keep_quantized=quantization == "gguf")
         with torch.no_grad():

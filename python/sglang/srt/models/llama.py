@@ -6,6 +6,12 @@ takes a ForwardBatch (token ids or ``input_embeds``, positions, KV addressing) a
 LogitsOutput of ``batch.logits_rows``. Variants differ in ``AttentionOptions`` (q/k/v and o
 biases, per-head q/k RMSNorm before RoPE) and, for mixture-of-experts models, in the feed-forward
 block of each layer (``make_mlp``).
+
+Under tensor parallelism (the TP group current while the model is built, see
+``distributed.parallel_state``) each rank holds its attention heads and KV heads (q/k/v
+column-parallel, o_proj row-parallel), its slice of the MLP (gate/up column-parallel, down
+row-parallel), its vocabulary slice of the embedding and LM head; the loaders cut each rank's
+part out of the full checkpoint tensors. Every rank's ``forward`` returns the full logits.
 """
 
 from __future__ import annotations
@@ -17,16 +23,23 @@ import torch
 from torch import nn
 
 from sglang.srt.configs.model_config import ModelConfig
+from sglang.srt.distributed.parallel_state import get_tp_group, split_heads
 from sglang.srt.layers.activation import SiluAndMul
 from sglang.srt.layers.decode_layers_cpu import FusedDecodeLayers
 from sglang.srt.layers.layernorm import RMSNorm
 from sglang.srt.layers.linear import Linear
 from sglang.srt.layers.logits_processor import LogitsOutput, LogitsProcessor
 from sglang.srt.layers.moe.fused_moe import FusedMoE
+from sglang.srt.layers.parallel_linear import (
+    ColumnParallelLinear,
+    ParallelLMHead,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
 from sglang.srt.layers.quantization.weights import QuantizedTensor
 from sglang.srt.layers.radix_attention import RadixAttention
 from sglang.srt.layers.rotary_embedding import RotaryEmbedding
-from sglang.srt.layers.vocab_embedding import VocabEmbedding
+from sglang.srt.layers.vocab_embedding import VocabEmbedding, VocabParallelEmbedding
 from sglang.srt.model_executor.forward_batch import ForwardBatch
 
 # (fused parameter, checkpoint projection, shard)
@@ -57,20 +70,28 @@ class AttentionOptions:
 
 class LlamaMLP(nn.Module):
     def __init__(
-        self, config: ModelConfig, intermediate_size: int | None = None, **kw: object
+        self,
+        config: ModelConfig,
+        intermediate_size: int | None = None,
+        reduce_results: bool = True,
+        **kw: object,
     ) -> None:
+        """``reduce_results=False``: under TP, ``forward`` returns this rank's partial sum (the
+        caller all-reduces)."""
         super().__init__()
         if config.hidden_act != "silu":
             raise ValueError(f"Unsupported activation '{config.hidden_act}'; only silu is")
         inter = intermediate_size or config.intermediate_size
-        self.gate_up_proj = Linear(
+        self.gate_up_proj = ColumnParallelLinear(
             config.hidden_size,
             2 * inter,
             config.mlp_bias,
             shards={"gate": inter, "up": inter},
             **kw,
         )
-        self.down_proj = Linear(inter, config.hidden_size, config.mlp_bias, **kw)
+        self.down_proj = RowParallelLinear(
+            inter, config.hidden_size, config.mlp_bias, reduce_results=reduce_results, **kw
+        )
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,18 +103,21 @@ class LlamaAttention(nn.Module):
         self, config: ModelConfig, layer_id: int, options: AttentionOptions, **kw: object
     ) -> None:
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
+        # This rank's heads (all of them without tensor parallelism).
+        self.num_heads, self.num_kv_heads = split_heads(
+            config.num_attention_heads, config.num_key_value_heads, get_tp_group().size
+        )
         self.head_dim = d = config.head_dim
-        self.q_size, self.kv_size = config.q_size, config.kv_size
-        self.qkv_proj = Linear(
+        self.q_size, self.kv_size = self.num_heads * d, self.num_kv_heads * d
+        self.qkv_proj = QKVParallelLinear(
             config.hidden_size,
-            self.q_size + 2 * self.kv_size,
+            d,
+            config.num_attention_heads,
+            config.num_key_value_heads,
             options.qkv_bias,
-            shards={"q": self.q_size, "k": self.kv_size, "v": self.kv_size},
             **kw,
         )
-        self.o_proj = Linear(self.q_size, config.hidden_size, options.o_bias, **kw)
+        self.o_proj = RowParallelLinear(config.q_size, config.hidden_size, options.o_bias, **kw)
         self.q_norm = self.k_norm = None
         if options.qk_norm:
             self.q_norm = RMSNorm(d, config.rms_norm_eps, **kw)  # type: ignore[arg-type]
@@ -178,7 +202,7 @@ class LlamaModel(nn.Module):
         **kw: object,
     ) -> None:
         super().__init__()
-        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, **kw)  # type: ignore[arg-type]
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, **kw)  # type: ignore[arg-type]
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config, i, options, make_mlp, **kw)
             for i in range(config.num_hidden_layers)
@@ -206,6 +230,10 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """Llama / SmolLM2 / Mistral-style (no sliding window) causal LM."""
 
+    # Runs sharded over TP ranks (tested against one rank for Llama, Qwen2, Qwen3 and the MoE
+    # models; subclasses with other heads or towers say False until they are tested).
+    supports_tensor_parallel = True
+
     @classmethod
     def attention_options(cls, config: ModelConfig) -> AttentionOptions:
         return AttentionOptions(config.attention_bias, config.attention_bias, qk_norm=False)
@@ -228,7 +256,7 @@ class LlamaForCausalLM(nn.Module):
         self.model = LlamaModel(config, self.attention_options(config), self.make_mlp, **kw)
         self.lm_head: nn.Module = self.model.embed_tokens
         if not config.tie_word_embeddings:
-            self.lm_head = Linear(config.hidden_size, config.vocab_size, **kw)
+            self.lm_head = ParallelLMHead(config.hidden_size, config.vocab_size, **kw)
         self.rotary_emb = RotaryEmbedding(
             config.head_dim, config.context_length, config.rope, dtype=dtype, device=device
         )
@@ -269,8 +297,8 @@ def load_stacked_weights(
                 break
         else:
             param = _param(params, name, hf_name)
+            module = model.get_submodule(name.rsplit(".", 1)[0])
             if isinstance(tensor, QuantizedTensor):
-                module = model.get_submodule(name.rsplit(".", 1)[0])
                 if isinstance(module, Linear):
                     module.load_shard(param, None, tensor)
                     loaded.add(name)
@@ -280,6 +308,9 @@ def load_stacked_weights(
                     loaded.add(name)
                     continue
                 tensor = tensor.dequantize()
+            rank_slice = getattr(module, "checkpoint_slice", None)  # this TP rank's part
+            if rank_slice is not None:
+                tensor = rank_slice(param, tensor)
             if param.shape != tensor.shape:
                 raise ValueError(
                     f"{hf_name}: checkpoint shape {tuple(tensor.shape)}, "

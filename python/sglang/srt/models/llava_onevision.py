@@ -34,6 +34,8 @@ def _text_model_type(config: ModelConfig) -> str:
 
 
 class LlavaOnevisionForConditionalGeneration(Qwen2ForCausalLM):
+    supports_tensor_parallel = False  # the vision tower is not sharded; not tested yet
+
     def __init__(
         self,
         config: ModelConfig,

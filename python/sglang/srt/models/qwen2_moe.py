@@ -11,6 +11,10 @@ expert-distribution recorder. Layers listed in ``mlp_only_layers``, or off the
 Checkpoint tensors keep their HF names: experts per expert (``mlp.experts.<e>.gate_proj.weight``
 ...) or stacked (``mlp.experts.gate_up_proj`` [E, 2I, H], ``mlp.experts.down_proj`` [E, H, I]);
 the rest as in the Llama loader. Same inputs and outputs as ``llama.LlamaForCausalLM``.
+
+Under tensor parallelism the router is replicated, every rank holds every expert's slice of the
+intermediate dimension (and its slice of the shared expert), and the block's output is summed
+over the ranks once, after the experts' combine and the gated shared expert.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from torch import nn
 
 from sglang.srt.configs.model_config import ModelConfig
+from sglang.srt.distributed.parallel_state import get_tp_group
 from sglang.srt.eplb.expert_distribution import MoeLayout, get_global_expert_distribution_recorder
 from sglang.srt.layers.linear import Linear
 from sglang.srt.layers.moe.fused_moe import FusedMoE
@@ -98,13 +103,16 @@ class SparseMoeBlock(nn.Module):
         self.top_k = moe.top_k
         self.norm_topk_prob = moe.norm_topk_prob
         hidden = config.hidden_size
+        self.tp = get_tp_group()
         self.gate = RouterLinear(hidden, moe.num_experts, **kw)
         self.experts = FusedMoE(moe.num_experts, hidden, moe.moe_intermediate_size, **kw)
         self.experts.top_k = moe.top_k
         self.shared_expert: LlamaMLP | None = None
         self.shared_expert_gate: Linear | None = None
         if shared and moe.shared_expert_intermediate_size:
-            self.shared_expert = LlamaMLP(config, moe.shared_expert_intermediate_size, **kw)
+            self.shared_expert = LlamaMLP(
+                config, moe.shared_expert_intermediate_size, reduce_results=False, **kw
+            )
             self.shared_expert_gate = Linear(hidden, 1, **kw)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -114,7 +122,7 @@ class SparseMoeBlock(nn.Module):
         if self.shared_expert is not None and self.shared_expert_gate is not None:
             shared = self.shared_expert(hidden)
             out += torch.sigmoid(self.shared_expert_gate(hidden)) * shared
-        return out
+        return self.tp.all_reduce(out)  # the ranks' partial sums (nothing to do on one rank)
 
 
 class Qwen2MoeForCausalLM(LlamaForCausalLM):

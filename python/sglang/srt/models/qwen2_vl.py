@@ -43,6 +43,7 @@ class Qwen2VLForConditionalGeneration(Qwen2ForCausalLM):
     vision_class: Any = Qwen2VisionTransformer
     # Read by the engine: prompts carry image spans and M-RoPE positions.
     uses_mrope = True
+    supports_tensor_parallel = False  # the vision tower is not sharded; not tested yet
 
     def __init__(
         self,

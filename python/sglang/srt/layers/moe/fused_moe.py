@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglang.srt.distributed.parallel_state import divide, get_tp_group
 from sglang.srt.layers import onednn
 from sglang.srt.layers.activation import SiluAndMul
 from sglang.srt.layers.linear import linear
@@ -366,7 +367,13 @@ class FusedMoE(nn.Module):
         super().__init__()
         self.num_experts = num_experts
         self.hidden_size = hidden_size
-        self.intermediate_size = i = intermediate_size
+        # Tensor parallelism: every rank holds every expert's 1/size slice of the intermediate
+        # dimension (its gate, up rows and down columns); ``forward`` then returns this rank's
+        # partial sum, which the MoE block all-reduces once (after adding its shared expert).
+        self.tp = get_tp_group()
+        i = divide(intermediate_size, self.tp.size, "the experts' intermediate size")
+        self.intermediate_size = i
+        self.inter_start = self.tp.rank * i  # this rank's slice of the checkpoint's I
         kw = {"dtype": dtype, "device": device}
         self.w13 = nn.Parameter(torch.empty(num_experts, 2 * i, hidden_size, **kw))
         self.w2 = nn.Parameter(torch.empty(num_experts, hidden_size, i, **kw))
@@ -435,6 +442,8 @@ class FusedMoE(nn.Module):
         else:
             offset = 0 if shard == "gate" else i
             param, target = "w13", self.w13.data[expert_id].narrow(0, offset, i)
+        if self.tp.size > 1:  # this rank's rows of gate / up [I, H], columns of down [H, I]
+            tensor = tensor.narrow(1 if shard == "down" else 0, self.inter_start, i)
         if target.shape != tensor.shape:
             raise ValueError(
                 f"expert {expert_id} {shard}_proj: checkpoint shape {tuple(tensor.shape)}, "
@@ -451,6 +460,8 @@ class FusedMoE(nn.Module):
             raise ValueError(f"unknown stacked expert tensor '{hf_param}'")
         name = params[hf_param]
         param = getattr(self, name)
+        if self.tp.size > 1:
+            tensor = self._rank_slice(hf_param, tensor)
         if param.shape != tensor.shape:
             raise ValueError(
                 f"experts.{hf_param}: checkpoint shape {tuple(tensor.shape)}, "
@@ -458,6 +469,15 @@ class FusedMoE(nn.Module):
             )
         param.data.copy_(tensor)
         return [f"{name}:{s}" for s in self.shard_names(name)]
+
+    def _rank_slice(self, hf_param: str, tensor: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a stacked checkpoint tensor: its gate and up rows of
+        ``gate_up_proj`` [E, 2I, H], its columns of ``down_proj`` [E, H, I]."""
+        i, start = self.intermediate_size, self.inter_start
+        if hf_param == "down_proj":
+            return tensor.narrow(2, start, i)
+        full = tensor.shape[1] // 2
+        return torch.cat([tensor.narrow(1, start, i), tensor.narrow(1, full + start, i)], 1)
 
     def extra_repr(self) -> str:
         return (
