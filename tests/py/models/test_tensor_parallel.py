@@ -1,10 +1,11 @@
 """Tensor parallelism: tiny random fp32 Llama, Qwen2 (tied embeddings, q/k/v biases), Qwen3
 (one KV head, replicated on both ranks; q/k norms), Qwen2-MoE (shared expert, a dense layer)
 and Qwen3-MoE sharded over 2 ranks (two spawned processes, gloo, a FileStore rendezvous), each
-rank driving its own copy of the real scheduler with the same inputs. Greedy tokens must equal one rank's
-exactly and every recorded logprob within 1e-4, through prefix-cache hits, chunked prefill with
-pages and retraction. Also: the sharded layers against their full versions (bias once, vocab
-padding, KV-head replication), dummy weights identical where replicated, and the refusals."""
+rank driving its own copy of the real scheduler with the same inputs. Greedy tokens must equal
+one rank's exactly and every recorded logprob within 1e-4, through prefix-cache hits, chunked
+prefill with pages and retraction. Also: the sharded layers against their full versions (bias
+once, vocab padding, KV-head replication), the broadcasts, dummy weights identical where
+replicated, and the refusals. A GPU case runs the same over NCCL on two GPUs."""
 
 from __future__ import annotations
 
