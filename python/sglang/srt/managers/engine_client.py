@@ -6,7 +6,10 @@ A receive task hands every ``BatchTokenOut`` / ``RequestError`` to the ``EngineL
 tokenizer manager) and routes replies to the coroutine awaiting them (``request``); a watchdog
 task notices when the process dies and tells the listener once. It knows nothing of requests,
 text or responses. Runs on one asyncio loop; ``start``/``shutdown`` may be called off it. With
-``--dp-size > 1`` an ``EngineGroup`` (``engine_group.py``) holds one client per replica.
+``--dp-size > 1`` an ``EngineGroup`` (``engine_group.py``) holds one client per replica. With
+``--tp-size N`` it also starts the N - 1 follower ranks (``tp_worker.run_tp_follower``) next to
+the engine process (TP rank 0), joined through a ``file://`` rendezvous in its IPC folder; a
+follower that dies counts as the engine dying.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class EngineClient:
         self.recv_sock = self.ctx.socket(zmq.PULL)
         self.recv_sock.bind(f"ipc://{self.ipc_dir}/from_engine")
         self.proc: mp.Process | None = None
+        self.followers: list[mp.Process] = []  # TP ranks 1..N-1
         self._ready_reader: Any = None  # the engine's start-up report (launch -> wait_ready)
         self.info: EngineReady | None = None
         self.dead = False
@@ -76,14 +80,27 @@ class EngineClient:
 
         ctx = mp.get_context("spawn")
         self._ready_reader, writer = ctx.Pipe(duplex=False)
+        init_method = None
+        if self.args.tp_size > 1:
+            from sglang.srt.managers.tp_worker import run_tp_follower
+
+            init_method = f"file://{self.ipc_dir}/tp_init_{time.time_ns()}"
+            self.followers = [ctx.Process(target=run_tp_follower,
+                                          args=(self.args, rank, init_method), daemon=True)
+                              for rank in range(1, self.args.tp_size)]
         self.proc = ctx.Process(
             target=run_engine_process,
             args=(self.args, f"ipc://{self.ipc_dir}/to_engine",
-                  f"ipc://{self.ipc_dir}/from_engine", writer, self.dp_rank),
+                  f"ipc://{self.ipc_dir}/from_engine", writer, self.dp_rank, init_method),
             daemon=True,
         )
         self.proc.start()
+        for follower in self.followers:
+            follower.start()
         writer.close()
+
+    def _follower_died(self) -> mp.Process | None:
+        return next((f for f in self.followers if not f.is_alive()), None)
 
     def wait_ready(self) -> EngineReady:
         """Waits for the launched engine's EngineReady; RuntimeError when it fails to start."""
@@ -99,12 +116,26 @@ class EngineClient:
                     self.info = payload
                     return payload
                 proc.join(10)
+                self._kill_followers()
                 raise RuntimeError(f"The engine failed to start: {payload}")
             if not proc.is_alive():
                 break
+            dead = self._follower_died()
+            if dead is not None:
+                proc.kill()
+                self._kill_followers()
+                raise RuntimeError(f"A tensor-parallel rank exited during start-up (exit code "
+                                   f"{dead.exitcode}); see its log.")
         code = proc.exitcode
         proc.kill()
+        self._kill_followers()
         raise RuntimeError(f"The engine process exited during start-up (exit code {code}).")
+
+    def _kill_followers(self) -> None:
+        for follower in self.followers:
+            if follower.is_alive():
+                follower.kill()
+            follower.join(5)
 
     def start(self) -> None:
         """Starts the receive and watchdog tasks on the running event loop (call once)."""
@@ -126,6 +157,14 @@ class EngineClient:
             if self.proc.is_alive():
                 self.proc.kill()
                 self.proc.join(5)
+        for follower in self.followers:  # normally gone already: rank 0 told them to stop
+            follower.join(2)
+            if follower.is_alive():
+                follower.terminate()
+                follower.join(5)
+            if follower.is_alive():
+                follower.kill()
+                follower.join(5)
         self.send_sock.close(0)
         self.recv_sock.close(0)
         self.ctx.term()
@@ -151,6 +190,11 @@ class EngineClient:
         while True:
             await asyncio.sleep(WATCHDOG_PERIOD_S)
             if not self.proc.is_alive():
+                self._mark_dead()
+                return
+            if self._follower_died() is not None:  # rank 0 cannot run a step without it
+                logger.error("a tensor-parallel rank died; stopping the engine")
+                self.proc.kill()
                 self._mark_dead()
                 return
 

@@ -101,12 +101,18 @@ class EngineReq:
 
 
 class EngineCore:
-    def __init__(self, server_args: ServerArgs) -> None:
+    def __init__(self, server_args: ServerArgs, dist_init_method: str | None = None) -> None:
+        """``dist_init_method``: with ``--tp-size > 1``, where this rank 0 meets its followers
+        (``tp_worker.py``); each forward pass is broadcast to them first."""
+        from sglang.srt.managers.tp_worker import TP_TIMEOUT_S, TPLeader
         from sglang.srt.model_executor.model_runner import ModelRunner
 
         self.args = server_args
         torch.manual_seed(server_args.random_seed)
-        self.runner = ModelRunner.from_server_args(server_args)
+        self.runner = ModelRunner.from_server_args(server_args, dist_init_method=dist_init_method,
+                                                   dist_timeout_s=TP_TIMEOUT_S)
+        self.tp: TPLeader | None = TPLeader(self.runner.tp_group) \
+            if self.runner.tp_size > 1 else None
         self.model_config = self.runner.model_config
         # --is-embedding with a decoder (gte-Qwen2, Qwen3-Embedding style): every request is a
         # prefill whose last prompt position's final hidden state, pooled, is its embedding.
@@ -145,6 +151,8 @@ class EngineCore:
                 lora_paths=server_args.lora_path_map(), dtype=self.runner.dtype,
                 device=self.device)
         self.core = _core.Scheduler(self._scheduler_config())
+        if self.tp is not None:
+            self.tp.share_num_slots(self.core.num_slots)
         self.runner.init_kv_pool(self.core.num_slots)
         with warnings.catch_warnings():  # the table is read-only on purpose: the core writes it
             warnings.simplefilter("ignore", UserWarning)
@@ -164,21 +172,11 @@ class EngineCore:
 
     # ---- set-up ----------------------------------------------------------------------------------
     def _max_total_tokens(self) -> int:
-        args = self.args
-        if args.max_total_tokens is not None:
-            return args.max_total_tokens
-        profiled = self.runner.profile_max_num_tokens(args.mem_fraction_static or 0.88)
-        if profiled is not None:
-            return int(profiled)
-        per_token = self.runner.kv_bytes_per_token()
-        try:
-            import os
+        """This rank's KV tokens; under TP the minimum over the ranks."""
+        from sglang.srt.managers.tp_worker import agree_max_total_tokens
 
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
-            avail = 8 << 30
-        fit = int(avail * CPU_KV_MEMORY_FRACTION // max(per_token, 1))
-        return max(self.args.page_size * 64, min(CPU_DEFAULT_MAX_TOTAL_TOKENS, fit))
+        tokens = local_max_total_tokens(self.args, self.runner)
+        return tokens if self.tp is None else agree_max_total_tokens(self.tp.group, tokens)
 
     def _scheduler_config(self) -> _core.SchedulerConfig:
         args, mc = self.args, self.model_config
@@ -383,6 +381,11 @@ class EngineCore:
         radix cache, computed with the old weights, is flushed after a success."""
         if not self.idle():
             return UpdateWeightsFromDiskResp(False, WEIGHTS_BUSY)
+        if self.tp is not None:  # every rank loads its shard of the new weights
+            from sglang.srt.managers.tp_worker import StepMessage
+
+            self.tp.send(StepMessage("update_weights", model_path=req.model_path,
+                                     load_format=req.load_format))
         ok, message = self.runner.update_weights_from_disk(req.model_path, req.load_format)
         if ok and req.flush_cache:
             self.flush_cache()
@@ -401,6 +404,17 @@ class EngineCore:
         except LoraError as exc:
             return LoraAdapterResp(False, str(exc), self.lora.loaded())
         return LoraAdapterResp(True, None, self.lora.loaded())
+
+    def heartbeat(self) -> None:
+        """Called while idle: keeps the TP followers' wait under the group's timeout."""
+        if self.tp is not None:
+            self.tp.keepalive()
+
+    def close(self) -> None:
+        """Ends the TP followers (the engine process calls it on shutdown)."""
+        if self.tp is not None:
+            self.tp.stop()
+            self.tp = None
 
     def idle(self) -> bool:
         return self.core.idle() and not (self.grammars and self.grammars.waiting)
@@ -451,8 +465,8 @@ class EngineCore:
             step = self._forward_and_sample(plan)
         except Exception as exc:
             self.failed_steps += 1
-            if self.failed_steps >= MAX_FAILED_STEPS:
-                raise
+            if self.failed_steps >= MAX_FAILED_STEPS or self.tp is not None:
+                raise  # under TP the ranks may no longer be in lockstep: the group ends
             logger.exception("a step failed; its requests end with an error")
             outs = self._cancel_plan(f"{type(exc).__name__}: {exc}")
         else:
@@ -483,8 +497,16 @@ class EngineCore:
                                        positions=images.positions if images else None)
         if images is not None and images.mrope_positions is not None:
             batch.mrope_positions = torch.from_numpy(images.mrope_positions).to(self.device)
-        if plan.mode == _core.ForwardMode.EXTEND and (images is not None and images.rows or any(
-                e.input_embeds is not None for e in ereqs)):
+        embeds_step = plan.mode == _core.ForwardMode.EXTEND and (
+            images is not None and images.rows or any(e.input_embeds is not None for e in ereqs))
+        if self.tp is not None:  # the followers run this forward too (images: no VLM under TP)
+            from sglang.srt.managers.tp_worker import StepMessage
+
+            self.tp.broadcast_step(StepMessage.from_plan(
+                plan, self.req_to_token, logits_rows, capture_hidden,
+                images.positions if images else None,
+                self._embed_overrides(plan, ereqs) if embeds_step else None))
+        if embeds_step:
             batch.input_embeds = self._extend_embeds(plan, ereqs, batch.input_ids, images)
         sample_reqs = [ereqs[i] for i in plan.sample_indices]
         masks = None
@@ -541,15 +563,24 @@ class EngineCore:
             embeds = self.runner.embed_tokens(input_ids)
             if images is not None:
                 images.write(embeds)
-            for i, e in enumerate(ereqs):
-                if e.input_embeds is None:
-                    continue
-                first = int(plan.prefix_lens[i])
-                count = min(int(plan.extend_lens[i]), e.input_embeds.shape[0] - first)
-                if count > 0:
-                    lo = int(plan.extend_start[i])
-                    embeds[lo:lo + count] = e.input_embeds[first:first + count]
+            for lo, rows in self._embed_overrides(plan, ereqs, cpu=False):
+                embeds[lo:lo + rows.shape[0]] = rows
         return embeds
+
+    @staticmethod
+    def _embed_overrides(plan: Any, ereqs: list[EngineReq],
+                         cpu: bool = True) -> list[tuple[int, torch.Tensor]]:
+        """(first row, rows) of an extend step taken from requests' input_embeds."""
+        out = []
+        for i, e in enumerate(ereqs):
+            if e.input_embeds is None:
+                continue
+            first = int(plan.prefix_lens[i])
+            count = min(int(plan.extend_lens[i]), e.input_embeds.shape[0] - first)
+            if count > 0:
+                rows = e.input_embeds[first:first + count]
+                out.append((int(plan.extend_start[i]), rows.cpu() if cpu else rows))
+        return out
 
     def _sampled_hidden(self, sample_reqs: list[EngineReq],
                         hidden: torch.Tensor) -> dict[int, list[Any]]:
@@ -760,6 +791,23 @@ class EngineCore:
             self._tput_window = (now, 0)
         else:
             self._tput_window = (t0, count)
+
+
+def local_max_total_tokens(args: ServerArgs, runner: Any) -> int:
+    """The KV tokens of one rank's pool: --max-total-tokens, or what the GPU's free memory
+    holds, or on a CPU a share of the available memory."""
+    if args.max_total_tokens is not None:
+        return args.max_total_tokens
+    profiled = runner.profile_max_num_tokens(args.mem_fraction_static or 0.88)
+    if profiled is not None:
+        return int(profiled)
+    per_token = runner.kv_bytes_per_token()
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        avail = 8 << 30
+    fit = int(avail * CPU_KV_MEMORY_FRACTION // max(per_token, 1))
+    return max(args.page_size * 64, min(CPU_DEFAULT_MAX_TOTAL_TOKENS, fit))
 
 
 def _is_matryoshka(hf_config: Any) -> bool:

@@ -56,9 +56,10 @@ def _die_with_parent() -> None:
 
 
 def run_engine_process(server_args: ServerArgs, ipc_in: str, ipc_out: str, ready_conn: Any,
-                       dp_rank: int | None = None) -> None:
+                       dp_rank: int | None = None, tp_init_method: str | None = None) -> None:
     """``dp_rank``: this replica's index with --dp-size > 1 (its logs say so; on CUDA it runs on
-    the dp_rank-th visible GPU, on a CPU with its share of the threads)."""
+    the dp_rank-th visible GPU, on a CPU with its share of the threads). ``tp_init_method``: with
+    --tp-size > 1, where this process (TP rank 0) meets the followers (``tp_worker.py``)."""
     _die_with_parent()
     # OpenMP's default wait policy (spin briefly, then sleep) is kept on purpose: PASSIVE made
     # every parallel region wake sleeping threads and doubled the CPU decode step (89 vs 41 ms at
@@ -75,6 +76,8 @@ def run_engine_process(server_args: ServerArgs, ipc_in: str, ipc_out: str, ready
             _use_gpu(dp_rank)
         elif dp_rank is not None:
             _share_cpu_threads(server_args.dp_size)
+        elif server_args.tp_size > 1 and server_args.device == "cpu":
+            _share_cpu_threads(server_args.tp_size)
         from sglang.srt.managers.embedding_core import EmbeddingEngineCore, serves_encoder
 
         if server_args.is_embedding and serves_encoder(server_args):
@@ -82,7 +85,7 @@ def run_engine_process(server_args: ServerArgs, ipc_in: str, ipc_out: str, ready
         else:  # generation, or a decoder embedding model (EngineCore's embedding mode)
             from sglang.srt.managers.engine_core import EngineCore
 
-            engine = EngineCore(server_args)
+            engine = EngineCore(server_args, dist_init_method=tp_init_method)
     except Exception as exc:  # report any start-up failure to the parent, clearly
         logger.error("engine start-up failed:\n%s", traceback.format_exc())
         ready_conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -97,6 +100,9 @@ def run_engine_process(server_args: ServerArgs, ipc_in: str, ipc_out: str, ready
     logger.info("engine ready")
     try:
         _serve(engine, recv, send, parent)
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()  # the TP followers stop too
     except Exception:
         logger.error("engine crashed:\n%s", traceback.format_exc())
         os._exit(1)
@@ -134,6 +140,7 @@ def _share_cpu_threads(num_replicas: int) -> None:
 def _serve(engine: Any, recv: zmq.Socket, send: zmq.Socket, parent: int) -> None:
     poller = zmq.Poller()
     poller.register(recv, zmq.POLLIN)
+    heartbeat = getattr(engine, "heartbeat", None)
     while True:
         busy = not engine.idle()
         events = dict(poller.poll(0 if busy else POLL_MS_IDLE))
@@ -145,6 +152,8 @@ def _serve(engine: Any, recv: zmq.Socket, send: zmq.Socket, parent: int) -> None
             events = dict(poller.poll(0))
         if not busy and os.getppid() != parent:
             return  # orphaned
+        if not busy and heartbeat is not None:
+            heartbeat()
         outs = engine.step()
         if outs:
             send.send_pyobj(BatchTokenOut(outs))

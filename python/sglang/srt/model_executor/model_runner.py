@@ -173,6 +173,7 @@ class ModelRunner:
         tp_size: int = 1,
         tp_group: TPGroup | None = None,
         dist_init_method: str | None = None,
+        dist_timeout_s: float = 600.0,
     ) -> None:
         if load_format not in LOAD_FORMATS:
             raise ValueError(f"Unknown load format '{load_format}'; expected one of {LOAD_FORMATS}")
@@ -181,7 +182,8 @@ class ModelRunner:
             self.device = torch.device("cuda", tp_rank)  # rank r on the r-th visible GPU
         if tp_size > 1 and self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # NCCL binds each rank to its current device
-        self.tp_group = self._join_tp_group(tp_rank, tp_size, tp_group, dist_init_method)
+        self.tp_group = self._join_tp_group(tp_rank, tp_size, tp_group, dist_init_method,
+                                            dist_timeout_s)
         self.tp_rank, self.tp_size = self.tp_group.rank, self.tp_group.size
         self.source = resolve_model_path(model_path)
         self.tokenizer_path: Any = tokenizer_path or self.source
@@ -275,7 +277,7 @@ class ModelRunner:
         )
 
     def _join_tp_group(self, rank: int, size: int, group: TPGroup | None,
-                       init_method: str | None) -> TPGroup:  # fmt: skip
+                       init_method: str | None, timeout_s: float) -> TPGroup:  # fmt: skip
         """The given group (checked against ``rank`` / ``size``), or a new one joined through
         ``init_method``; the trivial group for one rank."""
         if group is None:
@@ -283,7 +285,8 @@ class ModelRunner:
                 return SINGLE
             if init_method is None:
                 raise ValueError(f"TP size {size}: pass tp_group or dist_init_method")
-            group = init_tp_group(rank, size, init_method, default_backend(self.device))
+            group = init_tp_group(rank, size, init_method, default_backend(self.device),
+                                  timeout_s=timeout_s)
         if (group.rank, group.size) != (rank, size):
             raise ValueError(
                 f"tp_group is rank {group.rank} of {group.size}, expected {rank} of {size}"
@@ -307,8 +310,10 @@ class ModelRunner:
         split_heads(cfg.num_attention_heads, cfg.num_key_value_heads, size)  # raises if uneven
 
     @classmethod
-    def from_server_args(cls, args: Any) -> ModelRunner:
-        """A runner configured by a ServerArgs (the engine and bench_one_batch use this)."""
+    def from_server_args(cls, args: Any, tp_rank: int = 0, dist_init_method: str | None = None,
+                         dist_timeout_s: float = 600.0) -> ModelRunner:
+        """A runner configured by a ServerArgs (the engine and bench_one_batch use this); with
+        ``--tp-size > 1`` the rank ``tp_rank`` joining its group through ``dist_init_method``."""
         return cls(
             model_path=args.model_path,
             tokenizer_path=args.tokenizer_path,
@@ -327,6 +332,10 @@ class ModelRunner:
             or min(DEFAULT_CUDA_GRAPH_MAX_BS, args.max_running_requests),
             expert_distribution_recorder_mode=args.expert_distribution_recorder_mode,
             expert_distribution_recorder_buffer_size=args.expert_distribution_recorder_buffer_size,
+            tp_rank=tp_rank,
+            tp_size=getattr(args, "tp_size", 1),
+            dist_init_method=dist_init_method,
+            dist_timeout_s=dist_timeout_s,
         )
 
     def _init_recorder(self, mode: str | None, buffer_size: int) -> ExpertDistributionRecorder:

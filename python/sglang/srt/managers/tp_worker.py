@@ -1,0 +1,195 @@
+"""Tensor parallelism, the engine side: rank 0 leads, ranks > 0 follow.
+
+With ``--tp-size N`` the engine client starts N processes joined in one ``torch.distributed``
+group (``dist_init_method``: a ``file://`` in the client's IPC folder). Rank 0 is the usual engine
+process (``EngineCore``: the C++ scheduler, sampling, grammars, the ZMQ side); ranks > 0 run
+``run_tp_follower``: a loop that receives, from rank 0, one ``StepMessage`` (``broadcast_object``)
+per forward pass and runs the same forward on its shard of the model. Every forward is a sequence
+of collectives, so the ranks must run the same forwards in the same order: rank 0 broadcasts each
+step before its ``runner.forward`` (``TPLeader.broadcast_step``), and the control messages that
+touch the model (weight updates) the same way. A flush of the radix cache touches no rank's model
+and is not sent. ``stop`` ends the followers; ``keepalive`` is sent by an idle rank 0 so that a
+follower's wait never reaches the group's timeout (``SGLANG_TP_TIMEOUT``) while a dead rank still
+fails the others within it.
+
+The KV pools agree: every rank computes the tokens its pool can hold, the group keeps the minimum
+(``agree_max_total_tokens``) and rank 0's scheduler sizes the pool from it, whose slot count it
+then broadcasts (``TPLeader.share_num_slots``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("sglang.tp")
+TP_TIMEOUT_S = float(os.environ.get("SGLANG_TP_TIMEOUT", "120"))
+KEEPALIVE_S = min(20.0, TP_TIMEOUT_S / 4)
+
+
+@dataclasses.dataclass
+class StepMessage:
+    """What rank 0 sends its followers: one forward pass, a control action, or a stop.
+
+    ``kind``: "step" (the arrays below), "update_weights" (``model_path``, ``load_format``),
+    "keepalive" or "stop". A step's arrays are those ``ForwardBatch.from_plan`` reads, with the
+    batch's rows of the request-to-token table compacted (``table``; ``req_pool_indices`` is
+    ``arange(batch_size)``). ``embed_overrides``: rows of an extend step taken from requests'
+    ``input_embeds`` (start row, [rows, hidden] CPU tensor) instead of the embedding table.
+    """
+
+    kind: str
+    mode: int = 0
+    input_ids: np.ndarray | None = None
+    positions: np.ndarray | None = None
+    out_slots: np.ndarray | None = None
+    req_pool_indices: np.ndarray | None = None
+    seq_lens: np.ndarray | None = None
+    prefix_lens: np.ndarray | None = None
+    extend_lens: np.ndarray | None = None
+    extend_start: np.ndarray | None = None
+    sample_rows: np.ndarray | None = None
+    table: np.ndarray | None = None
+    logits_rows: np.ndarray | None = None
+    capture_hidden: bool = False
+    embed_overrides: list[tuple[int, torch.Tensor]] | None = None
+    model_path: str = ""
+    load_format: str | None = None
+
+    @classmethod
+    def from_plan(cls, plan: Any, req_to_token: torch.Tensor, logits_rows: np.ndarray | None,
+                  capture_hidden: bool, positions: np.ndarray | None,
+                  embed_overrides: list[tuple[int, torch.Tensor]] | None) -> StepMessage:
+        def arr(x: Any) -> np.ndarray:
+            return np.ascontiguousarray(x, dtype=np.int32)
+
+        seq_lens = arr(plan.seq_lens)
+        pool_rows = arr(plan.req_pool_indices)
+        max_len = int(seq_lens.max()) if len(seq_lens) else 0
+        table = np.ascontiguousarray(req_to_token.numpy()[pool_rows, :max_len], dtype=np.int32)
+        return cls(
+            kind="step", mode=int(plan.mode), input_ids=arr(plan.input_ids),
+            positions=arr(plan.positions if positions is None else positions),
+            out_slots=arr(plan.out_slots),
+            req_pool_indices=np.arange(len(seq_lens), dtype=np.int32), seq_lens=seq_lens,
+            prefix_lens=arr(plan.prefix_lens), extend_lens=arr(plan.extend_lens),
+            extend_start=arr(plan.extend_start), sample_rows=arr(plan.sample_rows), table=table,
+            logits_rows=None if logits_rows is None else arr(logits_rows),
+            capture_hidden=capture_hidden, embed_overrides=embed_overrides or None)
+
+
+class TPLeader:
+    """Rank 0's side: broadcasts what the followers must run."""
+
+    def __init__(self, group: Any) -> None:
+        self.group = group
+        self.last_send = time.monotonic()
+
+    def send(self, msg: StepMessage) -> None:
+        self.group.broadcast_object(msg, src=0)
+        self.last_send = time.monotonic()
+
+    def broadcast_step(self, msg: StepMessage) -> None:
+        self.send(msg)
+
+    def keepalive(self) -> None:
+        if time.monotonic() - self.last_send >= KEEPALIVE_S:
+            self.send(StepMessage("keepalive"))
+
+    def share_num_slots(self, num_slots: int) -> None:
+        self.group.broadcast_object(int(num_slots), src=0)
+
+    def stop(self) -> None:
+        try:
+            self.send(StepMessage("stop"))
+        except Exception:  # a follower already gone: nothing to stop
+            logger.warning("could not tell the TP followers to stop", exc_info=True)
+
+
+def agree_max_total_tokens(group: Any, tokens: int) -> int:
+    """The minimum over the ranks of the KV tokens each rank's pool can hold."""
+    if group.size == 1:
+        return tokens
+    import torch.distributed as dist
+
+    t = torch.tensor([int(tokens)], dtype=torch.int64)
+    if group.backend == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=group.group)
+    return int(t.item())
+
+
+def apply_embed_overrides(embeds: torch.Tensor,
+                          overrides: list[tuple[int, torch.Tensor]] | None) -> torch.Tensor:
+    for lo, rows in overrides or []:
+        embeds[lo:lo + rows.shape[0]] = rows.to(device=embeds.device, dtype=embeds.dtype)
+    return embeds
+
+
+def run_step(runner: Any, msg: StepMessage) -> Any:
+    """A follower's forward pass of rank 0's step (the same collectives, in the same order)."""
+    from sglang.srt.model_executor.forward_batch import ForwardBatch
+
+    device = torch.device(runner.device)
+    batch = ForwardBatch.from_plan(msg, torch.from_numpy(msg.table), device,
+                                   logits_rows=msg.logits_rows, capture_hidden=msg.capture_hidden)
+    if msg.embed_overrides:
+        with torch.inference_mode():
+            embeds = runner.embed_tokens(batch.input_ids)
+            batch.input_embeds = apply_embed_overrides(embeds, msg.embed_overrides)
+    return runner.forward(batch)
+
+
+def follower_max_total_tokens(args: Any, runner: Any) -> int:
+    from sglang.srt.managers.engine_core import local_max_total_tokens
+
+    return local_max_total_tokens(args, runner)
+
+
+def run_tp_follower(server_args: Any, tp_rank: int, dist_init_method: str) -> None:
+    """A rank > 0: builds its ModelRunner, agrees on the KV pool, then runs rank 0's steps until
+    ``stop``. Any error (a collective failing: rank 0 or another rank died) ends the process."""
+    from sglang.srt.managers.engine_process import _die_with_parent, _share_cpu_threads
+
+    _die_with_parent()
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(
+        level=getattr(logging, server_args.log_level.upper(), logging.INFO),
+        format=f"[%(asctime)s engine tp{tp_rank}] %(message)s")
+    try:
+        if server_args.device == "cpu":
+            _share_cpu_threads(server_args.tp_size)
+        from sglang.srt.model_executor.model_runner import ModelRunner
+
+        runner = ModelRunner.from_server_args(server_args, tp_rank=tp_rank,
+                                              dist_init_method=dist_init_method)
+        group = runner.tp_group
+        agree_max_total_tokens(group, follower_max_total_tokens(server_args, runner))
+        runner.init_kv_pool(group.broadcast_object(None, src=0))
+        logger.info("TP rank %d ready", tp_rank)
+        steps = 0
+        while True:
+            msg: StepMessage = group.broadcast_object(None, src=0)
+            if msg.kind == "step":
+                run_step(runner, msg)
+                steps += 1
+            elif msg.kind == "update_weights":
+                ok, message = runner.update_weights_from_disk(msg.model_path, msg.load_format)
+                if not ok:
+                    logger.error("TP rank %d: weight update failed: %s", tp_rank, message)
+            elif msg.kind == "stop":
+                logger.info("TP rank %d stops after %d steps", tp_rank, steps)
+                break
+    except Exception:
+        logger.error("TP rank %d failed:\n%s", tp_rank, traceback.format_exc())
+        os._exit(1)
+    os._exit(0)
