@@ -94,3 +94,60 @@ def test_prefix_hit_equals_one_rank(servers: tuple[str, str]) -> None:
     again = generate(url2, body)  # the prompt's KV from the cache, on both ranks
     assert again["meta_info"]["cached_tokens"] > 0
     assert_same(generate(url1, body), again)
+
+
+def test_input_embeds_equal_ids(servers: tuple[str, str], tiny_model: Path) -> None:
+    """input_embeds rows replace the (vocabulary-parallel) embedding lookup on every rank."""
+    import torch
+    from safetensors.torch import load_file
+
+    table = load_file(str(tiny_model / "model.safetensors"))["model.embed_tokens.weight"]
+    url1, url2 = servers
+    ids = prompt(50, 16)
+    by_ids = generate(url1, {"input_ids": ids, "sampling_params": GREEDY})
+    embeds = table[torch.tensor(ids)].tolist()
+    by_embeds = generate(url2, {"input_embeds": embeds, "sampling_params": GREEDY})
+    assert by_embeds["output_ids"] == by_ids["output_ids"]
+
+
+def test_update_weights_reaches_every_rank(servers: tuple[str, str], tiny_model: Path) -> None:
+    url1, url2 = servers
+    body = {"input_ids": prompt(60), "sampling_params": GREEDY, "return_logprob": True}
+    before = generate(url2, body)
+    r = requests.post(f"{url2}/update_weights_from_disk", json={"model_path": str(tiny_model)},
+                      timeout=300)
+    assert r.status_code == 200 and r.json()["success"], r.text
+    after = generate(url2, body)
+    assert after["meta_info"]["cached_tokens"] == 0  # the cache was flushed
+    assert_same(before, after)
+    assert_same(generate(url1, body), after)
+
+
+def test_dead_rank_fails_the_engine(tiny_model: Path) -> None:
+    """A follower killed: the engine stops (503 while it restarts), nothing hangs, and the
+    restarted engine (both ranks again) serves."""
+    import time
+
+    import psutil
+
+    proc, url = start_server(str(tiny_model), [*ARGS, "--tp-size", "2", "--engine-restart"])
+    try:
+        body = {"input_ids": prompt(40), "sampling_params": GREEDY}
+        expected = generate(url, body)["output_ids"]
+        engines = [p for p in psutil.Process(proc.pid).children()
+                   if "resource_tracker" not in " ".join(p.cmdline())]
+        assert len(engines) == 2, engines
+        max(engines, key=lambda p: p.pid).kill()  # the follower starts after rank 0
+        deadline = time.time() + 10
+        while requests.get(f"{url}/health", timeout=30).status_code == 200:
+            assert time.time() < deadline, "the dead rank was not noticed"
+            time.sleep(0.1)
+        r = requests.post(f"{url}/generate", json=body, timeout=60)
+        assert r.status_code == 503, r.text
+        deadline = time.time() + 120
+        while requests.get(f"{url}/health", timeout=30).status_code != 200:
+            assert time.time() < deadline, "the engine did not restart"
+            time.sleep(0.5)
+        assert generate(url, body)["output_ids"] == expected
+    finally:
+        stop_server(proc)

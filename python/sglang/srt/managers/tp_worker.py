@@ -178,7 +178,12 @@ def run_tp_follower(server_args: Any, tp_rank: int, dist_init_method: str) -> No
         logger.info("TP rank %d ready", tp_rank)
         steps = 0
         while True:
-            msg: StepMessage = group.broadcast_object(None, src=0)
+            try:
+                msg: StepMessage = group.broadcast_object(None, src=0)
+            except Exception as exc:  # rank 0 ended (shutdown, crash) or the group timed out
+                logger.warning("TP rank %d: lost rank 0 (%s); exiting", tp_rank,
+                               str(exc).splitlines()[0][:200])
+                os._exit(1)
             if msg.kind == "step":
                 run_step(runner, msg)
                 steps += 1
