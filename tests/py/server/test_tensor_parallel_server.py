@@ -1,9 +1,10 @@
 """Tensor parallelism through the server (--tp-size 2): two engine ranks over gloo.
 
 A server of the tiny random Llama (float32) with --tp-size 2 against one with --tp-size 1:
-greedy output ids equal and every output logprob within 1e-4, for single prompts, a batch and a
-streaming request; /health passes; the engine is idle and integrity-clean at the end; a weight
-update reaches both ranks; shutting the server down ends the follower rank.
+greedy output ids equal and every output logprob within 1e-4, for single prompts, a batch, a
+streaming request, prefix hits, input_embeds and chunked prefill with pages; /health passes; the
+engine is idle and integrity-clean at the end; a weight update reaches both ranks; a killed
+follower fails the engine (503) and --engine-restart brings both ranks back.
 """
 
 from __future__ import annotations
@@ -121,6 +122,22 @@ def test_update_weights_reaches_every_rank(servers: tuple[str, str], tiny_model:
     assert after["meta_info"]["cached_tokens"] == 0  # the cache was flushed
     assert_same(before, after)
     assert_same(generate(url1, body), after)
+
+
+def test_chunked_prefill_with_pages_equals_one_rank(servers: tuple[str, str],
+                                                    tiny_model: Path) -> None:
+    """Prompts split over several prefill chunks, KV in pages of 4, on two ranks."""
+    url1, _ = servers
+    proc, url = start_server(str(tiny_model), [*ARGS, "--tp-size", "2", "--page-size", "4",
+                                               "--chunked-prefill-size", "16"])
+    try:
+        body = {"input_ids": [prompt(70 + k, 45 + 7 * k) for k in range(3)],
+                "sampling_params": GREEDY, "return_logprob": True}
+        for a, b in zip(generate(url1, body), generate(url, body), strict=True):
+            assert_same(a, b)
+        assert_engine_clean(url)
+    finally:
+        stop_server(proc)
 
 
 def test_dead_rank_fails_the_engine(tiny_model: Path) -> None:
