@@ -406,7 +406,8 @@ class EngineCore:
         return LoraAdapterResp(True, None, self.lora.loaded())
 
     def heartbeat(self) -> None:
-        """Called while idle: keeps the TP followers' wait under the group's timeout."""
+        """Called every loop of the engine process: while no step has been broadcast for
+        ``KEEPALIVE_S``, keeps the TP followers' wait under the group's timeout."""
         if self.tp is not None:
             self.tp.keepalive()
 

@@ -152,7 +152,7 @@ def _serve(engine: Any, recv: zmq.Socket, send: zmq.Socket, parent: int) -> None
             events = dict(poller.poll(0))
         if not busy and os.getppid() != parent:
             return  # orphaned
-        if not busy and heartbeat is not None:
+        if heartbeat is not None:  # (also while busy: a step may wait on grammars, not forward)
             heartbeat()
         outs = engine.step()
         if outs:
