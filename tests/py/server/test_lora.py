@@ -375,6 +375,34 @@ def test_offline_engine_adapters(base: Path, adapters: dict[str, Path], hf: HFLo
             llm.generate(input_ids=PROMPTS[0], sampling_params=GREEDY, lora_path="g")
 
 
+# ---- data-parallel replicas --------------------------------------------------------------------
+def test_adapters_on_data_parallel_replicas(base: Path, adapters: dict[str, Path], hf: HFLora,
+                                            arch: str) -> None:  # fmt: skip
+    """--dp-size 2: every replica serves the adapters, and a run-time load reaches both."""
+    if arch != "llama":
+        pytest.skip("one architecture is enough for the replicas")
+    with serving(str(base), ["--dtype", "float32", "--dp-size", "2",
+                             "--load-balance-method", "round_robin",
+                             "--lora-paths", f"alpha={adapters['alpha']}", "--max-lora-rank", "8",
+                             "--lora-target-modules", "all", "--max-total-tokens", "2048",
+                             "--skip-server-warmup", "--log-level", "warning"]) as u:  # fmt: skip
+        names = ["alpha", None, "alpha", None]
+        outs = ok(generate(u, input_ids=[PROMPTS[i] for i in range(4)], lora_path=names))
+        for i, (name, out) in enumerate(zip(names, outs)):
+            assert out["output_ids"] == hf.greedy(name, PROMPTS[i]), i
+        r = ok(_post(u, "load_lora_adapter", lora_name="g", lora_path=str(adapters["gamma"])))
+        assert set(r["loaded_adapters"]) == {"alpha", "g"}
+        def loads() -> list[int]:
+            info = requests.get(f"{u}/get_server_info", timeout=30).json()
+            return [state["lora_slot_loads"] for state in info["internal_states"]]
+
+        before = loads()
+        for i in (2, 3):  # round robin: one request on each replica, each loads "g"
+            out = ok(generate(u, input_ids=PROMPTS[i], lora_path="g"))
+            assert out["output_ids"] == hf.greedy("gamma", PROMPTS[i])
+        assert [b + 1 for b in before] == loads()
+
+
 # ---- a server without --enable-lora (the session's demo server) --------------------------------
 def test_lora_requests_refused_without_enable_lora(server: str) -> None:
     refused(generate(server, text="hi", lora_path="alpha"), "--enable-lora")
