@@ -413,4 +413,8 @@ def test_lora_requests_refused_without_enable_lora(server: str) -> None:
 
     client = openai.OpenAI(base_url=f"{server}/v1", api_key="none")
     with pytest.raises(openai.BadRequestError, match="--enable-lora"):
-        client.completions.create(model="base:alpha", prompt="hi", max_tokens=2)
+        client.completions.create(model="base", prompt="hi", max_tokens=2,
+                                  extra_body={"lora_path": "alpha"})
+    # Without LoRA a model name with a colon is only a name (Ollama style), never an adapter.
+    done = client.completions.create(model="llama3:8b", prompt="hi", max_tokens=2)
+    assert done.model == "llama3:8b" and done.choices[0].text
