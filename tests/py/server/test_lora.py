@@ -277,6 +277,10 @@ def test_load_refusals(url: str, base: Path, adapters: dict[str, Path], tmp_path
             "another base model")
     refused(_post(url, "load_lora_adapter", lora_name="", lora_path=str(adapters["beta"])),
             "name")
+    assert len(refused(_post(url, "load_lora_adapter", lora_name="long",
+                             lora_path="x" * 5000), "at most 4096")) < 1000
+    refused(_post(url, "load_lora_adapter", lora_name="nul", lora_path="a\x00b"), "PEFT")
+    refused(_post(url, "load_lora_adapter", lora_name="dir", lora_path=str(tmp_path)), "PEFT")
     refused(_post(url, "load_lora_adapter", lora_name="p", lora_path=str(adapters["beta"]),
                   pinned=True), "pinned")
     assert requests.post(f"{url}/load_lora_adapter", json={"lora_name": "q"},
