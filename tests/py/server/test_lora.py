@@ -281,6 +281,13 @@ def test_load_refusals(url: str, base: Path, adapters: dict[str, Path], tmp_path
                              lora_path="x" * 5000), "at most 4096")) < 1000
     refused(_post(url, "load_lora_adapter", lora_name="nul", lora_path="a\x00b"), "PEFT")
     refused(_post(url, "load_lora_adapter", lora_name="dir", lora_path=str(tmp_path)), "PEFT")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text(
+        (adapters["beta"] / "adapter_config.json").read_text())
+    (broken / "adapter_model.safetensors").write_bytes(b"not safetensors" * 10)
+    refused(_post(url, "load_lora_adapter", lora_name="broken", lora_path=str(broken)),
+            "not a readable safetensors file")
     refused(_post(url, "load_lora_adapter", lora_name="p", lora_path=str(adapters["beta"]),
                   pinned=True), "pinned")
     assert requests.post(f"{url}/load_lora_adapter", json={"lora_name": "q"},

@@ -401,7 +401,7 @@ class EngineCore:
                 self.lora.unload(req.lora_name)
         except LoraError as exc:
             return LoraAdapterResp(False, str(exc)[:MAX_ERROR_CHARS], self.lora.loaded())
-        except (OSError, ValueError, RuntimeError) as exc:  # an unreadable path or file
+        except Exception as exc:  # noqa: BLE001 (an unreadable path or file: never the engine)
             message = f"Cannot load the LoRA adapter: {type(exc).__name__}: {exc}"
             return LoraAdapterResp(False, message[:MAX_ERROR_CHARS], self.lora.loaded())
         return LoraAdapterResp(True, None, self.lora.loaded())
