@@ -277,6 +277,17 @@ def test_load_refusals(url: str, base: Path, adapters: dict[str, Path], tmp_path
             "another base model")
     refused(_post(url, "load_lora_adapter", lora_name="", lora_path=str(adapters["beta"])),
             "name")
+    assert len(refused(_post(url, "load_lora_adapter", lora_name="long",
+                             lora_path="x" * 5000), "at most 4096")) < 1000
+    refused(_post(url, "load_lora_adapter", lora_name="nul", lora_path="a\x00b"), "PEFT")
+    refused(_post(url, "load_lora_adapter", lora_name="dir", lora_path=str(tmp_path)), "PEFT")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text(
+        (adapters["beta"] / "adapter_config.json").read_text())
+    (broken / "adapter_model.safetensors").write_bytes(b"not safetensors" * 10)
+    refused(_post(url, "load_lora_adapter", lora_name="broken", lora_path=str(broken)),
+            "not a readable safetensors file")
     refused(_post(url, "load_lora_adapter", lora_name="p", lora_path=str(adapters["beta"]),
                   pinned=True), "pinned")
     assert requests.post(f"{url}/load_lora_adapter", json={"lora_name": "q"},
@@ -375,6 +386,34 @@ def test_offline_engine_adapters(base: Path, adapters: dict[str, Path], hf: HFLo
             llm.generate(input_ids=PROMPTS[0], sampling_params=GREEDY, lora_path="g")
 
 
+# ---- data-parallel replicas --------------------------------------------------------------------
+def test_adapters_on_data_parallel_replicas(base: Path, adapters: dict[str, Path], hf: HFLora,
+                                            arch: str) -> None:  # fmt: skip
+    """--dp-size 2: every replica serves the adapters, and a run-time load reaches both."""
+    if arch != "llama":
+        pytest.skip("one architecture is enough for the replicas")
+    with serving(str(base), ["--dtype", "float32", "--dp-size", "2",
+                             "--load-balance-method", "round_robin",
+                             "--lora-paths", f"alpha={adapters['alpha']}", "--max-lora-rank", "8",
+                             "--lora-target-modules", "all", "--max-total-tokens", "2048",
+                             "--skip-server-warmup", "--log-level", "warning"]) as u:  # fmt: skip
+        names = ["alpha", None, "alpha", None]
+        outs = ok(generate(u, input_ids=[PROMPTS[i] for i in range(4)], lora_path=names))
+        for i, (name, out) in enumerate(zip(names, outs)):
+            assert out["output_ids"] == hf.greedy(name, PROMPTS[i]), i
+        r = ok(_post(u, "load_lora_adapter", lora_name="g", lora_path=str(adapters["gamma"])))
+        assert set(r["loaded_adapters"]) == {"alpha", "g"}
+        def loads() -> list[int]:
+            info = requests.get(f"{u}/get_server_info", timeout=30).json()
+            return [state["lora_slot_loads"] for state in info["internal_states"]]
+
+        before = loads()
+        for i in (2, 3):  # round robin: one request on each replica, each loads "g"
+            out = ok(generate(u, input_ids=PROMPTS[i], lora_path="g"))
+            assert out["output_ids"] == hf.greedy("gamma", PROMPTS[i])
+        assert [b + 1 for b in before] == loads()
+
+
 # ---- a server without --enable-lora (the session's demo server) --------------------------------
 def test_lora_requests_refused_without_enable_lora(server: str) -> None:
     refused(generate(server, text="hi", lora_path="alpha"), "--enable-lora")
@@ -385,4 +424,8 @@ def test_lora_requests_refused_without_enable_lora(server: str) -> None:
 
     client = openai.OpenAI(base_url=f"{server}/v1", api_key="none")
     with pytest.raises(openai.BadRequestError, match="--enable-lora"):
-        client.completions.create(model="base:alpha", prompt="hi", max_tokens=2)
+        client.completions.create(model="base", prompt="hi", max_tokens=2,
+                                  extra_body={"lora_path": "alpha"})
+    # Without LoRA a model name with a colon is only a name (Ollama style), never an adapter.
+    done = client.completions.create(model="llama3:8b", prompt="hi", max_tokens=2)
+    assert done.model == "llama3:8b" and done.choices[0].text

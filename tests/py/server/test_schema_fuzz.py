@@ -6,7 +6,8 @@ derandomized: the same cases every run), valid and invalid; every reply must be 
 timeout; afterwards the engine is alive, idle and integrity-clean, and at least ``MIN_CASES``
 cases ran. The server is the demo model with small limits, so every generation is short and
 the run is bounded in time. Issue #9, acceptance 3; the OpenAI and Anthropic routes of issue
-#10 are in the schema, so they are fuzzed too.
+#10 are in the schema, so they are fuzzed too, and LoRA is enabled so that ``lora_path`` and the
+adapter routes run their checks (issue #15).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def fuzz_server() -> Iterator[str]:
         "--preferred-sampling-params", '{"max_new_tokens": 4}',
         "--max-n", "4", "--max-batch-size", "8", "--max-stop-strings", "4",
         "--enable-metrics", "--random-seed", "11", "--skip-server-warmup",
+        "--enable-lora", "--max-loras-per-batch", "2", "--max-lora-rank", "8",
         "--log-level", "warning"])
     try:
         yield url

@@ -119,8 +119,13 @@ def _read_weights(name: str, path: Path, config: LoraConfig
     file = path / "adapter_model.safetensors"
     if not file.is_file():
         raise LoraError(f"LoRA adapter '{name}': no adapter_model.safetensors in {path}.")
+    try:
+        tensors = load_file(str(file))
+    except Exception as exc:  # noqa: BLE001 (safetensors raises its own error type)
+        raise LoraError(f"LoRA adapter '{name}': {file} is not a readable safetensors file "
+                        f"({type(exc).__name__}: {str(exc)[:200]}).") from None
     halves: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-    for key, tensor in load_file(str(file)).items():
+    for key, tensor in tensors.items():
         match = _KEY.search(key)
         if match is None or match.group(2) not in config.targets:
             raise LoraError(f"LoRA adapter '{name}': tensor {key} is not a LoRA weight of the "

@@ -36,6 +36,7 @@ from sglang.srt.lora.pool import LoraPool
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_RANK = 16  # --max-lora-rank when no --lora-paths adapter tells
+MAX_PATH_CHARS = 4096  # PATH_MAX
 NAMESPACE_SEP = "\x1flora:"  # cache namespace suffix of an adapter's requests
 # The fused projection of the Llama-family decoder layer that computes each target, and its shard.
 FUSED_TARGETS = {"q_proj": ("self_attn.qkv_proj", "q"), "k_proj": ("self_attn.qkv_proj", "k"),
@@ -202,8 +203,9 @@ class LoraManager:
         check_adapter_name(name)
         if name in self.adapters:
             raise LoraError(f"A LoRA adapter named '{name}' is already loaded.")
-        if not isinstance(path, str) or not path:
-            raise LoraError("lora_path must be a non-empty string (a PEFT adapter folder).")
+        if not isinstance(path, str) or not path or len(path) > MAX_PATH_CHARS:
+            raise LoraError(f"lora_path must be a PEFT adapter folder: a non-empty string of at "
+                            f"most {MAX_PATH_CHARS} characters.")
         self._add(LoraAdapter.load(name, path, self.max_rank))
 
     def unload(self, name: str) -> None:

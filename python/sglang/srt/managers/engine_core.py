@@ -59,6 +59,7 @@ CPU_KV_MEMORY_FRACTION = 0.25
 GRAMMAR_COMPILE_TIMEOUT_S = float(os.environ.get("SGLANG_GRAMMAR_COMPILE_TIMEOUT", "60"))
 MAX_FAILED_STEPS = 3  # consecutive failed steps before the engine gives up
 QUEUE_FULL = "The request queue is full."
+MAX_ERROR_CHARS = 500  # an error message never echoes a long request field
 DECODER_POOLING = PoolingConfig("last", normalize=True)
 
 
@@ -402,7 +403,10 @@ class EngineCore:
             else:
                 self.lora.unload(req.lora_name)
         except LoraError as exc:
-            return LoraAdapterResp(False, str(exc), self.lora.loaded())
+            return LoraAdapterResp(False, str(exc)[:MAX_ERROR_CHARS], self.lora.loaded())
+        except Exception as exc:  # noqa: BLE001 (an unreadable path or file: never the engine)
+            message = f"Cannot load the LoRA adapter: {type(exc).__name__}: {exc}"
+            return LoraAdapterResp(False, message[:MAX_ERROR_CHARS], self.lora.loaded())
         return LoraAdapterResp(True, None, self.lora.loaded())
 
     def heartbeat(self) -> None:

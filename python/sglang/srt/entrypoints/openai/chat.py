@@ -517,7 +517,7 @@ async def prepare(tm: TokenizerManager, req: ChatCompletionRequest) -> Prepared:
         top_logprobs_num=(req.top_logprobs or 0) if req.logprobs else 0,
         return_hidden_states=req.return_hidden_states,
         custom_logit_processor=req.custom_logit_processor,
-        lora_path=lora_adapter(req.model, req.lora_path),
+        lora_path=lora_adapter(tm, req.model, req.lora_path),
         session_params=req.session_params, priority=req.priority, image_data=images or None)
     return Prepared(obj, output)
 

@@ -104,12 +104,14 @@ SAME_NAME_FIELDS = ("temperature", "top_p", "top_k", "min_p", "frequency_penalty
                     "json_schema", "ebnf", "logit_bias", "custom_params", "n")
 
 
-def lora_adapter(model: str | None, lora_path: Any) -> Any:
-    """The LoRA adapter a request names: its ``lora_path`` (SGLang's extra field), else the
-    ``adapter`` of ``"model": "base:adapter"``; None for the base model."""
+def lora_adapter(tm: TokenizerManager, model: str | None, lora_path: Any) -> Any:
+    """The LoRA adapter a request names: its ``lora_path`` (SGLang's extra field), else, on a
+    server with LoRA enabled, the ``adapter`` of ``"model": "base:adapter"``; None for the base
+    model. Without LoRA a ``model`` with a colon is just a name (``llama3:8b``): model names are
+    not checked."""
     if lora_path is not None:
         return lora_path
-    if isinstance(model, str) and ":" in model:
+    if tm.info.lora_enabled and isinstance(model, str) and ":" in model:
         return model.split(":", 1)[1] or None
     return None
 

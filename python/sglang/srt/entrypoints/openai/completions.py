@@ -188,7 +188,7 @@ def _format_params(req: CompletionRequest) -> dict[str, Any]:
     return params
 
 
-def to_generate_request(req: CompletionRequest) -> GenerateReqInput:
+def to_generate_request(tm: TokenizerManager, req: CompletionRequest) -> GenerateReqInput:
     """The internal request of a checked completion request."""
     params = sampling_params(req, req.max_tokens)
     params.update(_format_params(req))
@@ -207,7 +207,7 @@ def to_generate_request(req: CompletionRequest) -> GenerateReqInput:
         return_text_in_logprobs=True,
         return_hidden_states=req.return_hidden_states,
         custom_logit_processor=req.custom_logit_processor,
-        lora_path=lora_adapter(req.model, req.lora_path),
+        lora_path=lora_adapter(tm, req.model, req.lora_path),
         session_params=req.session_params,
         priority=req.priority,
     )
@@ -301,7 +301,7 @@ async def create_completion(tm: TokenizerManager, req: CompletionRequest,
                             raw_request: Request) -> dict[str, Any]:
     """The non-streaming reply."""
     check_request(tm, req)
-    states = await submit(tm, to_generate_request(req))
+    states = await submit(tm, to_generate_request(tm, req))
     try:
         prompt_ids = await prompt_token_ids(tm, req) if req.return_token_ids else None
         if not await wait_all(tm, states, raw_request):
@@ -408,7 +408,7 @@ async def start_completion_stream(tm: TokenizerManager, req: CompletionRequest,
                                   raw_request: Request) -> AsyncIterator[dict[str, Any]]:
     """Checks and submits the request, then returns its chunk iterator."""
     check_request(tm, req)
-    states = await submit(tm, to_generate_request(req))
+    states = await submit(tm, to_generate_request(tm, req))
     try:
         prompt_ids = await prompt_token_ids(tm, req) if req.return_token_ids else None
     except BaseException:
