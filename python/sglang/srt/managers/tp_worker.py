@@ -180,7 +180,7 @@ def run_tp_follower(server_args: Any, tp_rank: int, dist_init_method: str) -> No
         while True:
             try:
                 msg: StepMessage = group.broadcast_object(None, src=0)
-            except Exception as exc:  # rank 0 ended (shutdown, crash) or the group timed out
+            except Exception as exc:  # noqa: BLE001 (rank 0 ended, or the group timed out)
                 logger.warning("TP rank %d: lost rank 0 (%s); exiting", tp_rank,
                                str(exc).splitlines()[0][:200])
                 os._exit(1)
