@@ -284,33 +284,36 @@ class LoraManager:
         return table
 
     def _install_hooks(self) -> None:
-        by_module: dict[int, tuple[nn.Module, int, list[tuple[str, int, int]]]] = {}
+        pool = self.pool
+        by_module: dict[int, tuple[nn.Module, list[tuple[int, int, torch.Tensor, torch.Tensor]]]]
+        by_module = {}
         for index, layer in enumerate(self.layers):
-            for target in self.pool.shapes:
+            for target in pool.shapes:
                 module, shard = layer[target]
                 lo, size = (0, module.out_features) if shard is None else \
                     module.shard_offsets[shard]
-                entry = by_module.setdefault(id(module), (module, index, []))
-                entry[2].append((target, lo, size))
-        for module, index, parts in by_module.values():
-            module.lora = _LoraHook(self, index, tuple(parts))
+                entry = by_module.setdefault(id(module), (module, []))
+                entry[1].append((lo, size, pool.A[target][index], pool.B[target][index]))
+        for module, parts in by_module.values():
+            module.lora = _LoraHook(self, tuple(parts))
 
 
 class _LoraHook:
-    """Adds the step's deltas of one layer's targets computed by one (fused) projection."""
+    """Adds the step's deltas of one layer's targets computed by one (fused) projection. Each
+    part is (first output column, width, A view, B view): the pool's per-layer weights, made
+    once (the pool's tensors are never reallocated)."""
 
-    __slots__ = ("layer", "manager", "parts")
+    __slots__ = ("manager", "parts")
 
-    def __init__(self, manager: LoraManager, layer: int,
-                 parts: tuple[tuple[str, int, int], ...]) -> None:  # fmt: skip
-        self.manager, self.layer, self.parts = manager, layer, parts
+    def __init__(self, manager: LoraManager,
+                 parts: tuple[tuple[int, int, torch.Tensor, torch.Tensor], ...]) -> None:  # fmt: skip
+        self.manager, self.parts = manager, parts
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         step = self.manager.step
         if step is None:
             return
         pool = self.manager.pool
-        for target, lo, size in self.parts:
-            lora_apply_(x, y[:, lo:lo + size], pool.A[target][self.layer],
-                        pool.B[target][self.layer], pool.ranks, pool.scaling, step.indptr,
+        for lo, size, a, b in self.parts:
+            lora_apply_(x, y[:, lo:lo + size], a, b, pool.ranks, pool.scaling, step.indptr,
                         step.slots)
