@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> None:
         code = launch_server(server_args)
     except (RuntimeError, ValueError) as exc:
         sys.exit(f"error: {exc}")
+    if code and server_args.node_rank > 0:
+        sys.exit(f"error: a tensor-parallel rank of node {server_args.node_rank} failed; the "
+                 "node exits so that it can be restarted")
     if code:
         sys.exit("error: the engine process died; the server exits so that it can be restarted")
 

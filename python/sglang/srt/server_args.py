@@ -70,6 +70,11 @@ class ServerArgs:
     torch_compile_max_bs: int = 32
     cuda_graph_max_bs: int | None = None
     tp_size: int = 1
+    # multi-node tensor parallelism: node r runs TP ranks r*k .. r*k+k-1 (k = tp_size / nnodes);
+    # node 0 also runs the HTTP server (see managers/worker_node.py)
+    nnodes: int = 1
+    node_rank: int = 0
+    dist_init_addr: str | None = None  # HOST:PORT of node 0's torch.distributed rendezvous
     dp_size: int = 1  # engine replicas behind the router (see managers/engine_group.py)
     load_balance_method: str = "round_robin"
     # outputs
@@ -166,6 +171,7 @@ class ServerArgs:
             check(not self.enable_lora, "--enable-lora is not supported with --tp-size > 1 yet")
             check(not self.is_embedding,
                   "--is-embedding is not supported with --tp-size > 1 yet")
+        self._validate_nodes(check)
         check(self.dp_size >= 1, f"--dp-size must be at least 1, got {self.dp_size}")
         check(self.load_balance_method in LOAD_BALANCE_METHODS,
               f"--load-balance-method must be one of {', '.join(LOAD_BALANCE_METHODS)}, "
@@ -280,6 +286,12 @@ class ServerArgs:
         a("--torch-compile-max-bs", type=int, default=d["torch_compile_max_bs"].default)
         a("--cuda-graph-max-bs", type=int, default=None)
         a("--tp-size", "--tensor-parallel-size", dest="tp_size", type=int, default=1)
+        a("--nnodes", type=int, default=1,
+          help="Machines the --tp-size ranks are spread over (each runs tp-size / nnodes).")
+        a("--node-rank", type=int, default=0,
+          help="This machine's index; node 0 runs the HTTP server, the others only ranks.")
+        a("--dist-init-addr", "--nccl-init-addr", dest="dist_init_addr", type=str, default=None,
+          help="HOST:PORT where the ranks meet (torch.distributed rendezvous on node 0).")
         a("--dp-size", "--data-parallel-size", dest="dp_size", type=int, default=1,
           help="Engine replicas (each with its own scheduler, radix cache and KV pool; on CUDA "
                "replica i runs on the i-th visible GPU) behind a router in the HTTP process.")
@@ -333,6 +345,30 @@ class ServerArgs:
                      "enable-custom-logit-processor"):
             a(f"--{flag}", action="store_true")
 
+    def _validate_nodes(self, check: Any) -> None:
+        check(self.nnodes >= 1, f"--nnodes must be at least 1, got {self.nnodes}")
+        check(0 <= self.node_rank < self.nnodes,
+              f"--node-rank must be in [0, --nnodes), got {self.node_rank} of {self.nnodes}")
+        if self.dist_init_addr is not None:
+            parse_dist_init_addr(self.dist_init_addr)  # raises ValueError naming the flag
+        if self.nnodes > 1:
+            check(self.dist_init_addr is not None,
+                  "--nnodes > 1 needs --dist-init-addr HOST:PORT (node 0's address)")
+            check(self.tp_size % self.nnodes == 0,
+                  f"--tp-size ({self.tp_size}) must be a multiple of --nnodes ({self.nnodes}): "
+                  "every node runs the same number of ranks")
+            check(self.dp_size == 1, "--dp-size > 1 with --nnodes > 1 is not supported yet")
+
+    @property
+    def ranks_per_node(self) -> int:
+        """Tensor-parallel ranks each node runs."""
+        return self.tp_size // self.nnodes
+
+    def node_tp_ranks(self) -> range:
+        """The tensor-parallel ranks this node (``--node-rank``) runs."""
+        k = self.ranks_per_node
+        return range(self.node_rank * k, (self.node_rank + 1) * k)
+
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> ServerArgs:
         names = {f.name for f in dataclasses.fields(cls)}
@@ -349,6 +385,23 @@ class ServerArgs:
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.to_json().items())
         return f"ServerArgs({fields})"
+
+
+def parse_dist_init_addr(addr: str) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``[IPv6]:PORT``) -> (host, port); ValueError naming --dist-init-addr."""
+    host, sep, port = addr.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--dist-init-addr must be HOST:PORT with a port in 1..65535, "
+                         f"got {addr!r}")
+    return host, int(port)
+
+
+def dist_init_url(addr: str) -> str:
+    """The torch.distributed init method for a --dist-init-addr."""
+    host, port = parse_dist_init_addr(addr)
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
 def _optional_int(value: str) -> int | None:

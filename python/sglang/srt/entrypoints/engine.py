@@ -33,6 +33,10 @@ class Engine:
         kwargs.setdefault("max_queued_requests", None)
         kwargs.setdefault("max_batch_size", 1 << 30)
         self.server_args = ServerArgs(**kwargs)
+        if self.server_args.node_rank > 0:
+            raise ValueError("node_rank > 0 runs tensor-parallel ranks only: start it with "
+                             "`python -m sglang.launch_server ... --node-rank N`; the Engine "
+                             "runs on node 0")
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
                                         name="sglang-engine-loop")

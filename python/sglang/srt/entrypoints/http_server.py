@@ -579,7 +579,12 @@ def _warmup(args: ServerArgs) -> None:
 
 
 def launch_server(server_args: ServerArgs) -> int:
-    """Serves until stopped; returns the process exit code (1 when the engine died)."""
+    """Serves until stopped; returns the process exit code (1 when the engine died). A node
+    with ``--node-rank > 0`` runs its tensor-parallel ranks instead (``worker_node.py``)."""
+    if server_args.node_rank > 0:
+        from sglang.srt.managers.worker_node import run_worker_node
+
+        return run_worker_node(server_args)
     import uvicorn
 
     logging.basicConfig(

@@ -84,10 +84,10 @@ class EngineClient:
         if self.args.tp_size > 1:
             from sglang.srt.managers.tp_worker import run_tp_follower
 
-            init_method = f"file://{self.ipc_dir}/tp_init_{time.time_ns()}"
+            init_method = self._tp_init_method()
             self.followers = [ctx.Process(target=run_tp_follower,
                                           args=(self.args, rank, init_method), daemon=True)
-                              for rank in range(1, self.args.tp_size)]
+                              for rank in self.args.node_tp_ranks() if rank != 0]
         self.proc = ctx.Process(
             target=run_engine_process,
             args=(self.args, f"ipc://{self.ipc_dir}/to_engine",
@@ -98,6 +98,20 @@ class EngineClient:
         for follower in self.followers:
             follower.start()
         writer.close()
+
+    def _tp_init_method(self) -> str:
+        """Where the TP ranks meet: node 0's --dist-init-addr (other nodes' ranks join there),
+        else a file in this client's IPC folder."""
+        if self.args.dist_init_addr is None:
+            return f"file://{self.ipc_dir}/tp_init_{time.time_ns()}"
+        from sglang.srt.server_args import dist_init_url
+
+        url = dist_init_url(self.args.dist_init_addr)
+        if self.args.nnodes > 1:
+            logger.info("TP ranks meet at %s: this node runs ranks %s; waiting for the %d "
+                        "other node(s)", url, list(self.args.node_tp_ranks()),
+                        self.args.nnodes - 1)
+        return url
 
     def _follower_died(self) -> mp.Process | None:
         return next((f for f in self.followers if not f.is_alive()), None)

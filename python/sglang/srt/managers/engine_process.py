@@ -4,7 +4,7 @@ Started by the engine client (spawned, one per GPU/rank). Reads pickled messages
 (requests, aborts, cache flushes, state queries), runs ``EngineCore.step`` whenever there is work,
 and pushes ``BatchTokenOut`` / replies to ``ipc_out``. It reports its start-up through
 ``ready_conn`` (``("ready", EngineReady)`` or ``("error", message)``), dies with its parent
-(PR_SET_PDEATHSIG), and exits on ``ShutdownReq``. A request whose ``add_request`` raises is refused
+(PR_SET_PDEATHSIG), and exits on ``ShutdownReq`` or SIGTERM (between two steps). A request whose ``add_request`` raises is refused
 with a 500 and the loop goes on; a failing step ends its batch inside ``EngineCore.step``. What
 still escapes (steps failing again and again, a core check) is logged and ends the process: the
 HTTP side fails pending requests and exits or restarts the engine.
@@ -77,7 +77,7 @@ def run_engine_process(server_args: ServerArgs, ipc_in: str, ipc_out: str, ready
         elif dp_rank is not None:
             _share_cpu_threads(server_args.dp_size)
         elif server_args.tp_size > 1 and server_args.device == "cpu":
-            _share_cpu_threads(server_args.tp_size)
+            _share_cpu_threads(server_args.ranks_per_node)
         from sglang.srt.managers.embedding_core import EmbeddingEngineCore, serves_encoder
 
         if server_args.is_embedding and serves_encoder(server_args):
@@ -98,6 +98,9 @@ def run_engine_process(server_args: ServerArgs, ipc_in: str, ipc_out: str, ready
     ready_conn.send(("ready", engine.ready_info()))
     ready_conn.close()
     logger.info("engine ready")
+    # From here SIGTERM (the client's shutdown, or the parent's death) ends the loop between two
+    # steps, so that close() can tell the TP followers to stop while they are in step with us.
+    signal.signal(signal.SIGTERM, _request_stop)
     try:
         _serve(engine, recv, send, parent)
         close = getattr(engine, "close", None)
@@ -137,11 +140,19 @@ def _share_cpu_threads(num_replicas: int) -> None:
     torch.set_num_threads(max(1, torch.get_num_threads() // num_replicas))
 
 
+_stop_requested = False
+
+
+def _request_stop(signum: int, frame: Any) -> None:
+    global _stop_requested
+    _stop_requested = True
+
+
 def _serve(engine: Any, recv: zmq.Socket, send: zmq.Socket, parent: int) -> None:
     poller = zmq.Poller()
     poller.register(recv, zmq.POLLIN)
     heartbeat = getattr(engine, "heartbeat", None)
-    while True:
+    while not _stop_requested:
         busy = not engine.idle()
         events = dict(poller.poll(0 if busy else POLL_MS_IDLE))
         while events.get(recv) == zmq.POLLIN:

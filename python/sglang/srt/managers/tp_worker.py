@@ -31,7 +31,9 @@ import torch
 
 logger = logging.getLogger("sglang.tp")
 TP_TIMEOUT_S = float(os.environ.get("SGLANG_TP_TIMEOUT", "120"))
-KEEPALIVE_S = min(20.0, TP_TIMEOUT_S / 4)
+# An idle rank 0 broadcasts this often: it keeps the followers' wait under the timeout, and a
+# dead rank (another node's, which no local watchdog sees) fails the broadcast within seconds.
+KEEPALIVE_S = min(2.0, TP_TIMEOUT_S / 4)
 
 
 @dataclasses.dataclass
@@ -167,11 +169,12 @@ def run_tp_follower(server_args: Any, tp_rank: int, dist_init_method: str) -> No
         format=f"[%(asctime)s engine tp{tp_rank}] %(message)s")
     try:
         if server_args.device == "cpu":
-            _share_cpu_threads(server_args.tp_size)
+            _share_cpu_threads(server_args.ranks_per_node)
         from sglang.srt.model_executor.model_runner import ModelRunner
 
         runner = ModelRunner.from_server_args(server_args, tp_rank=tp_rank,
-                                              dist_init_method=dist_init_method)
+                                              dist_init_method=dist_init_method,
+                                              dist_timeout_s=TP_TIMEOUT_S)
         group = runner.tp_group
         agree_max_total_tokens(group, follower_max_total_tokens(server_args, runner))
         runner.init_kv_pool(group.broadcast_object(None, src=0))

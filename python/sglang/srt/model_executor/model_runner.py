@@ -174,12 +174,15 @@ class ModelRunner:
         tp_group: TPGroup | None = None,
         dist_init_method: str | None = None,
         dist_timeout_s: float = 600.0,
+        local_rank: int | None = None,
     ) -> None:
+        """``local_rank``: this rank's index on its machine (its GPU; default ``tp_rank``)."""
         if load_format not in LOAD_FORMATS:
             raise ValueError(f"Unknown load format '{load_format}'; expected one of {LOAD_FORMATS}")
         self.device = resolve_device(device)
         if tp_size > 1 and self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", tp_rank)  # rank r on the r-th visible GPU
+            # rank r on the machine's r-th visible GPU
+            self.device = torch.device("cuda", tp_rank if local_rank is None else local_rank)
         if tp_size > 1 and self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # NCCL binds each rank to its current device
         self.tp_group = self._join_tp_group(tp_rank, tp_size, tp_group, dist_init_method,
@@ -199,14 +202,20 @@ class ModelRunner:
             dtype=dtype,
             device=self.device,
         )
+        if self.tp_size > 1:
+            self._check_tensor_parallel()
+            # ranks launched on other machines may have been given other flags
+            random_seed = self._agree_with_rank0(
+                random_seed, dtype=dtype, load_format=load_format, quantization=quantization,
+                context_length=context_length)
         if dtype == "auto" and self.device.type == "cpu" and self.quantization == "none":
             cfg = self.model_config
             # Rank 0's measurement for every rank (all must hold the same dtype).
             auto = self.tp_group.broadcast_object(auto_cpu_dtype() if self.tp_rank == 0 else None)
             self.model_config = dataclasses.replace(cfg, dtype=auto)
         self.dtype = self.model_config.dtype
-        if self.tp_size > 1:
-            self._check_tensor_parallel()
+        if self.tp_size > 1 and self.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"tensor parallelism runs float32 or bfloat16, not {self.dtype}")
         torch.manual_seed(random_seed)
         with tp_group_scope(self.tp_group):
             self.model = load_model(
@@ -293,6 +302,24 @@ class ModelRunner:
             )
         return group
 
+    def _agree_with_rank0(self, random_seed: int | None, **flags: Any) -> int | None:
+        """Checks that this rank loads the model as rank 0 does (the same flags: another node
+        may have been started with others; the model path may differ per machine) and returns rank 0's random seed, which every rank uses (a
+        seed left to chance differs per launch; dummy weights must agree)."""
+        theirs = self.tp_group.broadcast_object((flags, random_seed) if self.tp_rank == 0
+                                                else None)
+        differ = [k for k, v in flags.items() if theirs[0].get(k) != v]
+        count = self.tp_group.all_reduce(torch.tensor([len(differ) > 0], dtype=torch.int32,
+                                                      device=self.device))
+        if differ:
+            shown = ", ".join(f"{k}={flags[k]!r} (rank 0: {theirs[0].get(k)!r})" for k in differ)
+            raise ValueError(f"TP rank {self.tp_rank} was started with other flags than rank 0: "
+                             f"{shown}")
+        if int(count.item()):
+            raise ValueError(f"{int(count.item())} TP rank(s) were started with other flags than "
+                             "rank 0 (their logs name them); start every node with the same ones")
+        return theirs[1]
+
     def _check_tensor_parallel(self) -> None:
         """What tensor parallelism supports, checked before any weight is read."""
         cfg, size = self.model_config, self.tp_size
@@ -305,8 +332,6 @@ class ModelRunner:
                 f"{self.quantization} is not supported with TP size {size} (a GGUF checkpoint "
                 "loads dequantized with --quantization none)"
             )
-        if self.dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"tensor parallelism runs float32 or bfloat16, not {self.dtype}")
         split_heads(cfg.num_attention_heads, cfg.num_key_value_heads, size)  # raises if uneven
 
     @classmethod
@@ -336,6 +361,7 @@ class ModelRunner:
             tp_size=getattr(args, "tp_size", 1),
             dist_init_method=dist_init_method,
             dist_timeout_s=dist_timeout_s,
+            local_rank=tp_rank % getattr(args, "ranks_per_node", getattr(args, "tp_size", 1)),
         )
 
     def _init_recorder(self, mode: str | None, buffer_size: int) -> ExpertDistributionRecorder:
