@@ -36,8 +36,7 @@ def test_server_args_validate_the_method_and_sizes() -> None:
     with pytest.raises(ValueError, match="--dp-size must be at least 1"):
         ServerArgs(model_path="x", dp_size=0)
     assert ServerArgs(model_path="x", tp_size=2).tp_size == 2
-    with pytest.raises(ValueError, match=r"--tp-size > 1 with --dp-size > 1 is not supported"):
-        ServerArgs(model_path="x", tp_size=2, dp_size=2)
+    assert ServerArgs(model_path="x", tp_size=2, dp_size=2).ranks_per_node == 2  # DP x TP
     with pytest.raises(ValueError, match="--enable-lora is not supported with --tp-size > 1"):
         ServerArgs(model_path="x", tp_size=2, enable_lora=True)
     with pytest.raises(ValueError, match="--tp-size must be at least 1"):

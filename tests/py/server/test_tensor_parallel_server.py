@@ -3,8 +3,9 @@
 A server of the tiny random Llama (float32) with --tp-size 2 against one with --tp-size 1:
 greedy output ids equal and every output logprob within 1e-4, for single prompts, a batch, a
 streaming request, prefix hits, input_embeds and chunked prefill with pages; /health passes; the
-engine is idle and integrity-clean at the end; a weight update reaches both ranks; a killed
-follower fails the engine (503) and --engine-restart brings both ranks back.
+engine is idle and integrity-clean at the end; a weight update (the same checkpoint, then
+another one) reaches both ranks; a killed follower fails the engine (503) and --engine-restart
+brings both ranks back; --dp-size 2 replicas of two ranks each serve alike.
 """
 
 from __future__ import annotations
@@ -124,6 +125,42 @@ def test_update_weights_reaches_every_rank(servers: tuple[str, str], tiny_model:
     assert_same(generate(url1, body), after)
 
 
+def test_update_to_other_weights_reaches_every_rank(servers: tuple[str, str], tiny_model: Path,
+                                                   tmp_path: Path) -> None:
+    """Another checkpoint (every tensor changed) loaded by both servers: the two ranks of the
+    --tp-size 2 one must both hold it to keep matching --tp-size 1 (a rank left with the old
+    weights would not); then both go back to the original weights."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model, other)
+    tensors = load_file(str(tiny_model / "model.safetensors"))
+    generator = torch.Generator().manual_seed(3)
+    save_file({k: (v + 0.05 * torch.randn(v.shape, generator=generator)).contiguous()
+               for k, v in tensors.items()}, str(other / "model.safetensors"),
+              metadata={"format": "pt"})
+    url1, url2 = servers
+    body = {"input_ids": prompt(65), "sampling_params": GREEDY, "return_logprob": True}
+    before = generate(url2, body)
+    try:
+        for url in servers:
+            r = requests.post(f"{url}/update_weights_from_disk", json={"model_path": str(other)},
+                              timeout=300)
+            assert r.status_code == 200 and r.json()["success"], r.text
+        after = generate(url2, body)
+        assert after["output_ids"] != before["output_ids"]  # the new weights are in use
+        assert_same(generate(url1, body), after)
+    finally:
+        for url in servers:
+            r = requests.post(f"{url}/update_weights_from_disk",
+                              json={"model_path": str(tiny_model)}, timeout=300)
+            assert r.status_code == 200 and r.json()["success"], r.text
+    assert_same(generate(url2, body), before)
+
+
 def test_chunked_prefill_with_pages_equals_one_rank(servers: tuple[str, str],
                                                     tiny_model: Path) -> None:
     """Prompts split over several prefill chunks, KV in pages of 4, on two ranks."""
@@ -166,5 +203,30 @@ def test_dead_rank_fails_the_engine(tiny_model: Path) -> None:
             assert time.time() < deadline, "the engine did not restart"
             time.sleep(0.5)
         assert generate(url, body)["output_ids"] == expected
+    finally:
+        stop_server(proc)
+
+
+def test_data_parallel_replicas_of_two_ranks(servers: tuple[str, str], tiny_model: Path) -> None:
+    """--dp-size 2 --tp-size 2: two replicas, each two ranks of its own group (four engine
+    processes); round robin sends a prompt to each replica, both equal --tp-size 1."""
+    import psutil
+
+    url1, _ = servers
+    proc, url = start_server(str(tiny_model), [*ARGS, "--tp-size", "2", "--dp-size", "2"])
+    try:
+        engines = [p for p in psutil.Process(proc.pid).children()
+                   if "resource_tracker" not in " ".join(p.cmdline())]
+        assert len(engines) == 4, engines
+        info = requests.get(f"{url}/get_server_info", timeout=30).json()
+        assert [s["dp_rank"] for s in info["internal_states"]] == [0, 1]
+        body = {"input_ids": prompt(80), "sampling_params": GREEDY, "return_logprob": True}
+        expected = generate(url1, body)
+        for _ in range(2):  # once on each replica
+            assert_same(expected, generate(url, body))
+        for state in requests.get(f"{url}/get_server_info", timeout=30).json()[
+                "internal_states"]:
+            assert state["cache_miss_tokens"] > 0  # each replica ran one
+            assert state["integrity_ok"]
     finally:
         stop_server(proc)

@@ -86,7 +86,8 @@ class EngineClient:
 
             init_method = self._tp_init_method()
             self.followers = [ctx.Process(target=run_tp_follower,
-                                          args=(self.args, rank, init_method), daemon=True)
+                                          args=(self.args, rank, init_method, self.dp_rank),
+                                          daemon=True)
                               for rank in self.args.node_tp_ranks() if rank != 0]
         self.proc = ctx.Process(
             target=run_engine_process,
@@ -100,17 +101,15 @@ class EngineClient:
         writer.close()
 
     def _tp_init_method(self) -> str:
-        """Where the TP ranks meet: node 0's --dist-init-addr (other nodes' ranks join there),
-        else a file in this client's IPC folder."""
-        if self.args.dist_init_addr is None:
+        """Where the TP ranks meet: with --nnodes > 1 node 0's --dist-init-addr (other nodes'
+        ranks join there), else a file in this client's IPC folder (one per replica)."""
+        if self.args.nnodes == 1:
             return f"file://{self.ipc_dir}/tp_init_{time.time_ns()}"
         from sglang.srt.server_args import dist_init_url
 
-        url = dist_init_url(self.args.dist_init_addr)
-        if self.args.nnodes > 1:
-            logger.info("TP ranks meet at %s: this node runs ranks %s; waiting for the %d "
-                        "other node(s)", url, list(self.args.node_tp_ranks()),
-                        self.args.nnodes - 1)
+        url = dist_init_url(self.args.dist_init_addr or "")
+        logger.info("TP ranks meet at %s: this node runs ranks %s; waiting for the %d other "
+                    "node(s)", url, list(self.args.node_tp_ranks()), self.args.nnodes - 1)
         return url
 
     def _follower_died(self) -> mp.Process | None:

@@ -58,7 +58,7 @@ def _die_with_parent() -> None:
 def run_engine_process(server_args: ServerArgs, ipc_in: str, ipc_out: str, ready_conn: Any,
                        dp_rank: int | None = None, tp_init_method: str | None = None) -> None:
     """``dp_rank``: this replica's index with --dp-size > 1 (its logs say so; on CUDA it runs on
-    the dp_rank-th visible GPU, on a CPU with its share of the threads). ``tp_init_method``: with
+    its own GPUs, on a CPU with its share of the threads: ``place_rank_process``). ``tp_init_method``: with
     --tp-size > 1, where this process (TP rank 0) meets the followers (``tp_worker.py``)."""
     _die_with_parent()
     # OpenMP's default wait policy (spin briefly, then sleep) is kept on purpose: PASSIVE made
@@ -72,12 +72,7 @@ def run_engine_process(server_args: ServerArgs, ipc_in: str, ipc_out: str, ready
     )
     parent = os.getppid()
     try:
-        if dp_rank is not None and server_args.device == "cuda":
-            _use_gpu(dp_rank)
-        elif dp_rank is not None:
-            _share_cpu_threads(server_args.dp_size)
-        elif server_args.tp_size > 1 and server_args.device == "cpu":
-            _share_cpu_threads(server_args.ranks_per_node)
+        place_rank_process(server_args, dp_rank)
         from sglang.srt.managers.embedding_core import EmbeddingEngineCore, serves_encoder
 
         if server_args.is_embedding and serves_encoder(server_args):
@@ -115,19 +110,36 @@ def run_engine_process(server_args: ServerArgs, ipc_in: str, ipc_out: str, ready
         ctx.term()
 
 
-def _use_gpu(index: int) -> None:
-    """Makes the index-th visible GPU this process's only one (before CUDA is initialised)."""
+def place_rank_process(args: ServerArgs, dp_rank: int | None) -> None:
+    """Where an engine rank process (rank 0 or a TP follower) of replica ``dp_rank`` runs, set
+    before torch or CUDA start: on CUDA replica i sees only its GPUs (i * k .. i * k + k - 1 of
+    the visible ones, k = its ranks on this machine; rank r of it takes the r-th); on a CPU the
+    machine's threads are shared by every rank process of every replica."""
+    per_replica = args.ranks_per_node
+    if args.device == "cuda":
+        if dp_rank is not None:
+            _use_gpus(dp_rank * per_replica, per_replica, dp_rank)
+        return
+    processes = per_replica * (args.dp_size if dp_rank is not None else 1)
+    if processes > 1:
+        _share_cpu_threads(processes)
+
+
+def _use_gpus(first: int, count: int, dp_rank: int) -> None:
+    """Makes visible GPUs first .. first + count - 1 this process's only ones (before CUDA is
+    initialised)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         gpus = [g.strip() for g in visible.split(",") if g.strip()]
     elif os.path.isdir(NVIDIA_GPUS_DIR):  # counted without initialising CUDA
         gpus = [str(i) for i in range(len(os.listdir(NVIDIA_GPUS_DIR)))]
     else:
-        gpus = [str(i) for i in range(index + 1)]  # CUDA reports a missing one
-    if index >= len(gpus):
-        raise RuntimeError(f"--dp-size replica {index} needs its own GPU; {len(gpus)} visible "
+        gpus = [str(i) for i in range(first + count)]  # CUDA reports a missing one
+    if first + count > len(gpus):
+        raise RuntimeError(f"--dp-size replica {dp_rank} needs {count} GPU(s) of its own "
+                           f"(GPUs {first}..{first + count - 1}); {len(gpus)} visible "
                            "(CUDA_VISIBLE_DEVICES).")
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index]
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[first:first + count])
 
 
 def _share_cpu_threads(num_replicas: int) -> None:

@@ -155,21 +155,23 @@ def follower_max_total_tokens(args: Any, runner: Any) -> int:
     return local_max_total_tokens(args, runner)
 
 
-def run_tp_follower(server_args: Any, tp_rank: int, dist_init_method: str) -> None:
-    """A rank > 0: builds its ModelRunner, agrees on the KV pool, then runs rank 0's steps until
-    ``stop``. Any error (a collective failing: rank 0 or another rank died) ends the process."""
-    from sglang.srt.managers.engine_process import _die_with_parent, _share_cpu_threads
+def run_tp_follower(server_args: Any, tp_rank: int, dist_init_method: str,
+                    dp_rank: int | None = None) -> None:
+    """A rank > 0 (of replica ``dp_rank`` with --dp-size > 1): builds its ModelRunner, agrees
+    on the KV pool, then runs rank 0's steps until ``stop``. Any error (a collective failing:
+    rank 0 or another rank died) ends the process."""
+    from sglang.srt.managers.engine_process import _die_with_parent, place_rank_process
 
     _die_with_parent()
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    replica = "" if dp_rank is None else f" dp{dp_rank}"
     logging.basicConfig(
         level=getattr(logging, server_args.log_level.upper(), logging.INFO),
-        format=f"[%(asctime)s engine tp{tp_rank}] %(message)s")
+        format=f"[%(asctime)s engine{replica} tp{tp_rank}] %(message)s")
     try:
-        if server_args.device == "cpu":
-            _share_cpu_threads(server_args.ranks_per_node)
+        place_rank_process(server_args, dp_rank)
         from sglang.srt.model_executor.model_runner import ModelRunner
 
         runner = ModelRunner.from_server_args(server_args, tp_rank=tp_rank,
