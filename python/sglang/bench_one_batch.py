@@ -7,7 +7,9 @@ random prompts of ``--input-len`` tokens, times the one prefill (extend) step th
 (chunked prefill and the radix cache are off, the KV pool holds the whole batch), then the
 ``--output-len - 1`` decode steps. Prints a table per batch size; ``--output-file`` appends one
 JSON line each. Server flags (``--model-path``, ``--dtype``, ``--load-format dummy``, ``--device``,
-...) are parsed by ``ServerArgs.add_cli_args``.
+...) are parsed by ``ServerArgs.add_cli_args``. With ``--tp-size N`` (as SGLang's) N spawned
+processes, one per rank, each drive their own scheduler with the same prompts (so they run the
+same steps: every rank computes the same full logits) and rank 0 reports.
 
 Usage::
 
@@ -179,12 +181,18 @@ def format_result(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_runner(server_args: ServerArgs) -> ModelRunner:
-    return ModelRunner.from_server_args(server_args)
+def build_runner(server_args: ServerArgs, tp_rank: int = 0,
+                 dist_init_method: str | None = None) -> ModelRunner:
+    return ModelRunner.from_server_args(server_args, tp_rank=tp_rank,
+                                        dist_init_method=dist_init_method)
 
 
-def run_benchmarks(server_args: ServerArgs, bench: BenchArgs) -> list[dict[str, Any]]:
-    runner = build_runner(server_args)
+def run_benchmarks(server_args: ServerArgs, bench: BenchArgs, tp_rank: int = 0,
+                   dist_init_method: str | None = None) -> list[dict[str, Any]]:
+    """Runs every (batch size, input, output) case; with TP, on rank ``tp_rank`` of a group
+    joined through ``dist_init_method`` (only rank 0 prints and writes the results)."""
+    runner = build_runner(server_args, tp_rank, dist_init_method)
+    report = tp_rank == 0
     driver = StaticBatchDriver(
         runner, max(bench.batch_size), max(bench.input_len), max(bench.output_len)
     )
@@ -203,16 +211,47 @@ def run_benchmarks(server_args: ServerArgs, bench: BenchArgs) -> list[dict[str, 
         "device": str(runner.device),
         "load_format": server_args.load_format,
         "num_threads": torch.get_num_threads(),
+        "tp_size": runner.tp_size,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "loadavg_1m": os.getloadavg()[0],
     }
     results = []
     for bs, il, ol in itertools.product(bench.batch_size, bench.input_len, bench.output_len):
         result = {**meta, **run_once(driver, bs, il, ol, seed=bs)}
-        print(format_result(result), flush=True)
         results.append(result)
-        append_jsonl(bench.output_file, result)
+        if report:
+            print(format_result(result), flush=True)
+            append_jsonl(bench.output_file, result)
     return results
+
+
+def _run_rank(server_args: ServerArgs, bench: BenchArgs, tp_rank: int, init_method: str) -> None:
+    from sglang.srt.managers.engine_process import place_rank_process
+
+    place_rank_process(server_args, None)  # its GPU / its share of the CPU threads
+    run_benchmarks(server_args, bench, tp_rank, init_method)
+
+
+def run_tensor_parallel(server_args: ServerArgs, bench: BenchArgs) -> None:
+    """--tp-size N: one spawned process per rank; raises when a rank fails."""
+    import multiprocessing as mp
+    import tempfile
+
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="sglang-bench-") as folder:
+        init_method = f"file://{folder}/tp_init"
+        procs = [ctx.Process(target=_run_rank, args=(server_args, bench, rank, init_method))
+                 for rank in range(server_args.tp_size)]
+        for proc in procs:
+            proc.start()
+        while any(p.is_alive() for p in procs):  # a failed rank ends the others
+            if any(p.exitcode not in (None, 0) for p in procs):
+                for p in procs:
+                    p.kill()
+            time.sleep(0.2)
+        failed = [rank for rank, p in enumerate(procs) if p.exitcode != 0]
+        if failed:
+            raise RuntimeError(f"TP rank(s) {failed} failed; see their output above")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -223,7 +262,12 @@ def main(argv: list[str] | None = None) -> None:
     BenchArgs.add_cli_args(parser)
     args = parser.parse_args(argv)
     server_args = ServerArgs.from_cli_args(args)
-    run_benchmarks(server_args, BenchArgs.from_cli_args(args))
+    if server_args.nnodes > 1:
+        raise SystemExit("error: bench_one_batch runs on one machine (--nnodes 1)")
+    if server_args.tp_size > 1:
+        run_tensor_parallel(server_args, BenchArgs.from_cli_args(args))
+    else:
+        run_benchmarks(server_args, BenchArgs.from_cli_args(args))
 
 
 if __name__ == "__main__":
