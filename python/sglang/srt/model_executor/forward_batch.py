@@ -147,6 +147,30 @@ class PinnedStaging:
         return flat
 
 
+    def upload_arrays(self, arrays: dict[str, np.ndarray],
+                      device: torch.device) -> dict[str, torch.Tensor]:
+        """Several small arrays of 4- and 8-byte dtypes (int32, float32, int64, ...) on
+        ``device`` through one ``upload``: each becomes a view of the one flat copy, with its own
+        dtype and length. The 8-byte arrays go first, so every view stays aligned."""
+        order = sorted(arrays, key=lambda k: -arrays[k].dtype.itemsize)
+        parts, spans = [], {}
+        offset = 0
+        for key in order:
+            a = np.ascontiguousarray(arrays[key])
+            if a.dtype.itemsize not in (4, 8):
+                raise TypeError(f"{key}: {a.dtype} is not a 4- or 8-byte dtype")
+            words = a.reshape(-1).view(np.int32)
+            parts.append(words)
+            spans[key] = (offset, len(words), a.dtype)
+            offset += len(words)
+        flat = self.upload(parts, device)
+        return {key: flat[lo:lo + size].view(_TORCH_DTYPES[np.dtype(dtype)])
+                for key, (lo, size, dtype) in spans.items()}
+
+
+_TORCH_DTYPES = {np.dtype(np.int32): torch.int32, np.dtype(np.float32): torch.float32,
+                 np.dtype(np.int64): torch.int64, np.dtype(np.float64): torch.float64,
+                 np.dtype(np.uint32): torch.uint32, np.dtype(np.uint64): torch.uint64}
 _STAGING = PinnedStaging()
 
 

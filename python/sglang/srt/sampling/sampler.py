@@ -83,12 +83,22 @@ class SampleOutput:
 
 class BatchSampler:
     def __init__(self, device: torch.device, num_threads: int = 0) -> None:
+        from sglang.srt.model_executor.forward_batch import PinnedStaging
+
         self.device = device
         self.num_threads = num_threads
+        self.staging = PinnedStaging()  # on CUDA: the step's arrays in one pinned copy
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(array)
         return t if self.device.type == "cpu" else t.to(self.device, non_blocking=True)
+
+    def _upload(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """The step's per-row arrays on the device: views of the numpy arrays on a CPU, one
+        pinned host-to-device copy for all of them on a GPU."""
+        if self.device.type == "cpu":
+            return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+        return self.staging.upload_arrays(arrays, self.device)
 
     def sample(
         self,
@@ -105,24 +115,30 @@ class BatchSampler:
         for the rows under a grammar."""
         n = len(rows)
         assert logits.shape[0] == n and logits.dtype == torch.float32
-        if penalty_csr is not None and any(r.params.has_penalties for r in rows):
-            indptr, ids, counts = penalty_csr
-            freq = np.array([r.params.frequency_penalty for r in rows], dtype=np.float32)
-            pres = np.array([r.params.presence_penalty for r in rows], dtype=np.float32)
-            rep = np.array([r.params.repetition_penalty for r in rows], dtype=np.float32)
-            kernels.apply_penalties(
-                logits,
-                self._tensor(indptr),
-                self._tensor(ids),
-                self._tensor(counts),
-                self._tensor(freq),
-                self._tensor(pres),
-                self._tensor(rep),
-                num_threads=self.num_threads,
-            )
+        temperature = np.array([r.params.temperature for r in rows], dtype=np.float32)
+        host = {
+            "temperature": temperature,
+            "top_k": np.array([min(r.params.top_k, 1 << 30) for r in rows], dtype=np.int32),
+            "top_p": np.array([r.params.top_p for r in rows], dtype=np.float32),
+            "min_p": np.array([r.params.min_p for r in rows], dtype=np.float32),
+            "seeds": np.array([r.seed for r in rows], dtype=np.uint64).view(np.int64),
+            "offsets": np.asarray(offsets, dtype=np.int64),
+        }
+        penalties = penalty_csr is not None and any(r.params.has_penalties for r in rows)
+        if penalties:
+            host.update(zip(("pen_indptr", "pen_ids", "pen_counts"), penalty_csr, strict=True))
+            host["freq"] = np.array([r.params.frequency_penalty for r in rows], dtype=np.float32)
+            host["pres"] = np.array([r.params.presence_penalty for r in rows], dtype=np.float32)
+            host["rep"] = np.array([r.params.repetition_penalty for r in rows], dtype=np.float32)
         if ban_csr is not None:
-            indptr, ids = ban_csr
-            kernels.apply_token_ban(logits, self._tensor(indptr), self._tensor(ids))
+            host.update(zip(("ban_indptr", "ban_ids"), ban_csr, strict=True))
+        dev = self._upload(host)
+        if penalties:
+            kernels.apply_penalties(
+                logits, dev["pen_indptr"], dev["pen_ids"], dev["pen_counts"], dev["freq"],
+                dev["pres"], dev["rep"], num_threads=self.num_threads)
+        if ban_csr is not None:
+            kernels.apply_token_ban(logits, dev["ban_indptr"], dev["ban_ids"])
         if grammar_bitmask is not None:
             kernels.apply_token_bitmask(logits, *grammar_bitmask)
         if any(r.logit_bias_ids is not None for r in rows):
@@ -133,21 +149,9 @@ class BatchSampler:
                 logits, [r.custom_logit_processor for r in rows],
                 [r.custom_params for r in rows])
 
-        temperature = np.array([r.params.temperature for r in rows], dtype=np.float32)
-        top_k = np.array([min(r.params.top_k, 1 << 30) for r in rows], dtype=np.int32)
-        top_p = np.array([r.params.top_p for r in rows], dtype=np.float32)
-        min_p = np.array([r.params.min_p for r in rows], dtype=np.float32)
-        seeds = np.array([r.seed for r in rows], dtype=np.uint64).view(np.int64)
         next_ids = kernels.sample(
-            logits,
-            self._tensor(temperature),
-            self._tensor(top_k),
-            self._tensor(top_p),
-            self._tensor(min_p),
-            self._tensor(seeds),
-            self._tensor(offsets.astype(np.int64)),
-            num_threads=self.num_threads,
-        )
+            logits, dev["temperature"], dev["top_k"], dev["top_p"], dev["min_p"], dev["seeds"],
+            dev["offsets"], num_threads=self.num_threads)
         next_np = next_ids.cpu().numpy()
         out = SampleOutput(next_np, [None] * n, [None] * n, [None] * n, processor_errors)
         if any(r.return_logprob for r in rows):
