@@ -201,3 +201,30 @@ def test_follower_mirrors_rank0_slots_with_eviction(
         manager.drop_retired([served.id])
         assert not manager.retired and served.id not in manager.pool.slot_of
         manager.check_integrity()
+
+
+def test_a_load_refused_by_another_rank_is_forgotten_everywhere(
+        tiny_llama: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A follower's side of "load_lora": its own failure is logged (never raised), and when the
+    ranks do not all agree the adapter it loaded is discarded."""
+    from sglang.srt.managers import tp_worker
+    from sglang.srt.managers.tp_worker import StepMessage, follow_lora
+
+    follower = _manager(tiny_llama)
+    adapter = _adapter("a", 1)
+    monkeypatch.setattr(LoraAdapter, "load", lambda name, path, max_rank=None: adapter)
+    group = TPGroup()
+    msg = StepMessage("load_lora", lora_name="a", lora_path="/a", lora_ids=(5,))
+    monkeypatch.setattr(tp_worker, "agree", lambda group, ok: False)  # another rank failed
+    follow_lora(follower, group, msg)
+    assert not follower.adapters
+    monkeypatch.setattr(tp_worker, "agree", lambda group, ok: ok)
+    follow_lora(follower, group, msg)
+    assert follower.get("a").id == 5 and follower.next_id == 6  # rank 0's load id
+    follow_lora(follower, group, msg)  # a second load of the name fails here: logged, kept
+    assert follower.get("a").id == 5
+    follow_lora(follower, group, StepMessage("unload_lora", lora_name="a"))
+    assert not follower.adapters and set(follower.retired) == {5}
+    follow_lora(follower, group, StepMessage("drop_lora", lora_ids=(5,)))
+    assert not follower.retired
+    follower.check_integrity()
