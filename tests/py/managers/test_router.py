@@ -37,8 +37,9 @@ def test_server_args_validate_the_method_and_sizes() -> None:
         ServerArgs(model_path="x", dp_size=0)
     assert ServerArgs(model_path="x", tp_size=2).tp_size == 2
     assert ServerArgs(model_path="x", tp_size=2, dp_size=2).ranks_per_node == 2  # DP x TP
-    with pytest.raises(ValueError, match="--enable-lora is not supported with --tp-size > 1"):
-        ServerArgs(model_path="x", tp_size=2, enable_lora=True)
+    assert ServerArgs(model_path="x", tp_size=2, enable_lora=True).enable_lora  # LoRA under TP
+    with pytest.raises(ValueError, match="--enable-lora with --tp-size > 1 and --dp-size > 1"):
+        ServerArgs(model_path="x", tp_size=2, dp_size=2, enable_lora=True)
     with pytest.raises(ValueError, match="--tp-size must be at least 1"):
         ServerArgs(model_path="x", tp_size=0)
 

@@ -15,8 +15,9 @@
 Checkpoints stay full HF tensors: ``ShardedLinear.load_shard`` copies the part
 ``checkpoint_slice`` cuts out of them. With one rank every layer is a plain ``Linear`` with the
 full weights (the row-parallel ``forward`` adds one Python branch, no collective, no copy).
-Quantized weights (GGUF blocks, ``w8a16``) and LoRA adapters are not split: under TP they are an
-error.
+Quantized weights (GGUF blocks, ``w8a16``) are not split: under TP they are an error. LoRA
+adapters are split like the weights (``lora.sharding``): a row-parallel layer's hook adds this
+rank's partial delta before the all-reduce.
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ class ColumnParallelLinear(ShardedLinear):
         device: torch.device | str | None = None,
     ) -> None:
         tp = get_tp_group()
+        full: dict[str | None, int] = dict(shards) if shards else {None: out_features}
         if checkpoint_rows is None:
-            full: dict[str | None, int] = dict(shards) if shards else {None: out_features}
             checkpoint_rows = {}
             for name, n in full.items():
                 size = divide(n, tp.size, f"the output features of '{name or 'linear'}'")
@@ -106,6 +107,7 @@ class ColumnParallelLinear(ShardedLinear):
                          dtype=dtype, device=device)  # fmt: skip
         self.tp = tp
         self.full_out_features = out_features
+        self.full_shards = full  # each shard's full (checkpoint) rows
         self.checkpoint_rows = checkpoint_rows
 
     def checkpoint_slice(
@@ -175,9 +177,9 @@ class RowParallelLinear(ShardedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
             return super().forward(x)
-        if self.lora is not None:  # its A matrix would need this rank's columns
-            raise NotImplementedError("LoRA adapters are not supported under tensor parallelism")
         y = linear(x, self.weight, self.bias if self.tp.rank == 0 else None)
+        if self.lora is not None:  # this rank's partial delta (its columns of A): summed below
+            self.lora(x, y)
         return self.tp.all_reduce(y) if self.reduce_results else y
 
     def checkpoint_slice(

@@ -15,6 +15,12 @@ the model's device, and the hooks that add each step's adapter deltas to the mod
   ``scaling * B (A x)`` to the rows of each segment (``kernels.lora_apply_``). ``end()`` unpins.
   A step without adapter rows publishes nothing: the base model runs unchanged (the fused C++
   decode and CUDA graphs included).
+- Tensor parallelism (``--tp-size N``): every rank has a manager whose pool holds its shard of
+  each adapter (``sharding.py``). Rank 0 decides: loads and unloads reach the followers with
+  the load id rank 0 gave (``load(..., load_id=)``), and each step's ``LoraStepInfo`` (the
+  segments and which adapter each used slot holds) makes a follower's ``mirror`` put the same
+  adapters into the same slots. An unloaded adapter stays ``retired`` (requests already
+  running may still use it) until rank 0 drops it (``drop_retired``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +38,7 @@ from torch import nn
 from sglang.srt.lora.adapter import TARGETS, LoraAdapter, LoraError
 from sglang.srt.lora.kernels import lora_apply_
 from sglang.srt.lora.pool import LoraPool
+from sglang.srt.lora.sharding import TargetShard, target_shard
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +68,17 @@ class ServedAdapter:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraStepInfo:
+    """One step's LoRA plan on the host, as rank 0 sends it to its TP followers: the segments
+    (``indptr`` int32 [segments + 1], ``slots`` int32 [segments]) and the adapter (load id)
+    each used slot holds, as (slot, id) pairs."""
+
+    indptr: np.ndarray
+    slots: np.ndarray
+    residents: tuple[tuple[int, int], ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class LoraStep:
     """One step's segments: rows ``indptr[g]:indptr[g+1]`` use slot ``slots[g]`` (-1: none)."""
 
@@ -70,6 +88,7 @@ class LoraStep:
     # and target (``LoraManager.fused_weights``) and this step's (max_rank, ranks, scaling,
     # num_slots, indptr, slots, num_segments); None elsewhere.
     fused: tuple[np.ndarray, np.ndarray] | None = None
+    info: LoraStepInfo | None = None  # the same on the host (what TP followers mirror)
 
 
 def parse_lora_paths(value: Any) -> dict[str, str]:
@@ -150,6 +169,9 @@ class LoraManager:
                  dtype: torch.dtype, device: torch.device | str) -> None:  # fmt: skip
         self.layers = lora_layers(model)
         self.available = set(self.layers[0])
+        # This TP rank's part of each target (everything with one rank).
+        self.shards: dict[str, TargetShard] = {
+            t: target_shard(*self.layers[0][t]) for t in self.available}
         initial = [LoraAdapter.load(name, path, max_lora_rank) for name, path in
                    lora_paths.items()]  # fmt: skip
         if target_modules and "all" not in target_modules:
@@ -167,6 +189,7 @@ class LoraManager:
         self.pool = LoraPool(max_loras_per_batch, max_rank, len(self.layers), shapes, dtype, device)
         self.device = torch.device(device)
         self.adapters: dict[str, ServedAdapter] = {}
+        self.retired: dict[int, ServedAdapter] = {}  # unloaded, maybe still used, by id
         self.next_id = 0
         self.step: LoraStep | None = None
         self._pinned: list[int] = []
@@ -174,6 +197,14 @@ class LoraManager:
             self._add(adapter)
         self._install_hooks()
         self.fused_weights = self._fused_weights()
+
+    @classmethod
+    def from_server_args(cls, runner: Any, args: Any) -> LoraManager:
+        """The manager of a ModelRunner's model (any TP rank) from the server's LoRA flags."""
+        return cls(runner.model, max_loras_per_batch=args.max_loras_per_batch,
+                   max_lora_rank=args.max_lora_rank, target_modules=args.lora_target_modules,
+                   lora_paths=args.lora_path_map(), dtype=runner.dtype,
+                   device=torch.device(runner.device))  # fmt: skip
 
     @property
     def max_rank(self) -> int:
@@ -184,9 +215,12 @@ class LoraManager:
         return list(self.pool.shapes)
 
     def _shape(self, target: str) -> tuple[int, int]:
-        module, shard = self.layers[0][target]
-        out = module.out_features if shard is None else module.shard_offsets[shard][1]
-        return module.in_features, out
+        """(in, out) features of this rank's part of ``target`` (the pool's shape)."""
+        return self.shards[target].local_shape
+
+    def _full_shape(self, target: str) -> tuple[int, int]:
+        """(in, out) features of the whole projection (an adapter's tensors)."""
+        return self.shards[target].full_shape
 
     # ---- adapters ------------------------------------------------------------------------------
     def loaded(self) -> dict[str, str]:
@@ -199,29 +233,66 @@ class LoraManager:
             raise LoraError(f"Unknown LoRA adapter '{name}' (loaded: {known}).")
         return served
 
-    def load(self, name: str, path: str) -> None:
+    def by_id(self, load_id: int) -> ServedAdapter:
+        """A loaded or retired adapter by its load id (LoraError when neither)."""
+        for served in (*self.adapters.values(), *self.retired.values()):
+            if served.id == load_id:
+                return served
+        raise LoraError(f"No LoRA adapter has the load id {load_id}.")
+
+    def load(self, name: str, path: str, load_id: int | None = None) -> ServedAdapter:
+        """Reads, checks and serves an adapter under a new load id (a TP follower passes the
+        one rank 0 gave)."""
         check_adapter_name(name)
         if name in self.adapters:
             raise LoraError(f"A LoRA adapter named '{name}' is already loaded.")
         if not isinstance(path, str) or not path or len(path) > MAX_PATH_CHARS:
             raise LoraError(f"lora_path must be a PEFT adapter folder: a non-empty string of at "
                             f"most {MAX_PATH_CHARS} characters.")
-        self._add(LoraAdapter.load(name, path, self.max_rank))
+        return self._add(LoraAdapter.load(name, path, self.max_rank), load_id)
 
-    def unload(self, name: str) -> None:
+    def unload(self, name: str) -> ServedAdapter:
+        """Stops serving ``name`` (new requests); it stays ``retired`` until ``drop_retired``
+        since requests already accepted may still run with it."""
         served = self.get(name)
         del self.adapters[name]
+        self.retired[served.id] = served
         if served.id in self.pool.slot_of and not self.pool.pins.get(served.id):
             self.pool.evict(served.id)
+        return served
 
-    def _add(self, adapter: LoraAdapter) -> None:
+    def discard(self, name: str) -> None:
+        """Forgets an adapter no request can have used yet (a TP load the ranks refused)."""
+        served = self.adapters.pop(name, None)
+        if served is not None and served.id in self.pool.slot_of:
+            self.pool.evict(served.id)
+
+    def drop_retired(self, ids: Iterable[int]) -> None:
+        """Forgets the retired adapters ``ids`` (no request uses them any more)."""
+        for load_id in ids:
+            if self.retired.pop(load_id, None) is not None and \
+                    load_id in self.pool.slot_of and not self.pool.pins.get(load_id):
+                self.pool.evict(load_id)
+
+    def _add(self, adapter: LoraAdapter, load_id: int | None = None) -> ServedAdapter:
         extra = [t for t in adapter.config.targets if t not in self.pool.shapes]
         if extra:
             raise LoraError(f"LoRA adapter '{adapter.name}' adapts {extra}, outside the server's "
                             f"target modules {self.targets} (--lora-target-modules).")
-        adapter.check_base(len(self.layers), self._shape)
-        self.adapters[adapter.name] = ServedAdapter(self.next_id, adapter)
-        self.next_id += 1
+        adapter.check_base(len(self.layers), self._full_shape)
+        served = ServedAdapter(self.next_id if load_id is None else load_id,
+                               self._local_part(adapter))  # fmt: skip
+        self.adapters[adapter.name] = served
+        self.next_id = max(self.next_id, served.id + 1)
+        return served
+
+    def _local_part(self, adapter: LoraAdapter) -> LoraAdapter:
+        """The adapter with this TP rank's part of each tensor (itself with one rank)."""
+        if all(s.local_shape == s.full_shape for s in self.shards.values()):
+            return adapter
+        weights = {key: self.shards[key[1]].split(a, b)
+                   for key, (a, b) in adapter.weights.items()}  # fmt: skip
+        return dataclasses.replace(adapter, weights=weights)
 
     # ---- steps ---------------------------------------------------------------------------------
     def begin(self, rows_per_req: np.ndarray, adapters: Sequence[ServedAdapter | None]
@@ -246,8 +317,21 @@ class LoraManager:
             else:
                 slots.append(slot)
                 indptr.append(indptr[-1] + n)
-        indptr_t = torch.tensor(indptr, dtype=torch.int32).to(self.device, non_blocking=True)
-        slots_t = torch.tensor(slots, dtype=torch.int32).to(self.device, non_blocking=True)
+        residents = tuple(sorted((slot, load_id) for load_id, slot in slot_of.items()))
+        return self._publish(LoraStepInfo(np.array(indptr, dtype=np.int32),
+                                          np.array(slots, dtype=np.int32), residents))
+
+    def mirror(self, info: LoraStepInfo) -> LoraStep:
+        """A TP follower's ``begin``: puts rank 0's adapters into the same slots (copying
+        those not already there) and publishes the same segments. ``end()`` closes it."""
+        for slot, load_id in info.residents:
+            self.pool.place(self.by_id(load_id).adapter, load_id, slot)
+        return self._publish(info)
+
+    def _publish(self, info: LoraStepInfo) -> LoraStep:
+        indptr_t = torch.from_numpy(info.indptr).to(self.device, non_blocking=True)
+        slots_t = torch.from_numpy(info.slots).to(self.device, non_blocking=True)
+        slots = info.slots
         fused = None
         if self.fused_weights is not None:
             pool = self.pool
@@ -255,7 +339,7 @@ class LoraManager:
                              pool.num_slots, indptr_t.data_ptr(), slots_t.data_ptr(),
                              len(slots)], dtype=np.int64)  # fmt: skip
             fused = (self.fused_weights, meta)
-        self.step = LoraStep(indptr_t, slots_t, fused)
+        self.step = LoraStep(indptr_t, slots_t, fused, info)
         return self.step
 
     def end(self) -> None:

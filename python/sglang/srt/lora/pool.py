@@ -8,7 +8,8 @@ makes an adapter resident (copying it into a
 free slot, or into the slot of the least recently used adapter that no running request holds)
 and pins it; ``release(key)`` unpins it once the step is done. Adapters are keyed by ``key``
 (default: the adapter's name; the server uses the load's unique id, so an adapter unloaded and
-loaded again under the same name never reads the old weights). When every slot is pinned,
+loaded again under the same name never reads the old weights). ``place(adapter, key, slot)``
+puts an adapter into a given slot (a TP follower mirroring rank 0). When every slot is pinned,
 ``acquire`` raises ``PoolFull``: the scheduler keeps that request waiting. A target module an
 adapter does not adapt stays zero in its slot.
 """
@@ -55,6 +56,22 @@ class LoraPool:
         self.slot_of.move_to_end(name)
         self.pins[name] = self.pins.get(name, 0) + 1
         return self.slot_of[name]
+
+    def place(self, adapter: LoraAdapter, key: Hashable, slot: int) -> None:
+        """Makes ``adapter`` (under ``key``) the one in ``slot``, as a TP follower mirrors rank
+        0's choice: copied in unless it is there already; the adapter that held the slot is
+        dropped, and so is the key's other slot. Not pinned (followers pin nothing)."""
+        if not 0 <= slot < self.num_slots:
+            raise ValueError(f"LoRA slot {slot} is not in 0..{self.num_slots - 1}")
+        if self.slot_of.get(key) == slot:
+            self.slot_of.move_to_end(key)
+            return
+        for other, held in list(self.slot_of.items()):
+            if held == slot or other == key:
+                if self.pins.get(other):
+                    raise ValueError(f"LoRA adapter '{other}' is pinned in slot {held}")
+                del self.slot_of[other]
+        self._load(adapter, slot, key)
 
     def release(self, name: Hashable) -> None:
         count = self.pins.get(name, 0)

@@ -144,13 +144,8 @@ class EngineCore:
             self.tokenizer = get_tokenizer(server_args.tokenizer_path)
         # --enable-lora: the adapters, their slot pool and the projections' hooks.
         self.lora: LoraManager | None = None
-        if server_args.enable_lora:
-            self.lora = LoraManager(
-                self.runner.model, max_loras_per_batch=server_args.max_loras_per_batch,
-                max_lora_rank=server_args.max_lora_rank,
-                target_modules=server_args.lora_target_modules,
-                lora_paths=server_args.lora_path_map(), dtype=self.runner.dtype,
-                device=self.device)
+        if server_args.enable_lora:  # (under TP: this rank's shard; followers hold theirs)
+            self.lora = LoraManager.from_server_args(self.runner, server_args)
         self.core = _core.Scheduler(self._scheduler_config())
         if self.tp is not None:
             self.tp.share_num_slots(self.core.num_slots)
@@ -399,9 +394,11 @@ class EngineCore:
             return LoraAdapterResp(False, "LoRA adapters are not enabled on this server.", {})
         try:
             if isinstance(req, LoadLoraAdapterReq):
-                self.lora.load(req.lora_name, req.lora_path)
+                self._load_lora(req.lora_name, req.lora_path)
             else:
                 self.lora.unload(req.lora_name)
+                self._send_lora("unload_lora", lora_name=req.lora_name)
+                self._drop_unused_loras()
         except LoraError as exc:
             return LoraAdapterResp(False, str(exc)[:MAX_ERROR_CHARS], self.lora.loaded())
         except Exception as exc:  # noqa: BLE001 (an unreadable path or file: never the engine)
@@ -409,9 +406,42 @@ class EngineCore:
             return LoraAdapterResp(False, message[:MAX_ERROR_CHARS], self.lora.loaded())
         return LoraAdapterResp(True, None, self.lora.loaded())
 
+    def _load_lora(self, name: str, path: str) -> None:
+        """Loads an adapter here (the checks), then on the TP followers with the same load id;
+        when a follower fails, every rank forgets it (LoraError)."""
+        assert self.lora is not None
+        served = self.lora.load(name, path)
+        if self.tp is None:
+            return
+        from sglang.srt.managers.tp_worker import agree
+
+        self._send_lora("load_lora", lora_name=name, lora_path=path, lora_ids=(served.id,))
+        if not agree(self.tp.group, True):
+            self.lora.discard(name)
+            raise LoraError(f"LoRA adapter '{name}' could not be loaded on every TP rank (see "
+                            "the followers' logs); no rank serves it.")
+
+    def _send_lora(self, kind: str, **fields: Any) -> None:
+        if self.tp is not None:
+            from sglang.srt.managers.tp_worker import StepMessage
+
+            self.tp.send(StepMessage(kind, **fields))
+
+    def _drop_unused_loras(self) -> None:
+        """Forgets, on every rank, the unloaded adapters no request holds any more."""
+        if self.lora is None or not self.lora.retired:
+            return
+        live = {e.lora.id for e in self.reqs.values() if e.lora is not None}
+        unused = tuple(i for i in self.lora.retired if i not in live)
+        if unused:
+            self.lora.drop_retired(unused)
+            self._send_lora("drop_lora", lora_ids=unused)
+
     def heartbeat(self) -> None:
         """Called every loop of the engine process: while no step has been broadcast for
-        ``KEEPALIVE_S``, keeps the TP followers' wait under the group's timeout."""
+        ``KEEPALIVE_S``, keeps the TP followers' wait under the group's timeout; forgets the
+        unloaded LoRA adapters that the last requests using them have released."""
+        self._drop_unused_loras()
         if self.tp is not None:
             self.tp.keepalive()
 
@@ -504,24 +534,26 @@ class EngineCore:
             batch.mrope_positions = torch.from_numpy(images.mrope_positions).to(self.device)
         embeds_step = plan.mode == _core.ForwardMode.EXTEND and (
             images is not None and images.rows or any(e.input_embeds is not None for e in ereqs))
-        if self.tp is not None:  # the followers run this forward too (images: no VLM under TP)
-            from sglang.srt.managers.tp_worker import StepMessage
-
-            self.tp.broadcast_step(StepMessage.from_plan(
-                plan, self.req_to_token, logits_rows, capture_hidden,
-                images.positions if images else None,
-                self._embed_overrides(plan, ereqs) if embeds_step else None))
-        if embeds_step:
-            batch.input_embeds = self._extend_embeds(plan, ereqs, batch.input_ids, images)
-        sample_reqs = [ereqs[i] for i in plan.sample_indices]
-        masks = None
-        if self.grammars is not None:  # the bitmask rows are filled while the forward runs
-            masks = self.grammars.start_masks([e.grammar for e in sample_reqs])
-        if self.lora is not None:
+        lora_step = None
+        if self.lora is not None:  # pinned before the TP followers are told which slots
             rows = plan.extend_lens if plan.mode == _core.ForwardMode.EXTEND else \
                 np.ones(len(ereqs), dtype=np.int32)
-            batch.lora = self.lora.begin(rows, [e.lora for e in ereqs])
+            batch.lora = lora_step = self.lora.begin(rows, [e.lora for e in ereqs])
         try:
+            if self.tp is not None:  # the followers run this forward too (no VLM under TP)
+                from sglang.srt.managers.tp_worker import StepMessage
+
+                self.tp.broadcast_step(StepMessage.from_plan(
+                    plan, self.req_to_token, logits_rows, capture_hidden,
+                    images.positions if images else None,
+                    self._embed_overrides(plan, ereqs) if embeds_step else None,
+                    lora_step.info if lora_step is not None else None))
+            if embeds_step:
+                batch.input_embeds = self._extend_embeds(plan, ereqs, batch.input_ids, images)
+            sample_reqs = [ereqs[i] for i in plan.sample_indices]
+            masks = None
+            if self.grammars is not None:  # the bitmask rows are filled while the forward runs
+                masks = self.grammars.start_masks([e.grammar for e in sample_reqs])
             result = self.runner.forward(batch)
         finally:
             if self.lora is not None:

@@ -7,10 +7,16 @@ process (``EngineCore``: the C++ scheduler, sampling, grammars, the ZMQ side); r
 per forward pass and runs the same forward on its shard of the model. Every forward is a sequence
 of collectives, so the ranks must run the same forwards in the same order: rank 0 broadcasts each
 step before its ``runner.forward`` (``TPLeader.broadcast_step``), and the control messages that
-touch the model (weight updates) the same way. A flush of the radix cache touches no rank's model
+touch the model (weight updates, LoRA adapters loaded, unloaded and dropped) the same way. A flush of the radix cache touches no rank's model
 and is not sent. ``stop`` ends the followers; ``keepalive`` is sent by an idle rank 0 so that a
 follower's wait never reaches the group's timeout (``SGLANG_TP_TIMEOUT``) while a dead rank still
 fails the others within it.
+
+With ``--enable-lora`` every follower has its own ``LoraManager`` holding its shard of each
+adapter. A load is checked on rank 0 first (it reads the same files) and only then sent with
+its load id; each follower reads its shard, and the ranks agree on success (``agree``), all
+discarding the adapter when one failed. Each step carries rank 0's ``LoraStepInfo`` (segments,
+and which adapter each used slot holds), which the follower mirrors before its forward.
 
 The KV pools agree: every rank computes the tokens its pool can hold, the group keeps the minimum
 (``agree_max_total_tokens``) and rank 0's scheduler sizes the pool from it, whose slot count it
@@ -24,10 +30,13 @@ import logging
 import os
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from sglang.srt.lora.manager import LoraManager, LoraStepInfo
 
 logger = logging.getLogger("sglang.tp")
 TP_TIMEOUT_S = float(os.environ.get("SGLANG_TP_TIMEOUT", "120"))
@@ -41,10 +50,13 @@ class StepMessage:
     """What rank 0 sends its followers: one forward pass, a control action, or a stop.
 
     ``kind``: "step" (the arrays below), "update_weights" (``model_path``, ``load_format``),
+    "load_lora" (``lora_name``, ``lora_path``, ``lora_ids``: the load id), "unload_lora"
+    (``lora_name``), "drop_lora" (``lora_ids``: retired adapters no request uses any more),
     "keepalive" or "stop". A step's arrays are those ``ForwardBatch.from_plan`` reads, with the
     batch's rows of the request-to-token table compacted (``table``; ``req_pool_indices`` is
     ``arange(batch_size)``). ``embed_overrides``: rows of an extend step taken from requests'
     ``input_embeds`` (start row, [rows, hidden] CPU tensor) instead of the embedding table.
+    ``lora``: the step's adapter segments and slots (None: no row runs with an adapter).
     """
 
     kind: str
@@ -64,11 +76,16 @@ class StepMessage:
     embed_overrides: list[tuple[int, torch.Tensor]] | None = None
     model_path: str = ""
     load_format: str | None = None
+    lora: LoraStepInfo | None = None
+    lora_name: str = ""
+    lora_path: str = ""
+    lora_ids: tuple[int, ...] = ()
 
     @classmethod
     def from_plan(cls, plan: Any, req_to_token: torch.Tensor, logits_rows: np.ndarray | None,
                   capture_hidden: bool, positions: np.ndarray | None,
-                  embed_overrides: list[tuple[int, torch.Tensor]] | None) -> StepMessage:
+                  embed_overrides: list[tuple[int, torch.Tensor]] | None,
+                  lora: LoraStepInfo | None = None) -> StepMessage:
         def arr(x: Any) -> np.ndarray:
             return np.ascontiguousarray(x, dtype=np.int32)
 
@@ -84,7 +101,7 @@ class StepMessage:
             prefix_lens=arr(plan.prefix_lens), extend_lens=arr(plan.extend_lens),
             extend_start=arr(plan.extend_start), sample_rows=arr(plan.sample_rows), table=table,
             logits_rows=None if logits_rows is None else arr(logits_rows),
-            capture_hidden=capture_hidden, embed_overrides=embed_overrides or None)
+            capture_hidden=capture_hidden, embed_overrides=embed_overrides or None, lora=lora)
 
 
 class TPLeader:
@@ -128,6 +145,44 @@ def agree_max_total_tokens(group: Any, tokens: int) -> int:
     return int(t.item())
 
 
+def agree(group: Any, ok: bool) -> bool:
+    """True when ``ok`` holds on every rank (a collective: every rank calls it)."""
+    if group.size == 1:
+        return ok
+    import torch.distributed as dist
+
+    t = torch.tensor([int(ok)], dtype=torch.int32)
+    if group.backend == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=group.group)
+    return bool(t.item())
+
+
+def follow_lora(lora: LoraManager | None, group: Any, msg: StepMessage) -> None:
+    """A follower's side of rank 0's "load_lora" / "unload_lora" / "drop_lora"."""
+    if msg.kind == "load_lora":
+        ok = False
+        try:
+            if lora is None:
+                raise RuntimeError("this rank serves no LoRA adapters")
+            lora.load(msg.lora_name, msg.lora_path, load_id=msg.lora_ids[0])
+            ok = True
+        except Exception as exc:  # noqa: BLE001 (reported to rank 0 through the agreement)
+            logger.error("TP rank %d: LoRA adapter '%s' not loaded: %s", group.rank,
+                         msg.lora_name, exc)
+        if not agree(group, ok) and ok and lora is not None:
+            lora.discard(msg.lora_name)  # another rank failed: every rank forgets it
+    elif lora is None:
+        logger.error("TP rank %d: %s without --enable-lora", group.rank, msg.kind)
+    elif msg.kind == "unload_lora":
+        try:
+            lora.unload(msg.lora_name)
+        except ValueError as exc:
+            logger.error("TP rank %d: LoRA unload: %s", group.rank, exc)
+    else:
+        lora.drop_retired(msg.lora_ids)
+
+
 def apply_embed_overrides(embeds: torch.Tensor,
                           overrides: list[tuple[int, torch.Tensor]] | None) -> torch.Tensor:
     for lo, rows in overrides or []:
@@ -135,8 +190,9 @@ def apply_embed_overrides(embeds: torch.Tensor,
     return embeds
 
 
-def run_step(runner: Any, msg: StepMessage) -> Any:
-    """A follower's forward pass of rank 0's step (the same collectives, in the same order)."""
+def run_step(runner: Any, msg: StepMessage, lora: LoraManager | None = None) -> Any:
+    """A follower's forward pass of rank 0's step (the same collectives, in the same order),
+    with rank 0's adapters in the same slots of ``lora``'s pool."""
     from sglang.srt.model_executor.forward_batch import ForwardBatch
 
     device = torch.device(runner.device)
@@ -146,7 +202,15 @@ def run_step(runner: Any, msg: StepMessage) -> Any:
         with torch.inference_mode():
             embeds = runner.embed_tokens(batch.input_ids)
             batch.input_embeds = apply_embed_overrides(embeds, msg.embed_overrides)
-    return runner.forward(batch)
+    if msg.lora is None:
+        return runner.forward(batch)
+    if lora is None:
+        raise RuntimeError("rank 0 sent a LoRA step to a rank without --enable-lora")
+    batch.lora = lora.mirror(msg.lora)
+    try:
+        return runner.forward(batch)
+    finally:
+        lora.end()
 
 
 def follower_max_total_tokens(args: Any, runner: Any) -> int:
@@ -178,6 +242,11 @@ def run_tp_follower(server_args: Any, tp_rank: int, dist_init_method: str,
                                               dist_init_method=dist_init_method,
                                               dist_timeout_s=TP_TIMEOUT_S)
         group = runner.tp_group
+        lora = None
+        if server_args.enable_lora:  # this rank's shard of the adapters (before the KV sizing)
+            from sglang.srt.lora.manager import LoraManager
+
+            lora = LoraManager.from_server_args(runner, server_args)
         agree_max_total_tokens(group, follower_max_total_tokens(server_args, runner))
         runner.init_kv_pool(group.broadcast_object(None, src=0))
         logger.info("TP rank %d ready", tp_rank)
@@ -190,8 +259,10 @@ def run_tp_follower(server_args: Any, tp_rank: int, dist_init_method: str,
                                str(exc).splitlines()[0][:200])
                 os._exit(1)
             if msg.kind == "step":
-                run_step(runner, msg)
+                run_step(runner, msg, lora)
                 steps += 1
+            elif msg.kind in ("load_lora", "unload_lora", "drop_lora"):
+                follow_lora(lora, group, msg)
             elif msg.kind == "update_weights":
                 ok, message = runner.update_weights_from_disk(msg.model_path, msg.load_format)
                 if not ok:
