@@ -167,8 +167,6 @@ class ServerArgs:
               f"--cuda-graph-max-bs must be at least 1, got {self.cuda_graph_max_bs}")
         check(self.tp_size >= 1, f"--tp-size must be at least 1, got {self.tp_size}")
         if self.tp_size > 1:  # (quantized weights and untested models: the ModelRunner refuses)
-            check(not self.enable_lora or self.dp_size == 1,
-                  "--enable-lora with --tp-size > 1 and --dp-size > 1 is not supported yet")
             check(not self.is_embedding,
                   "--is-embedding is not supported with --tp-size > 1 yet")
         self._validate_nodes(check)

@@ -4,7 +4,8 @@
 A tiny random Llama (float32) and a PEFT-format adapter written by hand (every projection, rank 4,
 random A and B), so no ``peft`` is needed on the GPU machine. The reference is transformers on the
 CPU with the adapter merged into the weights (W + alpha / r * B A). One batch mixes the adapter
-and the base model: each row must give the reference's greedy tokens.
+and the base model: each row must give the reference's greedy tokens. On the CPU the same batch
+also runs on two data-parallel replicas of two tensor-parallel ranks each (adapter shards).
 """
 
 from __future__ import annotations
@@ -87,8 +88,10 @@ def reference(folders: tuple[Path, Path]) -> dict[str, list[list[int]]]:
     return out
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_mixed_batch_equals_merged_weights(device: str, folders: tuple[Path, Path],
+@pytest.mark.parametrize(("device", "parallel"), [
+    ("cpu", {}), ("cpu", {"dp_size": 2, "tp_size": 2}),
+    pytest.param("cuda", {}, marks=pytest.mark.gpu)])
+def test_mixed_batch_equals_merged_weights(device: str, parallel: dict, folders: tuple[Path, Path],
                                            reference: dict[str, list[list[int]]]) -> None:
     import sglang as sgl
 
@@ -96,7 +99,7 @@ def test_mixed_batch_equals_merged_weights(device: str, folders: tuple[Path, Pat
     with sgl.Engine(model_path=str(base), dtype="float32", device=device,
                     skip_tokenizer_init=True, lora_paths=[f"ad={adapter}"],
                     max_loras_per_batch=2, max_total_tokens=1024, random_seed=0,
-                    log_level="warning") as llm:
+                    log_level="warning", **parallel) as llm:
         assert llm.tokenizer_manager.info.device.startswith(device)
         greedy = {"max_new_tokens": NEW, "temperature": 0, "ignore_eos": True}
         batch = llm.generate(input_ids=PROMPTS + PROMPTS, sampling_params=greedy,

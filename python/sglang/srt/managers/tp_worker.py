@@ -1,16 +1,18 @@
 """Tensor parallelism, the engine side: rank 0 leads, ranks > 0 follow.
 
 With ``--tp-size N`` the engine client starts N processes joined in one ``torch.distributed``
-group (``dist_init_method``: a ``file://`` in the client's IPC folder). Rank 0 is the usual engine
-process (``EngineCore``: the C++ scheduler, sampling, grammars, the ZMQ side); ranks > 0 run
+group (``dist_init_method``: a ``file://`` in the client's IPC folder; with ``--nnodes > 1``
+``--dist-init-addr``, other machines' ranks started by ``worker_node.py``). Rank 0 is the usual
+engine process (``EngineCore``: the C++ scheduler, sampling, grammars, the ZMQ side); ranks > 0 run
 ``run_tp_follower``: a loop that receives, from rank 0, one ``StepMessage`` (``broadcast_object``)
 per forward pass and runs the same forward on its shard of the model. Every forward is a sequence
 of collectives, so the ranks must run the same forwards in the same order: rank 0 broadcasts each
 step before its ``runner.forward`` (``TPLeader.broadcast_step``), and the control messages that
-touch the model (weight updates, LoRA adapters loaded, unloaded and dropped) the same way. A flush of the radix cache touches no rank's model
-and is not sent. ``stop`` ends the followers; ``keepalive`` is sent by an idle rank 0 so that a
-follower's wait never reaches the group's timeout (``SGLANG_TP_TIMEOUT``) while a dead rank still
-fails the others within it.
+touch the model (weight updates, LoRA adapters loaded, unloaded and dropped) the same way. A
+flush of the radix cache touches no rank's model and is not sent. ``stop`` ends the followers;
+``keepalive`` is sent by an idle rank 0 (every ``KEEPALIVE_S``) so that a follower's wait never
+reaches the group's timeout (``SGLANG_TP_TIMEOUT``), and so that a dead rank (another machine's
+too) fails rank 0's broadcast within seconds.
 
 With ``--enable-lora`` every follower has its own ``LoraManager`` holding its shard of each
 adapter. A load is checked on rank 0 first (it reads the same files) and only then sent with
