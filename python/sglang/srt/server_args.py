@@ -66,6 +66,10 @@ class ServerArgs:
     random_seed: int | None = None
     attention_backend: str | None = None
     disable_cuda_graph: bool = False
+    # Overlap: a step's outputs are processed while the next step's forward runs (on CUDA by
+    # default; --enable-overlap-schedule forces it elsewhere, e.g. to test it on a CPU)
+    disable_overlap_schedule: bool = False
+    enable_overlap_schedule: bool = False
     enable_torch_compile: bool = False
     torch_compile_max_bs: int = 32
     cuda_graph_max_bs: int | None = None
@@ -165,6 +169,8 @@ class ServerArgs:
         check(self.torch_compile_max_bs >= 1, "--torch-compile-max-bs must be at least 1")
         check(self.cuda_graph_max_bs is None or self.cuda_graph_max_bs >= 1,
               f"--cuda-graph-max-bs must be at least 1, got {self.cuda_graph_max_bs}")
+        check(not (self.enable_overlap_schedule and self.disable_overlap_schedule),
+              "--enable-overlap-schedule and --disable-overlap-schedule contradict each other")
         check(self.tp_size >= 1, f"--tp-size must be at least 1, got {self.tp_size}")
         if self.tp_size > 1:  # (quantized weights and untested models: the ModelRunner refuses)
             check(not self.is_embedding,
@@ -283,6 +289,12 @@ class ServerArgs:
           "--torch-compile-max-bs tokens.")
         a("--torch-compile-max-bs", type=int, default=d["torch_compile_max_bs"].default)
         a("--cuda-graph-max-bs", type=int, default=None)
+        a("--disable-overlap-schedule", action="store_true",
+          help="Process each step's outputs before the next step starts (no overlap with the "
+               "GPU's forward pass).")
+        a("--enable-overlap-schedule", action="store_true",
+          help="Overlap output processing with the next forward pass on a CPU too (for tests: "
+               "on a CPU it delays streamed tokens by one step).")
         a("--tp-size", "--tensor-parallel-size", dest="tp_size", type=int, default=1)
         a("--nnodes", type=int, default=1,
           help="Machines the --tp-size ranks are spread over (each runs tp-size / nnodes).")
@@ -356,6 +368,12 @@ class ServerArgs:
                   f"--tp-size ({self.tp_size}) must be a multiple of --nnodes ({self.nnodes}): "
                   "every node runs the same number of ranks")
             check(self.dp_size == 1, "--dp-size > 1 with --nnodes > 1 is not supported yet")
+
+    def overlap_schedule(self) -> bool:
+        """Whether the engine overlaps output processing with the next forward pass."""
+        if self.disable_overlap_schedule:
+            return False
+        return self.enable_overlap_schedule or self.device == "cuda"
 
     @property
     def ranks_per_node(self) -> int:

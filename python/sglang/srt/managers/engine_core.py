@@ -161,6 +161,12 @@ class EngineCore:
         self.rid_to_handle: dict[str, int] = {}
         self.seed_counter = 0
         self.grammars: GrammarManager | None = None  # created by the first grammar request
+        # Overlap (--disable-overlap-schedule turns it off): a step's outputs (its tokens
+        # appended, stop strings checked, ReqOutputs built) are processed during the next
+        # step, between its forward launch and its sampling, while the device computes.
+        self.overlap = server_args.overlap_schedule()
+        self._deferred: tuple | None = None  # the last step's committed results, unprocessed
+        self.overlapped_steps = 0  # steps whose outputs were processed during the next forward
         self.forward_ct = 0
         self.failed_steps = 0  # consecutive steps whose forward or sampling raised
         self.last_gen_throughput = 0.0
@@ -452,7 +458,8 @@ class EngineCore:
             self.tp = None
 
     def idle(self) -> bool:
-        return self.core.idle() and not (self.grammars and self.grammars.waiting)
+        return self.core.idle() and not (self.grammars and self.grammars.waiting) and \
+            self._deferred is None
 
     def internal_state(self) -> dict[str, Any]:
         s = self.core.stats()
@@ -473,6 +480,8 @@ class EngineCore:
             "integrity_ok": self._integrity_ok(),
             # adapters copied into the LoRA slots so far (more than loaded: evictions happened)
             "lora_slot_loads": self.lora.pool.loads if self.lora is not None else 0,
+            "overlap_schedule": self.overlap,
+            "overlapped_steps": self.overlapped_steps,
         }
 
     def _integrity_ok(self) -> bool:
@@ -495,10 +504,12 @@ class EngineCore:
         refused = self._poll_grammars()
         plan = self.core.schedule()
         if plan.mode == _core.ForwardMode.IDLE:
-            return refused or None
+            return refused + self._take_deferred() or None
+        early: list[ReqOutput] = []  # the previous step's outputs (overlap)
         try:
-            step = self._forward_and_sample(plan)
+            step = self._forward_and_sample(plan, lambda: early.extend(self._take_deferred()))
         except Exception as exc:
+            early.extend(self._take_deferred())  # (when the forward itself failed)
             self.failed_steps += 1
             if self.failed_steps >= MAX_FAILED_STEPS or self.tp is not None:
                 raise  # under TP the ranks may no longer be in lockstep: the group ends
@@ -507,15 +518,30 @@ class EngineCore:
         else:
             self.failed_steps = 0
             outs = self._commit(*step)
-        return refused + outs if refused else outs
+        return refused + early + outs
+
+    def _take_deferred(self) -> list[ReqOutput]:
+        """Processes the last step's committed results if they were left for overlap."""
+        deferred, self._deferred = self._deferred, None
+        return self._collect(*deferred) if deferred is not None else []
+
+    def _may_defer(self, sample_reqs: list[EngineReq]) -> bool:
+        """Whether a step's outputs may wait for the next step's forward. Not when the next
+        step's inputs depend on them: a grammar's mask needs the token accepted, a custom logit
+        processor reads the output ids. A finish decided from them (stop strings) comes one
+        step late: the core aborts the request's next token, which is never reported."""
+        return self.overlap and self.pooling is None and not any(
+            e.grammar is not None or e.req.custom_logit_processor for e in sample_reqs)
 
     def _cancel_plan(self, reason: str) -> list[ReqOutput]:
         finish = FinishReason.error(f"Internal error while running the request: {reason}", 500)
         return [self._final(self.reqs[h], finish, [])
                 for h in self.core.cancel_plan().tolist() if h in self.reqs]
 
-    def _forward_and_sample(self, plan: Any) -> tuple:
-        """The forward pass and sampling of a plan (nothing committed yet)."""
+    def _forward_and_sample(self, plan: Any, while_forward_runs: Any = None) -> tuple:
+        """The forward pass and sampling of a plan (nothing committed yet).
+        ``while_forward_runs``: called once the forward is launched, before the sampling waits
+        for it (on a GPU the host works while the device computes)."""
         from sglang.srt.model_executor.forward_batch import ForwardBatch
 
         req_ids = plan.req_ids
@@ -558,6 +584,8 @@ class EngineCore:
         finally:
             if self.lora is not None:
                 self.lora.end()
+        if while_forward_runs is not None:
+            while_forward_runs()
         logits = result.logits
         sample_pos = prompt_slices.pop("__sample__")
         sample_index = None if sample_pos is None else torch.as_tensor(
@@ -586,10 +614,16 @@ class EngineCore:
         rids, tokens, reasons, _ = self.core.commit(sampled.next_ids)
         self.forward_ct += 1
         for h in plan.retracted.tolist():
-            self.reqs[h].num_retractions += 1
+            if h in self.reqs:  # (one ended by the overlapped outputs is gone)
+                self.reqs[h].num_retractions += 1
         failed = {sample_reqs[k].handle: err.message
                   for err in sampled.processor_errors for k in err.rows}
-        return self._collect(sample_reqs, sampled, rids, tokens, reasons, hidden_out, failed)
+        results = (sample_reqs, sampled, rids, tokens, reasons, hidden_out, failed)
+        if self._may_defer(sample_reqs):
+            self._deferred = results
+            self.overlapped_steps += 1
+            return []
+        return self._collect(*results)
 
     def _extend_embeds(self, plan: Any, ereqs: list[EngineReq], input_ids: torch.Tensor,
                        images: StepImages | None = None) -> torch.Tensor:
