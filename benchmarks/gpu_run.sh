@@ -110,6 +110,11 @@ for stage in "${stages[@]}"; do
       run offline_llama8b python3 -m sglang.bench_offline_throughput "${model[@]}" \
         --num-prompts 256 --random-input-len 1024 --random-output-len 512 \
         --random-range-ratio 1 --cuda-graph-max-bs 256 --output-file "$OUT/engine_bench.jsonl"
+      # the same without overlapping output processing with the forward (what overlap brings)
+      run offline_llama8b_no_overlap python3 -m sglang.bench_offline_throughput "${model[@]}" \
+        --num-prompts 256 --random-input-len 1024 --random-output-len 512 \
+        --random-range-ratio 1 --cuda-graph-max-bs 256 --disable-overlap-schedule \
+        --output-file "$OUT/engine_bench.jsonl"
       python3 -m sglang.launch_server "${model[@]}" --port 30000 > "$OUT/server.log" 2>&1 &
       server=$!
       python3 - <<'PY' || echo "server did not come up: see server.log"
