@@ -172,9 +172,8 @@ class ServerArgs:
         check(not (self.enable_overlap_schedule and self.disable_overlap_schedule),
               "--enable-overlap-schedule and --disable-overlap-schedule contradict each other")
         check(self.tp_size >= 1, f"--tp-size must be at least 1, got {self.tp_size}")
-        if self.tp_size > 1:  # (quantized weights and untested models: the ModelRunner refuses)
-            check(not self.is_embedding,
-                  "--is-embedding is not supported with --tp-size > 1 yet")
+        # --tp-size > 1: quantized weights, encoder embedding models and untested models are
+        # refused by the engine at start (they need the model's config)
         self._validate_nodes(check)
         check(self.dp_size >= 1, f"--dp-size must be at least 1, got {self.dp_size}")
         check(self.load_balance_method in LOAD_BALANCE_METHODS,

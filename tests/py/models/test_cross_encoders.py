@@ -109,3 +109,13 @@ def test_xlm_roberta_encoder_matches_transformers(tmp_path: Path) -> None:
             theirs = ref(torch.tensor([seq])).last_hidden_state[0]
             torch.testing.assert_close(hidden[starts[i] : starts[i + 1]], theirs,
                                        atol=1e-4, rtol=0)  # fmt: skip
+
+
+def test_encoder_models_refuse_tensor_parallelism(tmp_path: Path) -> None:
+    """Encoder (BERT-style) models are not sharded: --tp-size 2 fails at start, clearly."""
+    import sglang as sgl
+
+    folder = _save("bert", tmp_path, 1)
+    with pytest.raises(RuntimeError, match="encoder embedding models .* --tp-size"):
+        sgl.Engine(model_path=str(folder), is_embedding=True, skip_tokenizer_init=True,
+                   dtype="float32", tp_size=2, device="cpu")

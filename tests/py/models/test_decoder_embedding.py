@@ -86,22 +86,28 @@ def test_offline_engine_serves_a_decoder_embedding_model(tiny_models: dict[str, 
             engine.generate(input_ids=PROMPTS[0], sampling_params={"max_new_tokens": 2})
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
-def test_base_model_checkpoints(arch: str, tiny_models: dict[str, Path],
-                                tmp_path: Path) -> None:  # fmt: skip
-    """``Qwen2Model`` / ``Qwen3Model`` checkpoints (gte-Qwen2 style: the decoder alone, tensor
-    names without ``model.``, no LM head, untied) embed like transformers' base model, and refuse
-    to generate."""
+def _save_base_model(source: Path, folder: Path) -> Path:
+    """A base-model checkpoint (``Qwen2Model`` / ``Qwen3Model``) with the config of ``source``."""
     from transformers import AutoConfig, AutoModel
 
-    config = AutoConfig.from_pretrained(tiny_models[arch])
+    config = AutoConfig.from_pretrained(source)
     config.tie_word_embeddings = False
     torch.manual_seed(5)
     model = AutoModel.from_config(config, dtype=torch.float32)
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.15 * torch.randn_like(p))
-    model.save_pretrained(tmp_path)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_base_model_checkpoints(arch: str, tiny_models: dict[str, Path],
+                                tmp_path: Path) -> None:  # fmt: skip
+    """``Qwen2Model`` / ``Qwen3Model`` checkpoints (gte-Qwen2 style: the decoder alone, tensor
+    names without ``model.``, no LM head, untied) embed like transformers' base model, and refuse
+    to generate."""
+    _save_base_model(tiny_models[arch], tmp_path)
     from safetensors import safe_open
 
     with safe_open(str(next(tmp_path.glob("*.safetensors"))), "pt") as f:
@@ -117,3 +123,17 @@ def test_base_model_checkpoints(arch: str, tiny_models: dict[str, Path],
                       dtype="float32")  # fmt: skip
     with pytest.raises(ValueError, match="--is-embedding"):
         EngineCore(args)
+
+
+def test_tensor_parallel_embeddings(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """--tp-size 2 (two gloo ranks): a Qwen3Model checkpoint (one KV head, replicated) embeds
+    like transformers' base model."""
+    import sglang as sgl
+
+    folder = _save_base_model(tiny_models["qwen3"], tmp_path)
+    with sgl.Engine(model_path=str(folder), is_embedding=True, skip_tokenizer_init=True,
+                    dtype="float32", random_seed=0, tp_size=2, device="cpu") as engine:
+        out = engine.encode(input_ids=PROMPTS[:3])
+    for o, prompt in zip(out, PROMPTS[:3], strict=True):
+        torch.testing.assert_close(torch.tensor(o["embedding"]), _reference(folder, prompt),
+                                   atol=1e-4, rtol=0)

@@ -81,6 +81,20 @@ def test_scores_match_transformers(kind: str, classifiers: dict[str, Path]) -> N
                                    atol=1e-4, rtol=0)  # fmt: skip
 
 
+def test_tensor_parallel_scores(classifiers: dict[str, Path]) -> None:
+    """--tp-size 2 (two gloo ranks): the sharded decoder and the replicated score head give
+    transformers' logits."""
+    import sglang as sgl
+
+    folder = classifiers["qwen2_classes"]
+    with sgl.Engine(model_path=str(folder), is_embedding=True, skip_tokenizer_init=True,
+                    dtype="float32", random_seed=0, tp_size=2, device="cpu") as engine:
+        out = engine.encode(input_ids=PROMPTS[:3])
+    for o, prompt in zip(out, PROMPTS[:3], strict=True):
+        torch.testing.assert_close(torch.tensor(o["embedding"]), _reference(folder, prompt),
+                                   atol=1e-4, rtol=0)
+
+
 def test_classifier_needs_is_embedding(classifiers: dict[str, Path]) -> None:
     args = ServerArgs(model_path=str(classifiers["llama_reward"]), skip_tokenizer_init=True,
                       device="cpu", dtype="float32")  # fmt: skip

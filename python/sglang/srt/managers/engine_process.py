@@ -76,6 +76,9 @@ def run_engine_process(server_args: ServerArgs, ipc_in: str, ipc_out: str, ready
         from sglang.srt.managers.embedding_core import EmbeddingEngineCore, serves_encoder
 
         if server_args.is_embedding and serves_encoder(server_args):
+            if server_args.tp_size > 1:
+                raise ValueError("encoder embedding models (BERT-style) do not support "
+                                 "--tp-size > 1 yet; decoder embedding models do")
             engine: Any = EmbeddingEngineCore(server_args)
         else:  # generation, or a decoder embedding model (EngineCore's embedding mode)
             from sglang.srt.managers.engine_core import EngineCore

@@ -30,7 +30,7 @@ class BaseModelMixin:
     """The decoder alone: checkpoint names get the ``model.`` prefix of the causal LM."""
 
     is_base_model = True  # embeddings only (--is-embedding)
-    supports_tensor_parallel = False  # not tested sharded yet
+    supports_tensor_parallel = True  # the causal LM's sharded decoder; the head is tied
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         named = ((n if n.startswith("model.") else f"model.{n}", t) for n, t in weights

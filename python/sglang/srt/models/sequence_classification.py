@@ -40,7 +40,7 @@ class ClassifierMixin:
     """Replaces the LM head by ``score``; ``forward`` returns the head's logits."""
 
     is_classifier = True
-    supports_tensor_parallel = False  # not tested sharded yet
+    supports_tensor_parallel = True  # the sharded decoder; ``score`` is replicated (small)
 
     def _init_score(self, config: ModelConfig, dtype: torch.dtype | None, device: Any) -> None:
         del self.lm_head  # the decoder's LM head (or its tie to the embeddings) is not used
