@@ -566,14 +566,15 @@ class EngineCore:
                 np.ones(len(ereqs), dtype=np.int32)
             batch.lora = lora_step = self.lora.begin(rows, [e.lora for e in ereqs])
         try:
-            if self.tp is not None:  # the followers run this forward too (no VLM under TP)
+            if self.tp is not None:  # the followers run this forward too
                 from sglang.srt.managers.tp_worker import StepMessage
 
                 self.tp.broadcast_step(StepMessage.from_plan(
                     plan, self.req_to_token, logits_rows, capture_hidden,
                     images.positions if images else None,
-                    self._embed_overrides(plan, ereqs) if embeds_step else None,
-                    lora_step.info if lora_step is not None else None))
+                    self._tp_embed_rows(plan, ereqs, images) if embeds_step else None,
+                    lora_step.info if lora_step is not None else None,
+                    images.mrope_positions if images else None))
             if embeds_step:
                 batch.input_embeds = self._extend_embeds(plan, ereqs, batch.input_ids, images)
             sample_reqs = [ereqs[i] for i in plan.sample_indices]
@@ -637,6 +638,14 @@ class EngineCore:
             for lo, rows in self._embed_overrides(plan, ereqs, cpu=False):
                 embeds[lo:lo + rows.shape[0]] = rows
         return embeds
+
+    def _tp_embed_rows(self, plan: Any, ereqs: list[EngineReq],
+                       images: StepImages | None) -> list[tuple[int, torch.Tensor]]:
+        """The rows of an extend step that the TP followers take from rank 0 instead of their
+        embedding table: image rows (from rank 0's vision tower), then input_embeds rows, in
+        the order ``_extend_embeds`` writes them."""
+        rows = [(lo, r.cpu()) for lo, r in images.rows] if images is not None else []
+        return rows + self._embed_overrides(plan, ereqs)
 
     @staticmethod
     def _embed_overrides(plan: Any, ereqs: list[EngineReq],

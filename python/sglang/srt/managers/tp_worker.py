@@ -57,7 +57,8 @@ class StepMessage:
     "keepalive" or "stop". A step's arrays are those ``ForwardBatch.from_plan`` reads, with the
     batch's rows of the request-to-token table compacted (``table``; ``req_pool_indices`` is
     ``arange(batch_size)``). ``embed_overrides``: rows of an extend step taken from requests'
-    ``input_embeds`` (start row, [rows, hidden] CPU tensor) instead of the embedding table.
+    ``input_embeds`` or from rank 0's vision tower (start row, [rows, hidden] CPU tensor) instead
+    of the embedding table.
     ``lora``: the step's adapter segments and slots (None: no row runs with an adapter).
     """
 
@@ -79,6 +80,7 @@ class StepMessage:
     model_path: str = ""
     load_format: str | None = None
     lora: LoraStepInfo | None = None
+    mrope_positions: np.ndarray | None = None  # [3, T] (M-RoPE models: an image prompt's rows)
     lora_name: str = ""
     lora_path: str = ""
     lora_ids: tuple[int, ...] = ()
@@ -87,7 +89,8 @@ class StepMessage:
     def from_plan(cls, plan: Any, req_to_token: torch.Tensor, logits_rows: np.ndarray | None,
                   capture_hidden: bool, positions: np.ndarray | None,
                   embed_overrides: list[tuple[int, torch.Tensor]] | None,
-                  lora: LoraStepInfo | None = None) -> StepMessage:
+                  lora: LoraStepInfo | None = None,
+                  mrope_positions: np.ndarray | None = None) -> StepMessage:
         def arr(x: Any) -> np.ndarray:
             return np.ascontiguousarray(x, dtype=np.int32)
 
@@ -103,7 +106,8 @@ class StepMessage:
             prefix_lens=arr(plan.prefix_lens), extend_lens=arr(plan.extend_lens),
             extend_start=arr(plan.extend_start), sample_rows=arr(plan.sample_rows), table=table,
             logits_rows=None if logits_rows is None else arr(logits_rows),
-            capture_hidden=capture_hidden, embed_overrides=embed_overrides or None, lora=lora)
+            capture_hidden=capture_hidden, embed_overrides=embed_overrides or None, lora=lora,
+            mrope_positions=mrope_positions)
 
 
 class TPLeader:
@@ -200,10 +204,12 @@ def run_step(runner: Any, msg: StepMessage, lora: LoraManager | None = None) -> 
     device = torch.device(runner.device)
     batch = ForwardBatch.from_plan(msg, torch.from_numpy(msg.table), device,
                                    logits_rows=msg.logits_rows, capture_hidden=msg.capture_hidden)
-    if msg.embed_overrides:
+    if msg.embed_overrides:  # input_embeds rows, and image rows from rank 0's vision tower
         with torch.inference_mode():
             embeds = runner.embed_tokens(batch.input_ids)
             batch.input_embeds = apply_embed_overrides(embeds, msg.embed_overrides)
+    if msg.mrope_positions is not None:
+        batch.mrope_positions = torch.from_numpy(msg.mrope_positions).to(device)
     if msg.lora is None:
         return runner.forward(batch)
     if lora is None:

@@ -34,7 +34,9 @@ def _text_model_type(config: ModelConfig) -> str:
 
 
 class LlavaOnevisionForConditionalGeneration(Qwen2ForCausalLM):
-    supports_tensor_parallel = False  # the vision tower is not sharded; not tested yet
+    # Under TP the language model is sharded; the vision tower is replicated and runs on rank 0
+    # only, whose image rows reach the other ranks with the step.
+    supports_tensor_parallel = True
 
     def __init__(
         self,

@@ -43,7 +43,9 @@ class Qwen2VLForConditionalGeneration(Qwen2ForCausalLM):
     vision_class: Any = Qwen2VisionTransformer
     # Read by the engine: prompts carry image spans and M-RoPE positions.
     uses_mrope = True
-    supports_tensor_parallel = False  # the vision tower is not sharded; not tested yet
+    # Under TP the language model is sharded; the vision tower is replicated and runs on rank 0
+    # only, whose image rows reach the other ranks with the step.
+    supports_tensor_parallel = True
 
     def __init__(
         self,
