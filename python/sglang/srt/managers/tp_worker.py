@@ -138,30 +138,27 @@ class TPLeader:
             logger.warning("could not tell the TP followers to stop", exc_info=True)
 
 
-def agree_max_total_tokens(group: Any, tokens: int) -> int:
-    """The minimum over the ranks of the KV tokens each rank's pool can hold."""
+def _min_over_ranks(group: Any, value: int) -> int:
+    """The minimum of ``value`` over the ranks (a collective: every rank calls it)."""
     if group.size == 1:
-        return tokens
+        return value
     import torch.distributed as dist
 
-    t = torch.tensor([int(tokens)], dtype=torch.int64)
+    t = torch.tensor([int(value)], dtype=torch.int64)
     if group.backend == "nccl":
         t = t.cuda()
     dist.all_reduce(t, op=dist.ReduceOp.MIN, group=group.group)
     return int(t.item())
 
 
+def agree_max_total_tokens(group: Any, tokens: int) -> int:
+    """The minimum over the ranks of the KV tokens each rank's pool can hold."""
+    return _min_over_ranks(group, tokens)
+
+
 def agree(group: Any, ok: bool) -> bool:
     """True when ``ok`` holds on every rank (a collective: every rank calls it)."""
-    if group.size == 1:
-        return ok
-    import torch.distributed as dist
-
-    t = torch.tensor([int(ok)], dtype=torch.int32)
-    if group.backend == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=group.group)
-    return bool(t.item())
+    return bool(_min_over_ranks(group, int(ok)))
 
 
 def follow_lora(lora: LoraManager | None, group: Any, msg: StepMessage) -> None:
