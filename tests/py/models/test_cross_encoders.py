@@ -112,10 +112,21 @@ def test_xlm_roberta_encoder_matches_transformers(tmp_path: Path) -> None:
 
 
 def test_encoder_models_refuse_tensor_parallelism(tmp_path: Path) -> None:
-    """Encoder (BERT-style) models are not sharded: --tp-size 2 fails at start, clearly."""
-    import sglang as sgl
+    """Encoder (BERT-style) models are not sharded: --tp-size 2 fails at start, clearly, and
+    the failed Engine leaves no open ZMQ context behind (one left open hung the next garbage
+    collection, in the next test)."""
+    import gc
 
+    import sglang as sgl
+    import zmq
+
+    def contexts() -> dict[int, zmq.Context]:
+        return {id(o): o for o in gc.get_objects() if isinstance(o, zmq.Context)}
+
+    before = contexts()
     folder = _save("bert", tmp_path, 1)
     with pytest.raises(RuntimeError, match="encoder embedding models .* --tp-size"):
         sgl.Engine(model_path=str(folder), is_embedding=True, skip_tokenizer_init=True,
                    dtype="float32", tp_size=2, device="cpu")
+    new = [c for k, c in contexts().items() if k not in before]
+    assert new and all(c.closed for c in new)

@@ -41,7 +41,12 @@ class Engine:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
                                         name="sglang-engine-loop")
         self._thread.start()
-        self.tokenizer_manager = TokenizerManager(self.server_args)
+        try:
+            self.tokenizer_manager = TokenizerManager(self.server_args)
+        except BaseException:  # the engine failed to start: nothing of it may stay behind
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+            raise
         self._call(self._start_loops())
         self._closed = False
 

@@ -148,7 +148,8 @@ class EngineClient:
         for follower in self.followers:
             if follower.is_alive():
                 follower.kill()
-            follower.join(5)
+            if follower.pid is not None:
+                follower.join(5)
 
     def start(self) -> None:
         """Starts the receive and watchdog tasks on the running event loop (call once)."""
@@ -171,6 +172,8 @@ class EngineClient:
                 self.proc.kill()
                 self.proc.join(5)
         for follower in self.followers:  # normally gone already: rank 0 told them to stop
+            if follower.pid is None:  # never started (the engine failed before)
+                continue
             follower.join(2)
             if follower.is_alive():
                 follower.terminate()

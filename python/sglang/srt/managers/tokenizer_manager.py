@@ -69,7 +69,11 @@ class TokenizerManager:
             self.tokenizer = get_tokenizer(server_args.tokenizer_path)
         self.rid_to_state: dict[str, ReqState] = {}
         self.engine = engine_for(server_args, self)
-        self.info = self.engine.spawn()
+        try:
+            self.info = self.engine.spawn()
+        except BaseException:  # close its sockets now: a leaked ZMQ context can hang at exit
+            self.engine.shutdown()
+            raise
         # "starting" (the HTTP server's warm-up request has not finished) | "ready" |
         # "restarting" | "dead". Health checks pass only when "ready".
         self.status = "ready"
