@@ -126,8 +126,10 @@ def test_encoder_models_refuse_tensor_parallelism(tmp_path: Path) -> None:
 
     before = contexts()
     folder = _save("bert", tmp_path, 1)
-    with pytest.raises(RuntimeError, match="encoder embedding models .* --tp-size"):
+    with pytest.raises(RuntimeError, match="encoder embedding models .* --tp-size") as failed:
         sgl.Engine(model_path=str(folder), is_embedding=True, skip_tokenizer_init=True,
                    dtype="float32", tp_size=2, device="cpu")
+    # (the traceback in ``failed`` keeps the failed engine client, and its context, reachable)
     new = [c for k, c in contexts().items() if k not in before]
+    assert failed.traceback
     assert new and all(c.closed for c in new)
