@@ -226,10 +226,20 @@ def run_benchmarks(server_args: ServerArgs, bench: BenchArgs, tp_rank: int = 0,
 
 
 def _run_rank(server_args: ServerArgs, bench: BenchArgs, tp_rank: int, init_method: str) -> None:
+    import sys
+
+    import torch.distributed as dist
+
     from sglang.srt.managers.engine_process import place_rank_process
 
     place_rank_process(server_args, None)  # its GPU / its share of the CPU threads
     run_benchmarks(server_args, bench, tp_rank, init_method)
+    dist.barrier()  # every rank done: none is left waiting on a collective
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip the process group's and the interpreter's teardown: gloo's threads torn down there
+    # can end a rank with "terminate called without an active exception" after a good run.
+    os._exit(0)
 
 
 def run_tensor_parallel(server_args: ServerArgs, bench: BenchArgs) -> None:
