@@ -42,6 +42,13 @@ RequestParams make_params(int32_t max_new_tokens, int32_t min_new_tokens, bool i
   return p;
 }
 
+py::tuple step_output_tuple(StepOutput out) {
+  std::vector<int32_t> reasons(out.finish.size());
+  for (size_t i = 0; i < reasons.size(); ++i) reasons[i] = static_cast<int32_t>(out.finish[i]);
+  return py::make_tuple(to_numpy(std::move(out.req_ids)), to_numpy(std::move(out.tokens)),
+                        to_numpy(std::move(reasons)), to_numpy(std::move(out.matched)));
+}
+
 void bind_config(py::module_& m) {
   py::class_<SchedulerConfig>(m, "SchedulerConfig")
       .def(py::init<>())
@@ -190,16 +197,31 @@ void bind_scheduler_class(py::module_& m) {
               py::gil_scoped_release release;
               out = s.commit(ids);
             }
-            std::vector<int32_t> reasons(out.finish.size());
-            for (size_t i = 0; i < reasons.size(); ++i) {
-              reasons[i] = static_cast<int32_t>(out.finish[i]);
-            }
-            return py::make_tuple(to_numpy(std::move(out.req_ids)), to_numpy(std::move(out.tokens)),
-                                  to_numpy(std::move(reasons)), to_numpy(std::move(out.matched)));
+            return step_output_tuple(std::move(out));
           },
           "(req_ids, tokens, finish_reasons, matched): one entry per request that got a token "
           "or finished. finish_reasons are FinishReason values; tokens are -1 for aborts.",
           py::arg("next_token_ids"))
+      .def(
+          "commit_pending",
+          [](Scheduler& s) { return step_output_tuple(s.commit_pending()); },
+          "Overlap scheduling: ends the plan in flight before its tokens are known (each sampled "
+          "request gets the placeholder input id -(row + 1) for the next plan); returns what is "
+          "settled now (aborts), as commit() does. resolve() must follow before the next commit.")
+      .def(
+          "resolve",
+          [](Scheduler& s, const Int32Array& next_ids) {
+            auto ids = as_span(next_ids);
+            StepOutput out;
+            {
+              py::gil_scoped_release release;
+              out = s.resolve(ids);
+            }
+            return step_output_tuple(std::move(out));
+          },
+          "The tokens of the step ended by commit_pending(); returns what commit() returns.",
+          py::arg("next_token_ids"))
+      .def("has_pending", &Scheduler::has_pending)
       .def("abort", &Scheduler::abort, py::arg("rid"))
       .def(
           "cancel_plan",

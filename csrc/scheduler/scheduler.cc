@@ -154,39 +154,60 @@ FinishReason Scheduler::check_finish(const Request& req, int32_t token) const {
   return FinishReason::kNone;
 }
 
+namespace {
+
+void report(StepOutput& out, const Request* req, int32_t token, FinishReason reason) {
+  out.req_ids.push_back(req->id);
+  out.tokens.push_back(token);
+  out.finish.push_back(reason);
+  out.matched.push_back(reason == FinishReason::kStopToken ? token : -1);
+}
+
+void append(StepOutput& out, StepOutput&& more) {
+  out.req_ids.insert(out.req_ids.end(), more.req_ids.begin(), more.req_ids.end());
+  out.tokens.insert(out.tokens.end(), more.tokens.begin(), more.tokens.end());
+  out.finish.insert(out.finish.end(), more.finish.begin(), more.finish.end());
+  out.matched.insert(out.matched.end(), more.matched.begin(), more.matched.end());
+}
+
+}  // namespace
+
 StepOutput Scheduler::commit(std::span<const int32_t> next_token_ids) {
   SGL_CHECK(plan_in_flight_) << "commit() without a plan in flight";
   SGL_CHECK(next_token_ids.size() == in_flight_sample_req_.size())
       << "commit() got " << next_token_ids.size() << " tokens for "
       << in_flight_sample_req_.size() << " sampled rows";
+  StepOutput out = commit_pending();
+  append(out, resolve(next_token_ids));
+  return out;
+}
+
+StepOutput Scheduler::commit_pending() {
+  SGL_CHECK(plan_in_flight_) << "commit without a plan in flight";
+  SGL_CHECK(!pending_active_) << "commit before resolve() of the pending step";
   plan_in_flight_ = false;
+  pending_active_ = true;
+  pending_.assign(in_flight_sample_req_.size(), nullptr);
   StepOutput out;
-  auto report = [&](const Request* req, int32_t token, FinishReason reason) {
-    out.req_ids.push_back(req->id);
-    out.tokens.push_back(token);
-    out.finish.push_back(reason);
-    out.matched.push_back(reason == FinishReason::kStopToken ? token : -1);
-  };
   std::vector<uint8_t> sampled(in_flight_.size(), 0);
-  for (size_t i = 0; i < next_token_ids.size(); ++i) {
+  for (size_t i = 0; i < in_flight_sample_req_.size(); ++i) {
     const int32_t idx = in_flight_sample_req_[i];
     sampled[idx] = 1;
     Request* req = in_flight_[idx];
-    const int32_t token = next_token_ids[i];
-    if (req->abort_pending) continue;
-    if (config_.vocab_size > 0) {
-      SGL_CHECK(token >= 0 && token < config_.vocab_size) << "sampled token " << token;
-    }
+    if (req->abort_pending) continue;  // reported below
+    pending_[i] = req;
+    req->token_pending = true;
+    req->in_flight = false;
     if (req->params.max_new_tokens == 0) {  // prefill only: nothing is generated
-      report(req, -1, FinishReason::kLength);
       release(req);
       continue;
     }
-    req->tokens.push_back(token);
-    req->count_token(token, true);
-    const FinishReason reason = check_finish(*req, token);
-    report(req, token, reason);
-    if (reason != FinishReason::kNone) release(req);
+    req->tokens.push_back(pending_token(static_cast<int32_t>(i)));
+    // The length rules do not depend on the token: such a request is not planned again.
+    if (req->output_len() >= req->params.max_new_tokens || req->seq_len() >= max_seq_len_) {
+      release(req);
+      unlink(req);
+    }
   }
   // Requests of the plan that were not sampled (a prefill chunk) or were aborted meanwhile.
   for (size_t idx = 0; idx < in_flight_.size(); ++idx) {
@@ -194,7 +215,8 @@ StepOutput Scheduler::commit(std::span<const int32_t> next_token_ids) {
     if (req->state == RequestState::kFinished) continue;
     req->in_flight = false;
     if (req->abort_pending) {
-      report(req, -1, FinishReason::kAbort);
+      // One that resolve() reported finished while it was in this plan leaves without a word.
+      if (!req->finish_reported) report(out, req, -1, FinishReason::kAbort);
       release(req);
       continue;
     }
@@ -207,13 +229,61 @@ StepOutput Scheduler::commit(std::span<const int32_t> next_token_ids) {
     }
   }
   for (Request* req : in_flight_) {
-    if (req->state == RequestState::kFinished) erase(req);
+    if (req->state == RequestState::kFinished && !req->token_pending) erase(req);
   }
   in_flight_.clear();
   if (in_flight_mode_ == ForwardMode::kDecode) {
     new_token_ratio_ =
         std::max(config_.min_new_token_ratio, new_token_ratio_ - config_.new_token_ratio_decay);
   }
+  return out;
+}
+
+StepOutput Scheduler::resolve(std::span<const int32_t> next_token_ids) {
+  SGL_CHECK(pending_active_) << "resolve() without a pending step";
+  SGL_CHECK(next_token_ids.size() == pending_.size())
+      << "resolve() got " << next_token_ids.size() << " tokens for " << pending_.size()
+      << " sampled rows";
+  pending_active_ = false;
+  StepOutput out;
+  for (size_t i = 0; i < pending_.size(); ++i) {
+    Request* req = pending_[i];
+    if (req == nullptr) continue;
+    const int32_t token = next_token_ids[i];
+    if (config_.vocab_size > 0) {
+      SGL_CHECK(token >= 0 && token < config_.vocab_size) << "sampled token " << token;
+    }
+    req->token_pending = false;
+    const bool released = req->state == RequestState::kFinished;
+    if (req->params.max_new_tokens == 0) {
+      report(out, req, -1, FinishReason::kLength);
+      erase(req);
+      continue;
+    }
+    SGL_CHECK(!req->tokens.empty() && req->tokens.back() == pending_token(static_cast<int32_t>(i)))
+        << "request " << req->id << " lost its pending token";
+    req->tokens.back() = token;
+    if (req->abort_pending) {  // aborted meanwhile: the token is dropped
+      if (released || !req->in_flight) {
+        report(out, req, -1, FinishReason::kAbort);
+        if (!released) release(req);
+        erase(req);
+      }  // else the commit of the plan in flight reports it
+      continue;
+    }
+    req->count_token(token, true);
+    const FinishReason reason = check_finish(*req, token);
+    report(out, req, token, reason);
+    if (reason == FinishReason::kNone) continue;
+    if (req->in_flight) {  // planned again already: that plan's commit drops it
+      req->abort_pending = true;
+      req->finish_reported = true;
+    } else {
+      if (!released) release(req);
+      erase(req);
+    }
+  }
+  pending_.clear();
   return out;
 }
 
@@ -241,20 +311,24 @@ void Scheduler::release(Request* req) {
   if (chunked_ == req) chunked_ = nullptr;
 }
 
-void Scheduler::erase(Request* req) {
+void Scheduler::unlink(Request* req) {
   auto drop = [req](std::vector<Request*>& v) {
     auto it = std::find(v.begin(), v.end(), req);
     if (it != v.end()) v.erase(it);
   };
   drop(running_);
   drop(waiting_);
+}
+
+void Scheduler::erase(Request* req) {
+  unlink(req);
   requests_.erase(req->id);
 }
 
 AbortResult Scheduler::abort(RequestId id) {
   Request* req = get(id);
-  if (req == nullptr) return AbortResult::kNotFound;
-  if (req->in_flight) {
+  if (req == nullptr || req->finish_reported) return AbortResult::kNotFound;  // reported done
+  if (req->in_flight || req->token_pending) {
     req->abort_pending = true;
     return AbortResult::kDeferred;
   }
@@ -274,7 +348,10 @@ std::vector<RequestId> Scheduler::cancel_plan() {
     req->kv_len = std::min(req->kv_len, req->tree_pages * config_.page_size);
     release(req);
   }
-  for (Request* req : in_flight_) erase(req);
+  for (Request* req : in_flight_) {
+    std::replace(pending_.begin(), pending_.end(), req, static_cast<Request*>(nullptr));
+    erase(req);
+  }
   in_flight_.clear();
   return ids;
 }
@@ -308,11 +385,20 @@ void Scheduler::check_integrity() const {
   std::vector<int32_t> held(static_cast<size_t>(allocator_.num_pages()) + 1, 0);
   int32_t active = 0;
   int32_t locks = 0;
+  size_t finishing = 0;
   const int32_t ps = config_.page_size;
   for (const auto& [id, owned] : requests_) {
     const Request& req = *owned;
     SGL_CHECK(req.id == id) << "request table entry " << id << " holds request " << req.id;
-    SGL_CHECK(req.state != RequestState::kFinished) << "finished request " << id << " still kept";
+    if (req.state == RequestState::kFinished) {  // released by commit_pending(), unreported
+      SGL_CHECK(req.token_pending && req.pages.empty() && req.pool_index < 0)
+          << "finished request " << id << " still kept";
+      ++finishing;
+      continue;
+    }
+    SGL_CHECK(req.token_pending == (pending_active_ && std::find(pending_.begin(), pending_.end(),
+                                                                 &req) != pending_.end()))
+        << "request " << id << " has a pending token outside the pending step";
     SGL_CHECK(static_cast<int64_t>(req.pages.size()) * ps >= req.kv_len &&
               static_cast<int64_t>(req.pages.size()) * ps < req.kv_len + ps + (req.kv_len == 0))
         << "request " << id << " holds " << req.pages.size() << " pages for " << req.kv_len
@@ -346,7 +432,7 @@ void Scheduler::check_integrity() const {
       if (r != chunked_) ++places[r];
     }
   }
-  SGL_CHECK(places.size() == requests_.size())
+  SGL_CHECK(places.size() + finishing == requests_.size())
       << places.size() << " requests queued, " << requests_.size() << " in the table";
   for (const auto& [r, n] : places) {
     SGL_CHECK(n == 1 && get(r->id) == r) << "request " << r->id << " is queued " << n << " times";

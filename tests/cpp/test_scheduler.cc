@@ -31,12 +31,18 @@ struct Driver {
     return id;
   }
 
-  // One schedule/forward/commit step; returns the plan's mode.
+  // One schedule/forward/commit step; returns the plan's mode. With `overlap`, the step ends
+  // with commit_pending() and its tokens are resolved during the next step, after that step's
+  // plan is made and "launched" with the placeholders replaced (as a device would).
   ForwardMode step() {
     BatchPlan plan = sched.schedule();
     sched.check_integrity();
     for (RequestId id : plan.retracted) ++retracted[id];
-    if (plan.mode == ForwardMode::kIdle) return plan.mode;
+    if (plan.mode == ForwardMode::kIdle) {
+      if (sched.has_pending()) record(sched.resolve(pending_tokens));
+      sched.check_integrity();
+      return plan.mode;
+    }
     modes.push_back(plan.mode);
     if (plan.mode == ForwardMode::kExtend) {
       for (int32_t i = 0; i < plan.num_reqs(); ++i) {
@@ -46,19 +52,38 @@ struct Driver {
         }
       }
     }
+    for (int32_t& id : plan.input_ids) {
+      if (id >= 0) continue;
+      EXPECT_TRUE(sched.has_pending()) << "a placeholder without a pending step";
+      id = pending_tokens.at(static_cast<size_t>(-id - 1));
+      ++placeholders;
+    }
     std::vector<int32_t> next = model.forward(sched, plan);
+    if (sched.has_pending()) {
+      record(sched.resolve(pending_tokens));
+      sched.check_integrity();
+    }
     if (abort_between_forward_and_commit >= 0) {
       EXPECT_NE(sched.abort(abort_between_forward_and_commit), AbortResult::kNotFound);
       abort_between_forward_and_commit = -1;
     }
-    StepOutput out = sched.commit(next);
+    if (overlap) {
+      record(sched.commit_pending());
+      pending_tokens = next;
+    } else {
+      record(sched.commit(next));
+    }
     sched.check_integrity();
+    return plan.mode;
+  }
+
+  void record(const StepOutput& out) {
     for (size_t i = 0; i < out.req_ids.size(); ++i) {
       RequestId id = out.req_ids[i];
+      EXPECT_FALSE(finished.count(id)) << "request " << id << " reported after it finished";
       if (out.tokens[i] >= 0) outputs[id].push_back(out.tokens[i]);
       if (out.finish[i] != FinishReason::kNone) finished[id] = out.finish[i];
     }
-    return plan.mode;
   }
 
   void run(int max_steps = 100000) {
@@ -83,6 +108,9 @@ struct Driver {
   std::vector<ForwardMode> modes;
   int32_t max_extend = 0;
   RequestId abort_between_forward_and_commit = -1;
+  bool overlap = false;
+  std::vector<int32_t> pending_tokens;
+  int64_t placeholders = 0;
 };
 
 Tokens iota_tokens(int32_t n, int32_t start = 1) {
@@ -435,6 +463,7 @@ struct RandomCase {
   bool disable_cache;
   uint32_t seed;
   bool expect_retractions = false;
+  bool overlap = false;
 };
 
 void run_random(const RandomCase& rc) {
@@ -452,6 +481,7 @@ void run_random(const RandomCase& rc) {
   c.disable_radix_cache = rc.disable_cache;
   c.init_new_token_ratio = 0.3;
   Driver d(c);
+  d.overlap = rc.overlap;
   std::vector<Tokens> bases;
   for (int i = 0; i < 3; ++i) bases.push_back(iota_tokens(20 + 17 * i, 1 + i));
   std::vector<RequestId> live;
@@ -495,6 +525,7 @@ void run_random(const RandomCase& rc) {
   if (rc.expect_retractions) EXPECT_GT(s.num_retractions, 0);
   EXPECT_EQ(s.num_used_tokens, 0);
   EXPECT_EQ(s.num_protected_tokens, 0);
+  if (rc.overlap) EXPECT_GT(d.placeholders, 0);
 }
 
 TEST(Scheduler, RandomizedFcfs) { run_random({1, 512, 32, "fcfs", false, 1}); }
@@ -503,6 +534,105 @@ TEST(Scheduler, RandomizedDfsWeightPage16) { run_random({16, 1024, 48, "dfs-weig
 TEST(Scheduler, RandomizedTinyPoolRetracts) { run_random({1, 300, 16, "fcfs", false, 4, true}); }
 TEST(Scheduler, RandomizedTinyPoolPaged) { run_random({4, 320, 0, "lpm", false, 5, true}); }
 TEST(Scheduler, RandomizedNoRadixCache) { run_random({2, 400, 32, "fcfs", true, 6}); }
+
+// ---- overlap scheduling (commit_pending / resolve) ---------------------------------------------
+
+TEST(Scheduler, RandomizedOverlapFcfs) { run_random({1, 512, 32, "fcfs", false, 7, false, true}); }
+TEST(Scheduler, RandomizedOverlapLpmPaged) { run_random({4, 512, 24, "lpm", false, 8, false, true}); }
+TEST(Scheduler, RandomizedOverlapTinyPool) {
+  run_random({1, 300, 16, "fcfs", false, 9, true, true});
+}
+TEST(Scheduler, RandomizedOverlapTinyPoolPaged) {
+  run_random({4, 320, 0, "dfs-weight", false, 10, true, true});
+}
+
+TEST(Scheduler, OverlapPlansWithPlaceholdersAndDropsFinishedLate) {
+  Driver d(small_config());
+  RequestParams p;
+  p.max_new_tokens = 50;
+  const RequestId a = d.add(iota_tokens(9), p);
+  Tokens want = d.expected(a);
+  // Stop at the 3rd generated token: it is known only after the 4th step was planned.
+  p.stop_token_ids = {want[2]};
+  const RequestId b = d.add(iota_tokens(9), p);
+  d.sched.abort(a);
+  ASSERT_EQ(d.sched.stats().num_waiting, 1);
+  d.overlap = true;
+  d.step();  // prefill b; its first token is pending
+  BatchPlan plan = d.sched.schedule();
+  ASSERT_EQ(plan.mode, ForwardMode::kDecode);
+  EXPECT_EQ(plan.input_ids, Tokens{pending_token(0)});
+  EXPECT_EQ(d.sched.abort(b), AbortResult::kDeferred);  // pending and planned: deferred
+  StepOutput out = d.sched.resolve(Tokens{want[0]});
+  EXPECT_TRUE(out.req_ids.empty()) << "an aborted request's token is not reported";
+  out = d.sched.commit_pending();
+  ASSERT_EQ(out.req_ids, std::vector<RequestId>{b});
+  EXPECT_EQ(out.finish[0], FinishReason::kAbort);
+  EXPECT_TRUE(d.sched.has_pending());
+  EXPECT_TRUE(d.sched.resolve(Tokens{want[1]}).req_ids.empty());
+  EXPECT_TRUE(d.sched.idle());
+  d.sched.check_integrity();
+
+  // Finished by a stop token while planned again: reported once, the extra step dropped.
+  const RequestId c = d.add(iota_tokens(9), p);
+  d.modes.clear();
+  d.run();
+  const Tokens want_c = d.expected(c);
+  ASSERT_LE(want_c.size(), 3u);
+  EXPECT_EQ(d.outputs[c], want_c);
+  EXPECT_EQ(d.finished[c], FinishReason::kStopToken);
+  EXPECT_EQ(d.modes.size(), want_c.size() + 1) << "the step planned before the stop was known";
+  EXPECT_EQ(d.sched.stats().num_free_tokens + d.sched.cache().cached_tokens(), 4096);
+}
+
+TEST(Scheduler, OverlapLengthFinishIsNotPlannedAgain) {
+  Driver d(small_config());
+  d.overlap = true;
+  RequestParams p;
+  p.max_new_tokens = 3;
+  p.ignore_eos = true;
+  const RequestId a = d.add(iota_tokens(5), p);
+  p.max_new_tokens = 0;  // prefill only
+  const RequestId b = d.add(iota_tokens(6, 3), p);
+  d.run();
+  EXPECT_EQ(d.outputs[a], d.expected(a));
+  EXPECT_EQ(d.finished[a], FinishReason::kLength);
+  EXPECT_EQ(d.finished[b], FinishReason::kLength);
+  EXPECT_TRUE(d.outputs[b].empty());
+  // prefill (token 1), decode (token 2), decode (token 3): no step past max_new_tokens.
+  EXPECT_EQ(d.modes.size(), 3u);
+}
+
+TEST(Scheduler, OverlapCancelPlanWithPendingTokens) {
+  Driver d(small_config());
+  d.overlap = true;
+  RequestParams p;
+  p.max_new_tokens = 20;
+  p.ignore_eos = true;
+  const RequestId a = d.add(iota_tokens(7), p);
+  d.step();
+  d.step();  // a's second token pending
+  BatchPlan plan = d.sched.schedule();
+  ASSERT_EQ(plan.mode, ForwardMode::kDecode);
+  const RequestId b = d.add(iota_tokens(8, 5), p);  // waits: not in the failed plan
+  EXPECT_EQ(d.sched.cancel_plan(), std::vector<RequestId>{a});
+  EXPECT_TRUE(d.sched.resolve(d.pending_tokens).req_ids.empty()) << "a was removed";
+  d.sched.check_integrity();
+  d.run();
+  EXPECT_EQ(d.outputs[b], d.expected(b));
+  EXPECT_EQ(d.sched.stats().num_used_tokens, 0);
+}
+
+TEST(Scheduler, OverlapMisuseIsRefused) {
+  Driver d(small_config());
+  EXPECT_THROW(d.sched.resolve(Tokens{}), Error);
+  d.add(iota_tokens(4));
+  BatchPlan plan = d.sched.schedule();
+  d.sched.commit_pending();
+  plan = d.sched.schedule();
+  EXPECT_THROW(d.sched.commit_pending(), Error) << "the pending step must be resolved first";
+  EXPECT_THROW(d.sched.resolve(Tokens{1, 2}), Error) << "one token per sampled row";
+}
 
 }  // namespace
 }  // namespace sglang

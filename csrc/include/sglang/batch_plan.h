@@ -23,6 +23,10 @@ enum class ForwardMode : int32_t {
 
 using RequestId = int64_t;
 
+/// The placeholder input id of a token still being computed (overlap scheduling): the token
+/// sampled in row `sample_row` of the step ended by Scheduler::commit_pending(). Always < 0.
+inline int32_t pending_token(int32_t sample_row) { return -(sample_row + 1); }
+
 struct BatchPlan {
   ForwardMode mode = ForwardMode::kIdle;
 

@@ -59,6 +59,9 @@ struct Request {
   int32_t num_retractions = 0;
   bool in_flight = false;     // part of the plan awaiting commit()
   bool abort_pending = false;
+  // Overlap scheduling: the last token is a placeholder until Scheduler::resolve() (see there).
+  bool token_pending = false;
+  bool finish_reported = false;  // finished by resolve() while planned again: dropped silently
 
   // Penalty counters: unique seen tokens, in first-seen order, with their output counts.
   std::vector<int32_t> seen_tokens;

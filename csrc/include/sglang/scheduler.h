@@ -8,6 +8,14 @@
 // applies the stop rules (EOS, stop_token_ids, max_new_tokens, context) and gives finished
 // requests' KV to the radix cache. The scheduler owns the PageAllocator and the RadixCache.
 //
+// Overlap scheduling splits commit() in two so the host plans step N+1 while the device computes
+// step N:  plan = schedule(); launch(plan); commit_pending(); plan2 = schedule();
+// launch(plan2, tokens of plan on the device); resolve(tokens of plan); commit_pending() ...
+// Placeholders stand for the unknown tokens in plan2.input_ids (see pending_token()); a request
+// that resolve() finishes while it is in plan2 is reported then and dropped by plan2's commit.
+// Penalty counts of a pending token are counted by resolve(): a driver overlaps only steps
+// without penalties.
+//
 // Threading: not thread-safe; one driver thread calls everything.
 #pragma once
 
@@ -89,6 +97,20 @@ class Scheduler {
   /// Hands back one token per sampled row of the last plan (plan.sample_rows order).
   StepOutput commit(std::span<const int32_t> next_token_ids);
 
+  /// Overlap scheduling: ends the plan in flight while its sampled tokens are still being computed.
+  /// Each sampled request gets the placeholder token pending_token(row), so schedule() may plan
+  /// the next step before resolve(). A request whose placeholder reaches max_new_tokens or the
+  /// context finishes now (its memory is released; resolve() reports it) and is not planned
+  /// again. Returns what is settled now (aborts); resolve() must come before the next commit.
+  StepOutput commit_pending();
+
+  /// Hands back the tokens of the step ended by commit_pending() (sample_rows order), applies
+  /// the stop rules and reports them, as commit() does. May run while a later plan is in flight.
+  StepOutput resolve(std::span<const int32_t> next_token_ids);
+
+  /// Whether a step ended by commit_pending() awaits resolve().
+  bool has_pending() const { return pending_active_; }
+
   /// Aborts a request wherever it is; see AbortResult.
   AbortResult abort(RequestId id);
 
@@ -149,6 +171,7 @@ class Scheduler {
   FinishReason check_finish(const Request& req, int32_t token) const;
   void release(Request* req);
   void erase(Request* req);
+  void unlink(Request* req);
   void take_pool_index(Request* req);
 
   SchedulerConfig config_;
@@ -166,6 +189,9 @@ class Scheduler {
   bool plan_in_flight_ = false;
   ForwardMode in_flight_mode_ = ForwardMode::kIdle;
   std::vector<int32_t> in_flight_sample_req_;  // plan.sample_indices of the plan in flight
+  // The step ended by commit_pending(), by sample row (null: settled already, or removed).
+  std::vector<Request*> pending_;
+  bool pending_active_ = false;
   RequestId next_id_ = 1;
   uint64_t next_arrival_ = 0;
   double new_token_ratio_;
