@@ -69,7 +69,8 @@ for stage in "${stages[@]}"; do
       # gpu-marked tests, and the Triton kernel tests (on CPU they run interpreted; here compiled).
       # tests/py/server needs client packages the GPU image may lack: its GPU checks are the
       # server-tests stage.
-      run gpu_tests python3 -m pytest tests/py/kernels tests/py/models tests/py/lora -m gpu -q \
+      run gpu_tests python3 -m pytest tests/py/kernels tests/py/models tests/py/lora \
+        tests/py/managers/test_overlap_steps.py -m gpu -q \
         -p no:cacheprovider -rfE
       run triton_tests python3 -m pytest tests/py/kernels/test_triton_attention.py \
         tests/py/kernels/test_triton_elementwise.py -q -p no:cacheprovider -rfE ;;

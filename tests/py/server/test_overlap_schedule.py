@@ -1,7 +1,9 @@
-"""Overlap scheduling (--enable-overlap-schedule forces on a CPU what CUDA does by default): a
-step's outputs are processed while the next step's forward runs. Two offline engines on the demo
-model, overlap on and off, must give the same results for greedy and seeded sampling, logprobs,
-stop strings (decided one step late with overlap, never shown), penalties, n > 1, a grammar
+"""Overlap scheduling (--enable-overlap-schedule forces on a CPU what CUDA does by default):
+the next step is planned and launched before the last one's tokens reach the host (placeholders
+replaced on the device), and a step's outputs are processed while the next forward runs. Two
+offline engines on the demo model, overlap on and off, must give the same results for greedy and
+seeded sampling, logprobs, stop tokens and stop strings (decided one step late with overlap,
+never shown), max_new_tokens and min_new_tokens, penalties (not scheduled ahead), n > 1, a grammar
 (its steps are not overlapped), streaming and aborts; both end idle and integrity-clean.
 """
 
@@ -55,17 +57,51 @@ def test_modes(engines: tuple[sgl.Engine, sgl.Engine]) -> None:
 
 def test_greedy_batch_with_logprobs(engines: tuple[sgl.Engine, sgl.Engine]) -> None:
     plain, ov = engines
-    before = _state(ov)["overlapped_steps"]
+    before = _state(ov)
     _same(plain, ov, PROMPTS, GREEDY, return_logprob=True, top_logprobs_num=3)
-    assert _state(ov)["overlapped_steps"] > before  # the outputs did wait for the next step
+    after = _state(ov)
+    assert after["overlapped_steps"] > before["overlapped_steps"]  # outputs waited a step
+    # every step but the last of the batch was planned before its predecessor's tokens
+    assert after["scheduled_ahead_steps"] - before["scheduled_ahead_steps"] >= \
+        GREEDY["max_new_tokens"] - 2
+    assert _state(plain)["scheduled_ahead_steps"] == 0
+
+
+def test_lengths_and_stop_tokens(engines: tuple[sgl.Engine, sgl.Engine]) -> None:
+    """Requests that end at different steps of one batch: the length ones are never planned
+    again; a stop token's request is planned once more and dropped there, unseen."""
+    plain, ov = engines
+    free = plain.generate(PROMPTS, GREEDY)
+    params = []
+    for k, out in enumerate(free):
+        ids = out["output_ids"]
+        if k % 2:  # stop at a token that first appears mid-run
+            stop = next((t for i, t in enumerate(ids) if i >= 2 and t not in ids[:i]), ids[-1])
+            params.append({**GREEDY, "stop_token_ids": [stop]})
+        else:
+            params.append({**GREEDY, "max_new_tokens": 1 + 3 * k, "min_new_tokens": k})
+    before = _state(ov)["scheduled_ahead_steps"]
+    outs = _same(plain, ov, PROMPTS, params)
+    assert _state(ov)["scheduled_ahead_steps"] > before
+    assert [len(o["output_ids"]) for o in outs[::2]] == [1, 7, 13]
+    assert any(o["meta_info"]["finish_reason"].get("matched") is not None for o in outs[1::2])
+    # a prefill-only request next to decoding ones
+    _same(plain, ov, PROMPTS[:3], [GREEDY, {**GREEDY, "max_new_tokens": 0}, GREEDY])
 
 
 def test_seeded_sampling_penalties_and_n(engines: tuple[sgl.Engine, sgl.Engine]) -> None:
     plain, ov = engines
     sampling = {"temperature": 0.9, "top_p": 0.9, "max_new_tokens": 20, "sampling_seed": 3,
                 "frequency_penalty": 0.5, "repetition_penalty": 1.1}
+    before = _state(ov)["scheduled_ahead_steps"]
     _same(plain, ov, PROMPTS, sampling)
+    # penalty counts live on the host: those steps wait for their tokens
+    assert _state(ov)["scheduled_ahead_steps"] == before
     _same(plain, ov, PROMPTS[0], {**sampling, "n": 3})
+    no_penalty = {k: v for k, v in sampling.items() if "penalty" not in k}
+    _same(plain, ov, PROMPTS, no_penalty)
+    _same(plain, ov, PROMPTS[1], {**no_penalty, "n": 3})
+    assert _state(ov)["scheduled_ahead_steps"] > before
 
 
 def test_stop_strings_end_at_the_same_text(engines: tuple[sgl.Engine, sgl.Engine]) -> None:

@@ -188,6 +188,11 @@ class LoraManager:
         shapes = {t: self._shape(t) for t in targets}
         self.pool = LoraPool(max_loras_per_batch, max_rank, len(self.layers), shapes, dtype, device)
         self.device = torch.device(device)
+        # The step's segments go up in one pinned copy: a copy from pageable memory may wait
+        # for the stream, which would stall the overlap of host and device.
+        from sglang.srt.model_executor.forward_batch import PinnedStaging
+
+        self._staging = PinnedStaging()
         self.adapters: dict[str, ServedAdapter] = {}
         self.retired: dict[int, ServedAdapter] = {}  # unloaded, maybe still used, by id
         self.next_id = 0
@@ -329,8 +334,9 @@ class LoraManager:
         return self._publish(info)
 
     def _publish(self, info: LoraStepInfo) -> LoraStep:
-        indptr_t = torch.from_numpy(info.indptr).to(self.device, non_blocking=True)
-        slots_t = torch.from_numpy(info.slots).to(self.device, non_blocking=True)
+        up = self._staging.upload_arrays({"indptr": info.indptr, "slots": info.slots},
+                                         self.device)
+        indptr_t, slots_t = up["indptr"], up["slots"]
         slots = info.slots
         fused = None
         if self.fused_weights is not None:

@@ -161,12 +161,19 @@ class EngineCore:
         self.rid_to_handle: dict[str, int] = {}
         self.seed_counter = 0
         self.grammars: GrammarManager | None = None  # created by the first grammar request
-        # Overlap (--disable-overlap-schedule turns it off): a step's outputs (its tokens
-        # appended, stop strings checked, ReqOutputs built) are processed during the next
-        # step, between its forward launch and its sampling, while the device computes.
+        # Overlap (--disable-overlap-schedule turns it off): a step ends before its tokens
+        # reach the host (core.commit_pending); the next step is planned and launched with
+        # placeholders that the device replaces by those tokens, and the tokens are handed to
+        # the core (core.resolve) and processed into outputs while that forward runs. Steps
+        # whose next inputs depend on the tokens on the host (penalties, grammars, custom
+        # logit processors, TP, images) are committed at once; their outputs are still
+        # processed during the next forward (_deferred) unless the next step's mask or
+        # processor needs them.
         self.overlap = server_args.overlap_schedule()
+        self._pending: tuple | None = None  # the last step ended by commit_pending, unresolved
         self._deferred: tuple | None = None  # the last step's committed results, unprocessed
         self.overlapped_steps = 0  # steps whose outputs were processed during the next forward
+        self.scheduled_ahead_steps = 0  # steps planned before the last one's tokens were known
         self.forward_ct = 0
         self.failed_steps = 0  # consecutive steps whose forward or sampling raised
         self.last_gen_throughput = 0.0
@@ -459,7 +466,7 @@ class EngineCore:
 
     def idle(self) -> bool:
         return self.core.idle() and not (self.grammars and self.grammars.waiting) and \
-            self._deferred is None
+            self._deferred is None and self._pending is None
 
     def internal_state(self) -> dict[str, Any]:
         s = self.core.stats()
@@ -482,6 +489,7 @@ class EngineCore:
             "lora_slot_loads": self.lora.pool.loads if self.lora is not None else 0,
             "overlap_schedule": self.overlap,
             "overlapped_steps": self.overlapped_steps,
+            "scheduled_ahead_steps": self.scheduled_ahead_steps,
         }
 
     def _integrity_ok(self) -> bool:
@@ -504,12 +512,17 @@ class EngineCore:
         refused = self._poll_grammars()
         plan = self.core.schedule()
         if plan.mode == _core.ForwardMode.IDLE:
-            return refused + self._take_deferred() or None
+            return refused + self._take_deferred() + self._resolve_pending() or None
         early: list[ReqOutput] = []  # the previous step's outputs (overlap)
+
+        def previous_step() -> None:
+            early.extend(self._take_deferred())
+            early.extend(self._resolve_pending())
+
         try:
-            step = self._forward_and_sample(plan, lambda: early.extend(self._take_deferred()))
+            step = self._forward_and_sample(plan, previous_step)
         except Exception as exc:
-            early.extend(self._take_deferred())  # (when the forward itself failed)
+            previous_step()  # (when the forward itself failed)
             self.failed_steps += 1
             if self.failed_steps >= MAX_FAILED_STEPS or self.tp is not None:
                 raise  # under TP the ranks may no longer be in lockstep: the group ends
@@ -524,6 +537,24 @@ class EngineCore:
         """Processes the last step's committed results if they were left for overlap."""
         deferred, self._deferred = self._deferred, None
         return self._collect(*deferred) if deferred is not None else []
+
+    def _resolve_pending(self) -> list[ReqOutput]:
+        """Hands the tokens of the step ended by commit_pending to the core (waiting for their
+        copy to the host) and processes its outputs."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return []
+        sample_reqs, sampled, hidden_out = pending
+        rids, tokens, reasons, _ = self.core.resolve(sampled.next_ids)
+        return self._collect(sample_reqs, sampled, rids, tokens, reasons, hidden_out, {})
+
+    def _may_schedule_ahead(self, plan: Any, sample_reqs: list[EngineReq]) -> bool:
+        """Whether the next step may be planned before this one's tokens reach the host: only
+        when nothing of the next step's inputs needs them there. Penalty counts are kept by
+        the core on the host; a grammar's mask and a custom logit processor read the tokens;
+        TP followers and image steps take their inputs from the host."""
+        return self._may_defer(sample_reqs) and self.tp is None and self.images is None \
+            and not len(plan.penalty_indptr)
 
     def _may_defer(self, sample_reqs: list[EngineReq]) -> bool:
         """Whether a step's outputs may wait for the next step's forward. Not when the next
@@ -558,6 +589,9 @@ class EngineCore:
                                        positions=images.positions if images else None)
         if images is not None and images.mrope_positions is not None:
             batch.mrope_positions = torch.from_numpy(images.mrope_positions).to(self.device)
+        if self._pending is not None:
+            batch.input_ids = with_pending_tokens(batch.input_ids, plan.input_ids,
+                                                  self._pending[1].device_ids)
         embeds_step = plan.mode == _core.ForwardMode.EXTEND and (
             images is not None and images.rows or any(e.input_embeds is not None for e in ereqs))
         lora_step = None
@@ -612,11 +646,17 @@ class EngineCore:
 
     def _commit(self, plan: Any, sample_reqs: list[EngineReq], sampled: Any,
                 hidden_out: dict[int, list[Any]]) -> list[ReqOutput]:
-        rids, tokens, reasons, _ = self.core.commit(sampled.next_ids)
         self.forward_ct += 1
         for h in plan.retracted.tolist():
             if h in self.reqs:  # (one ended by the overlapped outputs is gone)
                 self.reqs[h].num_retractions += 1
+        if self._may_schedule_ahead(plan, sample_reqs):
+            settled = self.core.commit_pending()  # (aborts)
+            self._pending = (sample_reqs, sampled, hidden_out)
+            self.scheduled_ahead_steps += 1
+            self.overlapped_steps += 1
+            return self._collect(sample_reqs, sampled, *settled[:3], hidden_out, {})
+        rids, tokens, reasons, _ = self.core.commit(sampled.next_ids)
         failed = {sample_reqs[k].handle: err.message
                   for err in sampled.processor_errors for k in err.rows}
         results = (sample_reqs, sampled, rids, tokens, reasons, hidden_out, failed)
@@ -894,3 +934,15 @@ def _is_matryoshka(hf_config: Any) -> bool:
     from sglang.srt.managers.embedding_core import is_matryoshka
 
     return is_matryoshka(hf_config)
+
+
+def with_pending_tokens(input_ids: torch.Tensor, plan_ids: np.ndarray,
+                        pending: torch.Tensor) -> torch.Tensor:
+    """The step's input ids with each placeholder ``-(k + 1)`` of the plan replaced by the
+    previous step's k-th sampled token, gathered on the device (no host sync)."""
+    if not len(plan_ids) or int(plan_ids.min()) >= 0:
+        return input_ids
+    index = (-input_ids - 1).clamp_(0, pending.numel() - 1)
+    return torch.where(input_ids < 0, pending.to(input_ids.dtype).index_select(0, index),
+                       input_ids)
+

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,15 +71,46 @@ class RowSampling:
         return row
 
 
+class TokenCopy:
+    """The sampled ids on their way to the host: on a GPU a non-blocking copy into pinned memory
+    (``numpy()`` waits for it alone, not for later work on the stream); on a CPU the ids."""
+
+    def __init__(self, ids: torch.Tensor) -> None:
+        self.device_ids = ids
+        self._event: Any = None
+        if ids.device.type == "cuda":
+            self._host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
+            self._host.copy_(ids, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record(torch.cuda.current_stream(ids.device))
+        else:
+            self._host = ids
+
+    def numpy(self) -> np.ndarray:
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+        return self._host.numpy()
+
+
 @dataclasses.dataclass
 class SampleOutput:
-    next_ids: np.ndarray  # int32 [S]
+    tokens: TokenCopy  # int32 [S]: ``device_ids`` on the device, ``next_ids`` on the host
     # Per row (None where not requested): (logprob of the chosen token), top list, ids list.
     token_logprobs: list[float | None]
     top_logprobs: list[list[tuple[float, int]] | None]
     ids_logprobs: list[list[tuple[float, int]] | None]
     # Rows whose custom logit processor raised (their logits were left unprocessed).
     processor_errors: list[CustomProcessorError] = dataclasses.field(default_factory=list)
+
+    @property
+    def next_ids(self) -> np.ndarray:
+        """The sampled ids on the host (on a GPU: waits for their copy)."""
+        return self.tokens.numpy()
+
+    @property
+    def device_ids(self) -> torch.Tensor:
+        return self.tokens.device_ids
 
 
 class BatchSampler:
@@ -152,10 +184,10 @@ class BatchSampler:
         next_ids = kernels.sample(
             logits, dev["temperature"], dev["top_k"], dev["top_p"], dev["min_p"], dev["seeds"],
             dev["offsets"], num_threads=self.num_threads)
-        next_np = next_ids.cpu().numpy()
-        out = SampleOutput(next_np, [None] * n, [None] * n, [None] * n, processor_errors)
+        out = SampleOutput(TokenCopy(next_ids), [None] * n, [None] * n, [None] * n,
+                           processor_errors)
         if any(r.return_logprob for r in rows):
-            self._logprobs(logits, rows, temperature, next_np, out)
+            self._logprobs(logits, rows, temperature, out.next_ids, out)
         return out
 
     def _apply_bias(self, logits: torch.Tensor, rows: Sequence[RowSampling]) -> None:
