@@ -49,6 +49,17 @@ py::tuple step_output_tuple(StepOutput out) {
                         to_numpy(std::move(reasons)), to_numpy(std::move(out.matched)));
 }
 
+// Runs a commit-like call without the GIL and converts its StepOutput.
+template <typename F>
+py::tuple step_without_gil(F&& call) {
+  StepOutput out;
+  {
+    py::gil_scoped_release release;
+    out = call();
+  }
+  return step_output_tuple(std::move(out));
+}
+
 void bind_config(py::module_& m) {
   py::class_<SchedulerConfig>(m, "SchedulerConfig")
       .def(py::init<>())
@@ -192,12 +203,7 @@ void bind_scheduler_class(py::module_& m) {
           "commit",
           [](Scheduler& s, const Int32Array& next_ids) {
             auto ids = as_span(next_ids);
-            StepOutput out;
-            {
-              py::gil_scoped_release release;
-              out = s.commit(ids);
-            }
-            return step_output_tuple(std::move(out));
+            return step_without_gil([&] { return s.commit(ids); });
           },
           "(req_ids, tokens, finish_reasons, matched): one entry per request that got a token "
           "or finished. finish_reasons are FinishReason values; tokens are -1 for aborts.",
@@ -212,12 +218,7 @@ void bind_scheduler_class(py::module_& m) {
           "resolve",
           [](Scheduler& s, const Int32Array& next_ids) {
             auto ids = as_span(next_ids);
-            StepOutput out;
-            {
-              py::gil_scoped_release release;
-              out = s.resolve(ids);
-            }
-            return step_output_tuple(std::move(out));
+            return step_without_gil([&] { return s.resolve(ids); });
           },
           "The tokens of the step ended by commit_pending(); returns what commit() returns.",
           py::arg("next_token_ids"))

@@ -13,37 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 from sglang.srt.managers.engine_core import EngineCore
-from sglang.srt.managers.io_struct import ReqOutput, TokenizedGenerateReq
-from sglang.srt.sampling.sampling_params import SamplingParams
+from sglang.srt.managers.io_struct import ReqOutput
 from sglang.srt.server_args import ServerArgs
-
-PROMPT = [5, 17, 230, 41, 9, 77]
-
-
-def request(rid: str, max_new_tokens: int = 6) -> TokenizedGenerateReq:
-    sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=0, ignore_eos=True)
-    sampling.normalize()
-    return TokenizedGenerateReq(rid=rid, input_ids=list(PROMPT), sampling=sampling)
-
-
-def run(engine: EngineCore, steps: int = 1000) -> dict[str, list[ReqOutput]]:
-    outs: dict[str, list[ReqOutput]] = {}
-    for _ in range(steps):
-        if engine.idle():
-            break
-        for out in engine.step() or []:
-            outs.setdefault(out.rid, []).append(out)
-    return outs
-
-
-def tokens(outs: list[ReqOutput]) -> list[int]:
-    return [t for o in outs for t in o.new_token_ids]
-
-
-def assert_clean(engine: EngineCore) -> None:
-    assert engine.idle()
-    state = engine.internal_state()
-    assert state["integrity_ok"] and state["num_used_tokens"] == 0
+from sglang.test.engine_steps import (
+    assert_engine_core_clean,
+    greedy_request,
+    output_tokens,
+    run_steps,
+)
 
 
 def make_engine(model: Path, device: str = "cpu") -> EngineCore:
@@ -72,21 +49,21 @@ def engine(tiny_model: Path) -> Iterator[EngineCore]:
 
 
 def test_outputs_come_one_step_later(engine: EngineCore) -> None:
-    assert engine.add_request(request("a", 3)) is None
+    assert engine.add_request(greedy_request("a", 3)) is None
     assert not engine.step()  # the prefill's token is still "on the device"
     assert engine.internal_state()["scheduled_ahead_steps"] >= 1
     first = engine.step()  # planned with a placeholder; reports the prefill's token
     assert [o.rid for o in first] == ["a"] and len(first[0].new_token_ids) == 1
-    rest = run(engine)["a"]
-    assert len(tokens(rest)) == 2 and rest[-1].finish_reason is not None
-    assert_clean(engine)
+    rest = run_steps(engine)["a"]
+    assert len(output_tokens(rest)) == 2 and rest[-1].finish_reason is not None
+    assert_engine_core_clean(engine)
 
 
 def test_failed_forward_with_a_pending_step(engine: EngineCore, monkeypatch) -> None:
-    assert engine.add_request(request("ref")) is None
-    reference = tokens(run(engine)["ref"])
+    assert engine.add_request(greedy_request("ref")) is None
+    reference = output_tokens(run_steps(engine)["ref"])
     for rid in ("a", "b"):
-        assert engine.add_request(request(rid, 50)) is None
+        assert engine.add_request(greedy_request(rid, 50)) is None
     engine.step()  # prefill (pending)
     engine.step()  # a decode step (pending); the prefill's tokens reported
 
@@ -102,27 +79,27 @@ def test_failed_forward_with_a_pending_step(engine: EngineCore, monkeypatch) -> 
         assert [len(o.new_token_ids) for o in mine] == [1, 0]
         assert mine[0].finish_reason is None
         assert mine[1].finish_reason.is_error and mine[1].finish_reason.status_code == 500
-    assert_clean(engine)
-    assert engine.add_request(request("after")) is None
-    assert tokens(run(engine)["after"]) == reference
-    assert_clean(engine)
+    assert_engine_core_clean(engine)
+    assert engine.add_request(greedy_request("after")) is None
+    assert output_tokens(run_steps(engine)["after"]) == reference
+    assert_engine_core_clean(engine)
 
 
 def test_abort_while_the_token_is_pending(engine: EngineCore) -> None:
-    assert engine.add_request(request("ref")) is None
-    reference = tokens(run(engine)["ref"])
+    assert engine.add_request(greedy_request("ref")) is None
+    reference = output_tokens(run_steps(engine)["ref"])
     for rid in ("a", "b"):
-        assert engine.add_request(request(rid)) is None
+        assert engine.add_request(greedy_request(rid)) is None
     assert not engine.step()  # prefill: both tokens pending
     assert engine.abort("a") == []  # deferred: reported by a later commit
     outs = engine.step()
     by_rid = {o.rid: o for o in outs}
     assert by_rid["a"].finish_reason.kind.name == "ABORT" and not by_rid["a"].new_token_ids
     assert len(by_rid["b"].new_token_ids) == 1 and by_rid["b"].finish_reason is None
-    rest = run(engine)
+    rest = run_steps(engine)
     assert "a" not in rest
-    assert [by_rid["b"].new_token_ids[0], *tokens(rest["b"])] == reference
-    assert_clean(engine)
+    assert [by_rid["b"].new_token_ids[0], *output_tokens(rest["b"])] == reference
+    assert_engine_core_clean(engine)
 
 
 @pytest.mark.gpu
@@ -133,8 +110,8 @@ def test_no_host_sync_between_steps_on_a_gpu(tiny_model: Path) -> None:
     gpu = make_engine(tiny_model, "cuda")
     for e in (cpu, gpu):
         for rid in ("a", "b", "c"):
-            assert e.add_request(request(rid, 24)) is None
-    want = {rid: tokens(o) for rid, o in run(cpu).items()}
+            assert e.add_request(greedy_request(rid, 24)) is None
+    want = {rid: output_tokens(o) for rid, o in run_steps(cpu).items()}
     got: dict[str, list[ReqOutput]] = {}
     for _ in range(3):  # prefill and the first decode steps (warm-up, graph selection)
         for out in gpu.step() or []:
@@ -152,8 +129,8 @@ def test_no_host_sync_between_steps_on_a_gpu(tiny_model: Path) -> None:
     syncs = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
              if "synchroniz" in str(w.message)]
     assert not syncs, syncs
-    for rid, outs in run(gpu).items():
+    for rid, outs in run_steps(gpu).items():
         got.setdefault(rid, []).extend(outs)
-    assert {rid: tokens(o) for rid, o in got.items()} == want
+    assert {rid: output_tokens(o) for rid, o in got.items()} == want
     assert gpu.internal_state()["scheduled_ahead_steps"] > 10
-    assert_clean(gpu)
+    assert_engine_core_clean(gpu)

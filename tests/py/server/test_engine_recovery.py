@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 from sglang.srt.managers.engine_core import MAX_FAILED_STEPS, EngineCore
 from sglang.srt.managers.finish_reason import FinishKind
-from sglang.srt.managers.io_struct import ReqOutput, TokenizedGenerateReq
-from sglang.srt.sampling.sampling_params import SamplingParams
 from sglang.srt.server_args import ServerArgs
-
-PROMPT = [5, 17, 230, 41, 9, 77]
+from sglang.test.engine_steps import (
+    assert_engine_core_clean,
+    greedy_request,
+    output_tokens,
+    run_steps,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,39 +29,13 @@ def engine(tiny_model: Path) -> Iterator[EngineCore]:
                                 random_seed=1, max_queued_requests=3))
 
 
-def request(rid: str, max_new_tokens: int = 6) -> TokenizedGenerateReq:
-    sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=0, ignore_eos=True)
-    sampling.normalize()
-    return TokenizedGenerateReq(rid=rid, input_ids=list(PROMPT), sampling=sampling)
-
-
-def run(engine: EngineCore, steps: int = 1000) -> dict[str, list[ReqOutput]]:
-    outs: dict[str, list[ReqOutput]] = {}
-    for _ in range(steps):
-        if engine.idle():
-            break
-        for out in engine.step() or []:
-            outs.setdefault(out.rid, []).append(out)
-    return outs
-
-
-def tokens(outs: list[ReqOutput]) -> list[int]:
-    return [t for o in outs for t in o.new_token_ids]
-
-
-def assert_clean(engine: EngineCore) -> None:
-    assert engine.idle()
-    state = engine.internal_state()
-    assert state["integrity_ok"] and state["num_used_tokens"] == 0
-
-
 def test_failed_forward_ends_its_batch_and_the_engine_goes_on(engine: EngineCore,
                                                               monkeypatch) -> None:
-    assert engine.add_request(request("ref")) is None
-    reference = tokens(run(engine)["ref"])
+    assert engine.add_request(greedy_request("ref")) is None
+    reference = output_tokens(run_steps(engine)["ref"])
     assert len(reference) == 6
     for rid in ("a", "b"):
-        assert engine.add_request(request(rid, 50)) is None
+        assert engine.add_request(greedy_request(rid, 50)) is None
     engine.step()  # prefill
     engine.step()  # one decode step
 
@@ -73,10 +49,10 @@ def test_failed_forward_ends_its_batch_and_the_engine_goes_on(engine: EngineCore
         assert o.finish_reason.is_error and o.finish_reason.status_code == 500
         assert "RuntimeError: device lost" in o.finish_reason.message
     monkeypatch.undo()
-    assert_clean(engine)
-    assert engine.add_request(request("after")) is None
-    assert tokens(run(engine)["after"]) == reference
-    assert_clean(engine)
+    assert_engine_core_clean(engine)
+    assert engine.add_request(greedy_request("after")) is None
+    assert output_tokens(run_steps(engine)["after"]) == reference
+    assert_engine_core_clean(engine)
 
 
 def test_failures_in_a_row_end_the_engine(engine: EngineCore, monkeypatch) -> None:
@@ -85,9 +61,9 @@ def test_failures_in_a_row_end_the_engine(engine: EngineCore, monkeypatch) -> No
 
     monkeypatch.setattr(engine.runner, "forward", broken)
     for i in range(MAX_FAILED_STEPS - 1):
-        assert engine.add_request(request(f"x{i}")) is None
+        assert engine.add_request(greedy_request(f"x{i}")) is None
         assert engine.step()[0].finish_reason.status_code == 500
-    assert engine.add_request(request("last")) is None
+    assert engine.add_request(greedy_request("last")) is None
     with pytest.raises(RuntimeError, match="device lost"):
         engine.step()
     monkeypatch.undo()
@@ -95,12 +71,12 @@ def test_failures_in_a_row_end_the_engine(engine: EngineCore, monkeypatch) -> No
     engine.reqs.clear()
     engine.rid_to_handle.clear()
     engine.failed_steps = 0
-    assert_clean(engine)
+    assert_engine_core_clean(engine)
 
 
 def test_failure_finishing_one_request_ends_only_it(engine: EngineCore) -> None:
-    assert engine.add_request(request("fine", 8)) is None
-    assert engine.add_request(request("bad", 8)) is None
+    assert engine.add_request(greedy_request("fine", 8)) is None
+    assert engine.add_request(greedy_request("bad", 8)) is None
     engine.step()
     bad = engine.reqs[engine.rid_to_handle["bad"]]
 
@@ -109,19 +85,19 @@ def test_failure_finishing_one_request_ends_only_it(engine: EngineCore) -> None:
 
     bad.stop.check = broken_check
     bad.stop.active = True
-    outs = run(engine)
+    outs = run_steps(engine)
     assert outs["bad"][-1].finish_reason.status_code == 500
     assert outs["fine"][-1].finish_reason.kind is FinishKind.LENGTH
-    assert len(tokens(outs["fine"])) == 7  # plus the prefill step's token
-    assert_clean(engine)
+    assert len(output_tokens(outs["fine"])) == 7  # plus the prefill step's token
+    assert_engine_core_clean(engine)
 
 
 def test_queue_limit_refuses_with_503(engine: EngineCore) -> None:
     for i in range(3):
-        assert engine.add_request(request(f"q{i}")) is None
-    error = engine.add_request(request("q3"))
+        assert engine.add_request(greedy_request(f"q{i}")) is None
+    error = engine.add_request(greedy_request("q3"))
     assert (error.status_code, error.message) == (503, "The request queue is full.")
-    run(engine)
-    assert engine.add_request(request("q4")) is None
-    run(engine)
-    assert_clean(engine)
+    run_steps(engine)
+    assert engine.add_request(greedy_request("q4")) is None
+    run_steps(engine)
+    assert_engine_core_clean(engine)
