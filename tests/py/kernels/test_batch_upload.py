@@ -3,6 +3,9 @@
 On the CPU the packing itself is checked (every array comes back with its dtype, length and
 values, 8-byte arrays aligned); on a GPU (``gpu``-marked) the packed upload is used by
 ``BatchSampler``, whose greedy tokens with penalties and a token ban must equal the CPU's.
+The logprobs that rows ask for are computed on the device with the step and reach the host with
+the ids (``SampleOutput.next_ids``): checked against a per-row reference on the CPU, and equal
+between CUDA and the CPU on a GPU.
 """
 
 from __future__ import annotations
@@ -77,3 +80,75 @@ def test_cuda_upload_and_sampler_equal_cpu() -> None:
         out[device] = sampler.sample(logits.clone().to(device), rows, offsets, penalty,
                                      ban).next_ids.tolist()
     assert out["cuda"] == out["cpu"]
+
+
+def _logprob_rows() -> list:
+    from sglang.srt.sampling.sampler import RowSampling
+    from sglang.srt.sampling.sampling_params import SamplingParams
+
+    asks = [(False, 0, None), (True, 0, None), (True, 3, [5, 1]), (True, 1, None),
+            (True, 0, [2, 63, 7])]
+    rows = []
+    for k, (want, top, ids) in enumerate(asks):
+        params = SamplingParams(temperature=0.5 + 0.25 * k, top_k=1)  # top_k 1: greedy ids
+        params.normalize()
+        rows.append(RowSampling.build(params, seed=k, return_logprob=want, top_logprobs_num=top,
+                                      token_ids_logprob=ids))
+    return rows
+
+
+def _sample_with_logprobs(device: str, rows: list, logits: torch.Tensor) -> object:
+    from sglang.srt.sampling.sampler import BatchSampler
+
+    sampler = BatchSampler(torch.device(device))
+    out = sampler.sample(logits.clone().to(device), rows, np.zeros(len(rows), np.int64), None,
+                         None)
+    assert all(x is None for x in out.token_logprobs)  # filled when the ids reach the host
+    assert len(out.next_ids) == len(rows)  # (waits for the copy, fills the lists)
+    return out
+
+
+def test_sampler_logprobs_per_row() -> None:
+    rows = _logprob_rows()
+    logits = torch.randn(len(rows), 64, generator=torch.Generator().manual_seed(2))
+    out = _sample_with_logprobs("cpu", rows, logits)
+    ids = out.next_ids.tolist()
+    assert ids == logits.argmax(dim=-1).tolist()
+    for i, r in enumerate(rows):
+        ref = torch.log_softmax(logits[i] / r.params.temperature, dim=-1)
+        if not r.return_logprob:
+            assert out.token_logprobs[i] is None and out.top_logprobs[i] is None
+            continue
+        assert out.token_logprobs[i] == pytest.approx(float(ref[ids[i]]), abs=1e-6)
+        if r.top_logprobs_num:
+            vals, top = torch.topk(ref, r.top_logprobs_num)
+            assert [t for _, t in out.top_logprobs[i]] == top.tolist()
+            assert [v for v, _ in out.top_logprobs[i]] == pytest.approx(vals.tolist(), abs=1e-6)
+        else:
+            assert out.top_logprobs[i] is None
+        if r.token_ids_logprob:
+            assert [t for _, t in out.ids_logprobs[i]] == r.token_ids_logprob
+            assert [v for v, _ in out.ids_logprobs[i]] == pytest.approx(
+                [float(ref[t]) for t in r.token_ids_logprob], abs=1e-6)
+        else:
+            assert out.ids_logprobs[i] is None
+
+
+@pytest.mark.gpu
+def test_cuda_logprobs_equal_cpu() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    rows = _logprob_rows()
+    logits = torch.randn(len(rows), 64, generator=torch.Generator().manual_seed(2))
+    cpu = _sample_with_logprobs("cpu", rows, logits)
+    cuda = _sample_with_logprobs("cuda", rows, logits)
+    assert cuda.next_ids.tolist() == cpu.next_ids.tolist()
+    for field in ("token_logprobs", "top_logprobs", "ids_logprobs"):
+        for a, b in zip(getattr(cpu, field), getattr(cuda, field), strict=True):
+            assert (a is None) == (b is None)
+            if isinstance(a, list):
+                assert [t for _, t in a] == [t for _, t in b]
+                assert [v for v, _ in a] == pytest.approx([v for v, _ in b], abs=1e-5)
+            elif a is not None:
+                assert a == pytest.approx(b, abs=1e-5)
+

@@ -102,35 +102,67 @@ def test_abort_while_the_token_is_pending(engine: EngineCore) -> None:
     assert_engine_core_clean(engine)
 
 
+def _logprobs(outs: list[ReqOutput]) -> list[float]:
+    return [lp for o in outs for lp, _ in o.output_token_logprobs or []]
+
+
+def _add_requests(engine: EngineCore) -> None:
+    for rid in ("a", "b", "c"):
+        req = greedy_request(rid, 24)
+        if rid == "c":  # its logprobs are computed on the device and read a step later
+            req.return_logprob, req.top_logprobs_num, req.token_ids_logprob = True, 2, [3, 4]
+        assert engine.add_request(req) is None
+
+
+def _steps_against_reference(tiny_model: Path, device: str, sync_debug: bool) -> list[str]:
+    """Runs three requests on ``device`` with overlap, the middle ten decode steps under CUDA's
+    sync debug mode when ``sync_debug``; checks tokens and logprobs against a CPU engine
+    without overlap. Returns the syncs reported."""
+    reference = EngineCore(ServerArgs(model_path=str(tiny_model), max_total_tokens=2048,
+                                      random_seed=1, device="cpu", dtype="float32",
+                                      skip_tokenizer_init=True))
+    engine = make_engine(tiny_model, device)
+    _add_requests(reference)
+    _add_requests(engine)
+    want = run_steps(reference)
+    got: dict[str, list[ReqOutput]] = {}
+
+    def step(n: int) -> None:
+        for _ in range(n):
+            for out in engine.step() or []:
+                got.setdefault(out.rid, []).append(out)
+
+    step(3)  # prefill and the first decode steps (warm-up, graph selection)
+    caught: list[warnings.WarningMessage] = []
+    if sync_debug:
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                step(10)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    for rid, outs in run_steps(engine).items():
+        got.setdefault(rid, []).extend(outs)
+    assert {r: output_tokens(o) for r, o in got.items()} == \
+        {r: output_tokens(o) for r, o in want.items()}
+    assert len(_logprobs(want["c"])) == 24
+    assert _logprobs(got["c"]) == pytest.approx(_logprobs(want["c"]), abs=1e-4)
+    assert engine.internal_state()["scheduled_ahead_steps"] > 10
+    assert_engine_core_clean(engine)
+    return [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+            if "synchroniz" in str(w.message)]
+
+
+def test_same_tokens_and_logprobs_as_without_overlap(tiny_model: Path) -> None:
+    assert _steps_against_reference(tiny_model, "cpu", sync_debug=False) == []
+
+
 @pytest.mark.gpu
 def test_no_host_sync_between_steps_on_a_gpu(tiny_model: Path) -> None:
     """Decode steps under CUDA's sync debug mode: the only waits are for the previous step's
-    token copy (an event, not flagged); anything else that syncs the stream is reported."""
-    cpu = make_engine(tiny_model)
-    gpu = make_engine(tiny_model, "cuda")
-    for e in (cpu, gpu):
-        for rid in ("a", "b", "c"):
-            assert e.add_request(greedy_request(rid, 24)) is None
-    want = {rid: output_tokens(o) for rid, o in run_steps(cpu).items()}
-    got: dict[str, list[ReqOutput]] = {}
-    for _ in range(3):  # prefill and the first decode steps (warm-up, graph selection)
-        for out in gpu.step() or []:
-            got.setdefault(out.rid, []).append(out)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for _ in range(10):
-                for out in gpu.step() or []:
-                    got.setdefault(out.rid, []).append(out)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    syncs = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
-             if "synchroniz" in str(w.message)]
+    token copy (an event, not flagged); anything else that syncs the stream is reported. One
+    request asks for logprobs (computed on the device, read with the ids)."""
+    syncs = _steps_against_reference(tiny_model, "cuda", sync_debug=True)
     assert not syncs, syncs
-    for rid, outs in run_steps(gpu).items():
-        got.setdefault(rid, []).extend(outs)
-    assert {rid: output_tokens(o) for rid, o in got.items()} == want
-    assert gpu.internal_state()["scheduled_ahead_steps"] > 10
-    assert_engine_core_clean(gpu)

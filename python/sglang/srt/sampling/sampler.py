@@ -12,6 +12,7 @@ logits (for greedy requests: of the processed logits), like SGLang's sampler.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,46 +72,55 @@ class RowSampling:
         return row
 
 
-class TokenCopy:
-    """The sampled ids on their way to the host: on a GPU a non-blocking copy into pinned memory
-    (``numpy()`` waits for it alone, not for later work on the stream); on a CPU the ids."""
+class HostCopy:
+    """Device tensors on their way to the host: on a GPU non-blocking copies into pinned memory
+    and one event (``get()`` waits for them alone, not for later work on the stream); on a CPU
+    the tensors themselves."""
 
-    def __init__(self, ids: torch.Tensor) -> None:
-        self.device_ids = ids
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
         self._event: Any = None
-        if ids.device.type == "cuda":
-            self._host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
-            self._host.copy_(ids, non_blocking=True)
+        self._host = tensors
+        first = next(iter(tensors.values()))
+        if first.device.type == "cuda":
+            self._host = {}
+            for name, t in tensors.items():
+                pinned = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                pinned.copy_(t, non_blocking=True)
+                self._host[name] = pinned
             self._event = torch.cuda.Event()
-            self._event.record(torch.cuda.current_stream(ids.device))
-        else:
-            self._host = ids
+            self._event.record(torch.cuda.current_stream(first.device))
 
-    def numpy(self) -> np.ndarray:
+    def get(self) -> dict[str, np.ndarray]:
         if self._event is not None:
             self._event.synchronize()
             self._event = None
-        return self._host.numpy()
+        return {name: t.numpy() for name, t in self._host.items()}
 
 
 @dataclasses.dataclass
 class SampleOutput:
-    tokens: TokenCopy  # int32 [S]: ``device_ids`` on the device, ``next_ids`` on the host
+    device_ids: torch.Tensor  # int32 [S], on the sampling device
     # Per row (None where not requested): (logprob of the chosen token), top list, ids list.
+    # Filled when the ids reach the host (``next_ids``).
     token_logprobs: list[float | None]
     top_logprobs: list[list[tuple[float, int]] | None]
     ids_logprobs: list[list[tuple[float, int]] | None]
     # Rows whose custom logit processor raised (their logits were left unprocessed).
     processor_errors: list[CustomProcessorError] = dataclasses.field(default_factory=list)
+    copy: HostCopy | None = None  # the ids and the logprob tensors, on their way to the host
+    fill: Any = None  # fills the logprob lists from the host arrays, once
 
     @property
     def next_ids(self) -> np.ndarray:
-        """The sampled ids on the host (on a GPU: waits for their copy)."""
-        return self.tokens.numpy()
-
-    @property
-    def device_ids(self) -> torch.Tensor:
-        return self.tokens.device_ids
+        """The sampled ids (int32 [S]) on the host; on a GPU this waits for their copy. The
+        logprob lists are filled then."""
+        if self.copy is None:
+            self.copy = HostCopy({"ids": self.device_ids})
+        host = self.copy.get()
+        if self.fill is not None:
+            fill, self.fill = self.fill, None
+            fill(host)
+        return host["ids"]
 
 
 class BatchSampler:
@@ -164,6 +174,9 @@ class BatchSampler:
             host["rep"] = np.array([r.params.repetition_penalty for r in rows], dtype=np.float32)
         if ban_csr is not None:
             host.update(zip(("ban_indptr", "ban_ids"), ban_csr, strict=True))
+        logprob_rows = [i for i, r in enumerate(rows) if r.return_logprob]
+        if logprob_rows:
+            host.update(_logprob_inputs(rows, logprob_rows, temperature))
         dev = self._upload(host)
         if penalties:
             kernels.apply_penalties(
@@ -184,10 +197,12 @@ class BatchSampler:
         next_ids = kernels.sample(
             logits, dev["temperature"], dev["top_k"], dev["top_p"], dev["min_p"], dev["seeds"],
             dev["offsets"], num_threads=self.num_threads)
-        out = SampleOutput(TokenCopy(next_ids), [None] * n, [None] * n, [None] * n,
-                           processor_errors)
-        if any(r.return_logprob for r in rows):
-            self._logprobs(logits, rows, temperature, out.next_ids, out)
+        out = SampleOutput(next_ids, [None] * n, [None] * n, [None] * n, processor_errors)
+        to_host = {"ids": next_ids}
+        if logprob_rows:
+            to_host.update(_logprobs_on_device(logits, rows, logprob_rows, dev, next_ids))
+            out.fill = functools.partial(_fill_logprobs, out, rows, logprob_rows)
+        out.copy = HostCopy(to_host)  # started now: the engine reads it a step later
         return out
 
     def _apply_bias(self, logits: torch.Tensor, rows: Sequence[RowSampling]) -> None:
@@ -208,24 +223,47 @@ class BatchSampler:
             self._tensor(np.concatenate(values).astype(np.float32)),
         )
 
-    @staticmethod
-    def _logprobs(
-        logits: torch.Tensor,
-        rows: Sequence[RowSampling],
-        temperature: np.ndarray,
-        next_np: np.ndarray,
-        out: SampleOutput,
-    ) -> None:
-        want = [i for i, r in enumerate(rows) if r.return_logprob]
-        idx = torch.tensor(want, dtype=torch.long, device=logits.device)
-        temps = torch.from_numpy(temperature[want]).to(logits.device).unsqueeze(1)
-        logprobs = torch.log_softmax(logits.index_select(0, idx) / temps, dim=-1).cpu()
-        for k, i in enumerate(want):
-            row = logprobs[k]
-            out.token_logprobs[i] = float(row[int(next_np[i])])
-            r = rows[i]
-            if r.top_logprobs_num > 0:
-                vals, ids = torch.topk(row, min(r.top_logprobs_num, row.numel()))
-                out.top_logprobs[i] = list(zip(vals.tolist(), ids.tolist()))
-            if r.token_ids_logprob:
-                out.ids_logprobs[i] = [(float(row[t]), t) for t in r.token_ids_logprob]
+
+def _logprob_inputs(rows: Sequence[RowSampling], want: list[int],
+                    temperature: np.ndarray) -> dict[str, np.ndarray]:
+    """The host arrays of the logprob rows, uploaded with the step's other sampling arrays: the
+    rows, their temperatures, and the ids of ``token_ids_logprob`` padded to one width."""
+    arrays = {"lp_rows": np.array(want, dtype=np.int64), "lp_temps": temperature[want]}
+    width = max(len(rows[i].token_ids_logprob or ()) for i in want)
+    if width:
+        ids = np.zeros((len(want), width), dtype=np.int64)
+        for j, i in enumerate(want):
+            asked = rows[i].token_ids_logprob or ()
+            ids[j, :len(asked)] = asked
+        arrays["lp_ids"] = ids.reshape(-1)
+    return arrays
+
+
+def _logprobs_on_device(logits: torch.Tensor, rows: Sequence[RowSampling], want: list[int],
+                        dev: dict[str, torch.Tensor], next_ids: torch.Tensor
+                        ) -> dict[str, torch.Tensor]:
+    """Log-softmax of the processed logits at each row's temperature: the chosen token's
+    logprob, the top ``max(top_logprobs_num)`` and the asked ids' logprobs, all on the device."""
+    idx = dev["lp_rows"]
+    lp = torch.log_softmax(logits.index_select(0, idx) / dev["lp_temps"].unsqueeze(1), dim=-1)
+    out = {"lp_chosen": lp.gather(1, next_ids.index_select(0, idx).long().unsqueeze(1))}
+    k = min(max(rows[i].top_logprobs_num for i in want), lp.shape[1])
+    if k > 0:
+        out["lp_top_vals"], out["lp_top_ids"] = torch.topk(lp, k)
+    if "lp_ids" in dev:
+        out["lp_ids_vals"] = lp.gather(1, dev["lp_ids"].view(len(want), -1))
+    return out
+
+
+def _fill_logprobs(out: SampleOutput, rows: Sequence[RowSampling], want: list[int],
+                   host: dict[str, np.ndarray]) -> None:
+    for j, i in enumerate(want):
+        r = rows[i]
+        out.token_logprobs[i] = float(host["lp_chosen"][j, 0])
+        if r.top_logprobs_num > 0:
+            top = r.top_logprobs_num
+            out.top_logprobs[i] = list(zip(host["lp_top_vals"][j, :top].tolist(),
+                                           host["lp_top_ids"][j, :top].tolist()))
+        if r.token_ids_logprob:
+            vals = host["lp_ids_vals"][j]
+            out.ids_logprobs[i] = [(float(vals[c]), t) for c, t in enumerate(r.token_ids_logprob)]
