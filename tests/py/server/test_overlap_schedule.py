@@ -4,7 +4,9 @@ replaced on the device), and a step's outputs are processed while the next forwa
 offline engines on the demo model, overlap on and off, must give the same results for greedy and
 seeded sampling, logprobs, stop tokens and stop strings (decided one step late with overlap,
 never shown), max_new_tokens and min_new_tokens, penalties (not scheduled ahead), n > 1, a grammar
-(its steps are not overlapped), streaming and aborts; both end idle and integrity-clean.
+and a custom logit processor that reads the output ids (the pending tokens are accepted and
+appended before the next step's masks and processors), streaming and aborts; both end idle and
+integrity-clean.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ GREEDY = {"temperature": 0, "max_new_tokens": 24}
 
 @pytest.fixture(scope="module")
 def engines() -> Iterator[tuple[sgl.Engine, sgl.Engine]]:
-    common = {"model_path": "smollm2-135m-instruct", "max_total_tokens": 8192, "random_seed": 7}
+    common = {"model_path": "smollm2-135m-instruct", "max_total_tokens": 8192, "random_seed": 7,
+              "enable_custom_logit_processor": True}
     with sgl.Engine(**common) as plain, sgl.Engine(**common, enable_overlap_schedule=True) as ov:
         yield plain, ov
         for engine in (plain, ov):
@@ -119,8 +122,41 @@ def test_stop_strings_end_at_the_same_text(engines: tuple[sgl.Engine, sgl.Engine
 def test_grammar_steps(engines: tuple[sgl.Engine, sgl.Engine]) -> None:
     plain, ov = engines
     sampling = {**GREEDY, "max_new_tokens": 16, "regex": "(yes|no), [a-z ]{3,12}\\."}
+    before = _state(ov)["scheduled_ahead_steps"]
     outs = _same(plain, ov, ["Is the sky blue? Answer:", "Is water dry? Answer:"], sampling)
     assert all(o["text"].startswith(("yes", "no")) for o in outs)
+    assert _state(ov)["scheduled_ahead_steps"] > before  # masks filled after the accept
+    # a grammar next to free requests, and one that ends (its regex complete) mid-batch
+    short = {**GREEDY, "max_new_tokens": 16, "regex": "(yes|no)"}
+    _same(plain, ov, PROMPTS[:3], [GREEDY, short, sampling])
+
+
+USER_SCRIPT = """
+class CountingProcessor(CustomLogitProcessor):
+    # token (prompt length + 2 + tokens generated so far): wrong at once if output_ids lag
+    def __call__(self, logits, custom_param_list=None):
+        for i, params in enumerate(custom_param_list):
+            req = params["__req__"]
+            logits[i, :] = -float("inf")
+            logits[i, len(req.origin_input_ids) + 2 + len(req.output_ids)] = 0.0
+        return logits
+"""
+
+
+def test_custom_processor_sees_every_token(engines: tuple[sgl.Engine, sgl.Engine]) -> None:
+    from sglang.srt.sampling.custom_logit_processor import CustomLogitProcessor
+
+    user = {"__name__": "__main__", "CustomLogitProcessor": CustomLogitProcessor}
+    exec(USER_SCRIPT, user)  # noqa: S102 - the test's stand-in for a user's script
+    processor = user["CountingProcessor"].to_str()
+    plain, ov = engines
+    prompt = [1, 450, 7283, 310, 3444, 338]
+    params = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
+    before = _state(ov)["scheduled_ahead_steps"]
+    outs = _same(plain, ov, input_ids=[prompt, prompt[:3]], sampling_params=params,
+                 custom_logit_processor=[processor, None])
+    assert outs[0]["output_ids"] == list(range(len(prompt) + 2, len(prompt) + 10))
+    assert _state(ov)["scheduled_ahead_steps"] > before
 
 
 def test_streaming_chunks_add_up(engines: tuple[sgl.Engine, sgl.Engine]) -> None:

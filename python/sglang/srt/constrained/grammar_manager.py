@@ -116,7 +116,10 @@ class GrammarManager:
         job, bitmask, index = started
         self.mask_fill_seconds += job.result()
         self.mask_rows += len(bitmask)
-        return bitmask.to(device), torch.from_numpy(index).to(device)
+        index_t = torch.from_numpy(index)
+        if device.type == "cuda":  # pinned: the copies need not wait for the stream
+            bitmask, index_t = bitmask.pin_memory(), index_t.pin_memory()
+        return bitmask.to(device, non_blocking=True), index_t.to(device, non_blocking=True)
 
     @property
     def mask_us_per_token(self) -> float:

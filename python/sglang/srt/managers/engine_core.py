@@ -544,17 +544,19 @@ class EngineCore:
         pending, self._pending = self._pending, None
         if pending is None:
             return []
-        sample_reqs, sampled, hidden_out = pending
+        sample_reqs, sampled, hidden_out, failed = pending
         rids, tokens, reasons, _ = self.core.resolve(sampled.next_ids)
-        return self._collect(sample_reqs, sampled, rids, tokens, reasons, hidden_out, {})
+        return self._collect(sample_reqs, sampled, rids, tokens, reasons, hidden_out, failed)
 
-    def _may_schedule_ahead(self, plan: Any, sample_reqs: list[EngineReq]) -> bool:
+    def _may_schedule_ahead(self, plan: Any) -> bool:
         """Whether the next step may be planned before this one's tokens reach the host: only
-        when nothing of the next step's inputs needs them there. Penalty counts are kept by
-        the core on the host; a grammar's mask and a custom logit processor read the tokens;
-        TP followers and image steps take their inputs from the host."""
-        return self._may_defer(sample_reqs) and self.tp is None and self.images is None \
-            and not len(plan.penalty_indptr)
+        when nothing of the next step's inputs needs them there before its forward. Penalty
+        counts are kept by the core on the host; TP followers and image steps take their
+        inputs from the host. (Grammars and custom logit processors are fine: the tokens are
+        resolved, accepted and appended while the next forward runs, before its masks are
+        filled and its processors called.)"""
+        return self.overlap and self.pooling is None and self.tp is None \
+            and self.images is None and not len(plan.penalty_indptr)
 
     def _may_defer(self, sample_reqs: list[EngineReq]) -> bool:
         """Whether a step's outputs may wait for the next step's forward. Not when the next
@@ -613,7 +615,10 @@ class EngineCore:
                 batch.input_embeds = self._extend_embeds(plan, ereqs, batch.input_ids, images)
             sample_reqs = [ereqs[i] for i in plan.sample_indices]
             masks = None
-            if self.grammars is not None:  # the bitmask rows are filled while the forward runs
+            # The bitmask rows are filled while the forward runs; after the pending step's
+            # tokens are accepted when there is one.
+            masks_now = self.grammars is not None and self._pending is None
+            if masks_now:
                 masks = self.grammars.start_masks([e.grammar for e in sample_reqs])
             result = self.runner.forward(batch)
         finally:
@@ -621,6 +626,9 @@ class EngineCore:
                 self.lora.end()
         if while_forward_runs is not None:
             while_forward_runs()
+        if self.grammars is not None and not masks_now:  # (a request the pending step ended
+            masks = self.grammars.start_masks(  # has no mask: its row is dropped anyway)
+                [e.grammar if e.handle in self.reqs else None for e in sample_reqs])
         logits = result.logits
         sample_pos = prompt_slices.pop("__sample__")
         sample_index = None if sample_pos is None else torch.as_tensor(
@@ -650,15 +658,15 @@ class EngineCore:
         for h in plan.retracted.tolist():
             if h in self.reqs:  # (one ended by the overlapped outputs is gone)
                 self.reqs[h].num_retractions += 1
-        if self._may_schedule_ahead(plan, sample_reqs):
-            settled = self.core.commit_pending()  # (aborts)
-            self._pending = (sample_reqs, sampled, hidden_out)
-            self.scheduled_ahead_steps += 1
-            self.overlapped_steps += 1
-            return self._collect(sample_reqs, sampled, *settled[:3], hidden_out, {})
-        rids, tokens, reasons, _ = self.core.commit(sampled.next_ids)
         failed = {sample_reqs[k].handle: err.message
                   for err in sampled.processor_errors for k in err.rows}
+        if self._may_schedule_ahead(plan):
+            settled = self.core.commit_pending()  # (aborts)
+            self._pending = (sample_reqs, sampled, hidden_out, failed)
+            self.scheduled_ahead_steps += 1
+            self.overlapped_steps += 1
+            return self._collect(sample_reqs, sampled, *settled[:3], hidden_out, failed)
+        rids, tokens, reasons, _ = self.core.commit(sampled.next_ids)
         results = (sample_reqs, sampled, rids, tokens, reasons, hidden_out, failed)
         if self._may_defer(sample_reqs):
             self._deferred = results
