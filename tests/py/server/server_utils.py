@@ -114,3 +114,43 @@ def serving(model: str, extra: list[str]) -> Iterator[str]:
         assert_engine_clean(url)
     finally:
         stop_server(proc)
+
+
+# Custom logit processors written as a user writes them in a script or notebook, i.e. in
+# ``__main__``: dill sends those by value (a class importable from a test module would go by
+# reference, and the server could not import it).
+USER_SCRIPT = """
+class DeterministicLogitProcessor(CustomLogitProcessor):
+    # The docs' example: every row forced to its custom_params["token_id"].
+    def __call__(self, logits, custom_param_list=None):
+        for i, params in enumerate(custom_param_list):
+            logits[i, :] = -float("inf")
+            logits[i, params["token_id"]] = 0.0
+        return logits
+
+
+class CountingProcessor(CustomLogitProcessor):
+    # Reads its request through __req__: token (prompt length + 2 + tokens generated so far).
+    def __call__(self, logits, custom_param_list=None):
+        for i, params in enumerate(custom_param_list):
+            req = params["__req__"]
+            logits[i, :] = -float("inf")
+            logits[i, len(req.origin_input_ids) + 2 + len(req.output_ids)] = 0.0
+        return logits
+
+
+class FailingProcessor(CustomLogitProcessor):
+    def __call__(self, logits, custom_param_list=None):
+        raise RuntimeError("boom")
+"""
+
+
+def user_logit_processors() -> dict[str, type]:
+    """The classes of ``USER_SCRIPT``, defined in a ``__main__`` namespace."""
+    from sglang.srt.sampling.custom_logit_processor import CustomLogitProcessor
+
+    user = {"__name__": "__main__", "CustomLogitProcessor": CustomLogitProcessor}
+    exec(USER_SCRIPT, user)  # noqa: S102 - the tests' stand-in for a user's script
+    return {k: v for k, v in user.items()
+            if k.endswith("Processor") and k != "CustomLogitProcessor"}
+

@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 import torch
-from server_utils import serving
-
+from server_utils import serving, user_logit_processors
 from sglang.srt.sampling.custom_logit_processor import (
-    CustomLogitProcessor,
     DisallowedTokensLogitsProcessor,
 )
 from sglang.srt.sampling.sampling_params import chat_sampling_defaults
@@ -100,38 +98,10 @@ def test_penalties_match_torch_reference(feature_server: str, hf_model: torch.nn
 
 
 # ---- custom logit processors ------------------------------------------------------------------
-# Processors are written as a user writes them in a script or notebook, i.e. in ``__main__``:
-# dill sends those by value (a class importable from a test module would go by reference, and the
-# server could not import it).
-USER_SCRIPT = """
-class DeterministicLogitProcessor(CustomLogitProcessor):
-    # The docs' example: every row forced to its custom_params["token_id"].
-    def __call__(self, logits, custom_param_list=None):
-        for i, params in enumerate(custom_param_list):
-            logits[i, :] = -float("inf")
-            logits[i, params["token_id"]] = 0.0
-        return logits
-
-
-class CountingProcessor(CustomLogitProcessor):
-    # Reads its request through __req__: token (prompt length + 2 + tokens generated so far).
-    def __call__(self, logits, custom_param_list=None):
-        for i, params in enumerate(custom_param_list):
-            req = params["__req__"]
-            logits[i, :] = -float("inf")
-            logits[i, len(req.origin_input_ids) + 2 + len(req.output_ids)] = 0.0
-        return logits
-
-
-class FailingProcessor(CustomLogitProcessor):
-    def __call__(self, logits, custom_param_list=None):
-        raise RuntimeError("boom")
-"""
-USER = {"__name__": "__main__", "CustomLogitProcessor": CustomLogitProcessor}
-exec(USER_SCRIPT, USER)  # noqa: S102 - the test's stand-in for a user's script
-DeterministicLogitProcessor = USER["DeterministicLogitProcessor"]
-CountingProcessor = USER["CountingProcessor"]
-FailingProcessor = USER["FailingProcessor"]
+_USER = user_logit_processors()
+DeterministicLogitProcessor = _USER["DeterministicLogitProcessor"]
+CountingProcessor = _USER["CountingProcessor"]
+FailingProcessor = _USER["FailingProcessor"]
 
 
 def test_deterministic_processor_forces_every_row(feature_server: str) -> None:

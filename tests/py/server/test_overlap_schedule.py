@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 import sglang as sgl
+from server_utils import user_logit_processors
 
 PROMPTS = ["The capital of France is", "List three fruits:", "def add(a, b):",
            "Once upon a time", "The weather today"]
@@ -131,24 +132,9 @@ def test_grammar_steps(engines: tuple[sgl.Engine, sgl.Engine]) -> None:
     _same(plain, ov, PROMPTS[:3], [GREEDY, short, sampling])
 
 
-USER_SCRIPT = """
-class CountingProcessor(CustomLogitProcessor):
-    # token (prompt length + 2 + tokens generated so far): wrong at once if output_ids lag
-    def __call__(self, logits, custom_param_list=None):
-        for i, params in enumerate(custom_param_list):
-            req = params["__req__"]
-            logits[i, :] = -float("inf")
-            logits[i, len(req.origin_input_ids) + 2 + len(req.output_ids)] = 0.0
-        return logits
-"""
-
-
 def test_custom_processor_sees_every_token(engines: tuple[sgl.Engine, sgl.Engine]) -> None:
-    from sglang.srt.sampling.custom_logit_processor import CustomLogitProcessor
-
-    user = {"__name__": "__main__", "CustomLogitProcessor": CustomLogitProcessor}
-    exec(USER_SCRIPT, user)  # noqa: S102 - the test's stand-in for a user's script
-    processor = user["CountingProcessor"].to_str()
+    # token len(prompt) + 2 + len(output_ids): wrong at once if the output ids lag
+    processor = user_logit_processors()["CountingProcessor"].to_str()
     plain, ov = engines
     prompt = [1, 450, 7283, 310, 3444, 338]
     params = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
