@@ -164,11 +164,11 @@ class EngineCore:
         # Overlap (--disable-overlap-schedule turns it off): a step ends before its tokens
         # reach the host (core.commit_pending); the next step is planned and launched with
         # placeholders that the device replaces by those tokens, and the tokens are handed to
-        # the core (core.resolve) and processed into outputs while that forward runs. Steps
-        # whose next inputs depend on the tokens on the host (penalties, grammars, custom
-        # logit processors, TP, images) are committed at once; their outputs are still
-        # processed during the next forward (_deferred) unless the next step's mask or
-        # processor needs them.
+        # the core (core.resolve) and processed into outputs while that forward runs (before
+        # the next step's grammar masks and logit processors, which read them). Steps whose
+        # next inputs need the tokens on the host before the forward (penalties, TP, images)
+        # are committed at once; their outputs are still processed during the next forward
+        # (_deferred) unless the next step's mask or processor needs them.
         self.overlap = server_args.overlap_schedule()
         self._pending: tuple | None = None  # the last step ended by commit_pending, unresolved
         self._deferred: tuple | None = None  # the last step's committed results, unprocessed
