@@ -269,3 +269,14 @@ def write_llama_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return reference
+
+
+def encode_with_two_ranks(folder: Path, prompts: list[list[int]]) -> list[torch.Tensor]:
+    """The ``embedding`` of each prompt from an fp32 CPU engine with ``--tp-size 2`` (two gloo
+    ranks, ``--is-embedding``)."""
+    import sglang as sgl
+
+    with sgl.Engine(model_path=str(folder), is_embedding=True, skip_tokenizer_init=True,
+                    dtype="float32", random_seed=0, tp_size=2, device="cpu") as engine:
+        out = engine.encode(input_ids=prompts)
+    return [torch.tensor(o["embedding"]) for o in out]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_test_utils import PROMPTS
+from model_test_utils import PROMPTS, encode_with_two_ranks
 from sglang.srt.managers.engine_core import EngineCore
 from sglang.srt.managers.io_struct import TokenizedGenerateReq
 from sglang.srt.sampling.sampling_params import SamplingParams
@@ -128,12 +128,7 @@ def test_base_model_checkpoints(arch: str, tiny_models: dict[str, Path],
 def test_tensor_parallel_embeddings(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     """--tp-size 2 (two gloo ranks): a Qwen3Model checkpoint (one KV head, replicated) embeds
     like transformers' base model."""
-    import sglang as sgl
-
     folder = _save_base_model(tiny_models["qwen3"], tmp_path)
-    with sgl.Engine(model_path=str(folder), is_embedding=True, skip_tokenizer_init=True,
-                    dtype="float32", random_seed=0, tp_size=2, device="cpu") as engine:
-        out = engine.encode(input_ids=PROMPTS[:3])
-    for o, prompt in zip(out, PROMPTS[:3], strict=True):
-        torch.testing.assert_close(torch.tensor(o["embedding"]), _reference(folder, prompt),
-                                   atol=1e-4, rtol=0)
+    out = encode_with_two_ranks(folder, PROMPTS[:3])
+    for got, prompt in zip(out, PROMPTS[:3], strict=True):
+        torch.testing.assert_close(got, _reference(folder, prompt), atol=1e-4, rtol=0)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 import torch
-from model_test_utils import PROMPTS, VOCAB
+from model_test_utils import PROMPTS, VOCAB, encode_with_two_ranks
 from sglang.srt.managers.engine_core import EngineCore
 from sglang.srt.managers.io_struct import TokenizedGenerateReq
 from sglang.srt.sampling.sampling_params import SamplingParams
@@ -84,15 +84,10 @@ def test_scores_match_transformers(kind: str, classifiers: dict[str, Path]) -> N
 def test_tensor_parallel_scores(classifiers: dict[str, Path]) -> None:
     """--tp-size 2 (two gloo ranks): the sharded decoder and the replicated score head give
     transformers' logits."""
-    import sglang as sgl
-
     folder = classifiers["qwen2_classes"]
-    with sgl.Engine(model_path=str(folder), is_embedding=True, skip_tokenizer_init=True,
-                    dtype="float32", random_seed=0, tp_size=2, device="cpu") as engine:
-        out = engine.encode(input_ids=PROMPTS[:3])
-    for o, prompt in zip(out, PROMPTS[:3], strict=True):
-        torch.testing.assert_close(torch.tensor(o["embedding"]), _reference(folder, prompt),
-                                   atol=1e-4, rtol=0)
+    out = encode_with_two_ranks(folder, PROMPTS[:3])
+    for got, prompt in zip(out, PROMPTS[:3], strict=True):
+        torch.testing.assert_close(got, _reference(folder, prompt), atol=1e-4, rtol=0)
 
 
 def test_classifier_needs_is_embedding(classifiers: dict[str, Path]) -> None:

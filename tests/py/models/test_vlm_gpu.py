@@ -14,10 +14,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
 from vlm_utils import (
-    IMAGE_PART,
     HFLlava,
     HFQwenVL,
-    image,
+    assert_same_as_hf,
+    llava_requests,
+    qwen_vl_requests,
     save_tiny_llava_onevision,
     save_tiny_qwen2_vl,
 )
@@ -45,19 +46,15 @@ def _run(folder: Path, prompts: list[str], images: list[list], **kw: object) -> 
 def test_qwen2_vl_on_cuda(tmp_path: Path, version: str, chunk: int | None) -> None:
     folder = save_tiny_qwen2_vl(tmp_path / version, version=version)
     hf = HFQwenVL(folder)
-    prompts = [f"Describe {IMAGE_PART} please", f"Compare {IMAGE_PART} and {IMAGE_PART}"]
-    images = [[image(90, 60, 0)], [image(56, 112, 1), image(84, 84, 2)]]
+    prompts, images = qwen_vl_requests()
     kw = {} if chunk is None else {"chunked_prefill_size": chunk}
     out = _run(folder, prompts, images, **kw)
-    for item, text, imgs in zip(out, prompts, images):
-        assert item["output_ids"] == hf.greedy(hf.tokenizer.encode(text), imgs, NEW)
+    assert_same_as_hf(out, prompts, images, hf, NEW)
 
 
 def test_llava_onevision_on_cuda(tmp_path: Path) -> None:
     folder = save_tiny_llava_onevision(tmp_path / "llava")
     hf = HFLlava(folder)
-    prompts = ["Describe <image> please", "Compare <image> and <image>"]
-    images = [[image(70, 45, 0)], [image(40, 40, 1), image(30, 90, 2)]]
+    prompts, images = llava_requests()
     out = _run(folder, prompts, images)
-    for item, text, imgs in zip(out, prompts, images):
-        assert item["output_ids"] == hf.greedy(text, imgs, NEW)
+    assert_same_as_hf(out, prompts, images, hf, NEW)

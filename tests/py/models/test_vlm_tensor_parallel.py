@@ -17,7 +17,10 @@ from vlm_utils import (
     IMAGE_PART,
     HFLlava,
     HFQwenVL,
+    assert_same_as_hf,
     image,
+    llava_requests,
+    qwen_vl_requests,
     save_tiny_llava_onevision,
     save_tiny_qwen2_vl,
 )
@@ -37,21 +40,17 @@ def _run(folder: Path, prompts: list[str], images: list[list], **kw: object) -> 
 def test_qwen2_vl_two_ranks(tmp_path: Path) -> None:
     folder = save_tiny_qwen2_vl(tmp_path / "qwen2_vl")
     hf = HFQwenVL(folder)
-    prompts = [f"Describe {IMAGE_PART} please", f"Compare {IMAGE_PART} and {IMAGE_PART}"]
-    images = [[image(90, 60, 0)], [image(56, 112, 1), image(84, 84, 2)]]
+    prompts, images = qwen_vl_requests()
     out = _run(folder, prompts, images, chunked_prefill_size=8)  # chunks cut image spans
-    for item, text, imgs in zip(out, prompts, images, strict=True):
-        assert item["output_ids"] == hf.greedy(hf.tokenizer.encode(text), imgs, NEW)
+    assert_same_as_hf(out, prompts, images, hf, NEW)
 
 
 def test_llava_onevision_two_ranks(tmp_path: Path) -> None:
     folder = save_tiny_llava_onevision(tmp_path / "llava")
     hf = HFLlava(folder)
-    prompts = ["Describe <image> please", "Compare <image> and <image>"]
-    images = [[image(70, 45, 0)], [image(40, 40, 1), image(30, 90, 2)]]
+    prompts, images = llava_requests()
     out = _run(folder, prompts, images)
-    for item, text, imgs in zip(out, prompts, images, strict=True):
-        assert item["output_ids"] == hf.greedy(text, imgs, NEW)
+    assert_same_as_hf(out, prompts, images, hf, NEW)
 
 
 @pytest.mark.parametrize("backend", ["torch_native"])

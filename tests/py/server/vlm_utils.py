@@ -255,3 +255,24 @@ class HFLlava:
         logp = torch.log_softmax(logits, -1)
         ids = inputs["input_ids"][0]
         return ids.tolist(), logp[:-1].gather(1, ids[1:, None])[:, 0].tolist()
+
+
+# ---- requests the model tests share (the VLMs on CUDA, under TP) ---------------------------------
+def qwen_vl_requests() -> tuple[list[str], list[list[Any]]]:
+    """Two prompts with one and two images of uneven sizes, in Qwen2-VL's image markup."""
+    return ([f"Describe {IMAGE_PART} please", f"Compare {IMAGE_PART} and {IMAGE_PART}"],
+            [[image(90, 60, 0)], [image(56, 112, 1), image(84, 84, 2)]])
+
+
+def llava_requests() -> tuple[list[str], list[list[Any]]]:
+    """Two prompts with one and two images of uneven sizes, in LLaVA's image markup."""
+    return (["Describe <image> please", "Compare <image> and <image>"],
+            [[image(70, 45, 0)], [image(40, 40, 1), image(30, 90, 2)]])
+
+
+def assert_same_as_hf(outs: list[dict], prompts: list[str], images: list[list[Any]],
+                      hf: HFQwenVL | HFLlava, new_tokens: int) -> None:
+    """Each output's greedy ids equal transformers' for its prompt and images."""
+    for item, text, imgs in zip(outs, prompts, images, strict=True):
+        prompt = hf.tokenizer.encode(text) if isinstance(hf, HFQwenVL) else text
+        assert item["output_ids"] == hf.greedy(prompt, imgs, new_tokens)
